@@ -1,0 +1,46 @@
+"""kqreg: train Keras models at low bit-widths and measure quantization noise.
+
+Importing kqreg selects Keras 2 (tf_keras), which tfmot requires; import it
+before TensorFlow or keras-cv.
+"""
+
+from kqreg import _keras2  # noqa: F401  (must stay the first import)
+
+from kqreg import configs
+from kqreg import policy
+from kqreg import quantizers
+from kqreg.configs import BitQuantizeConfig, NoOpQuantizeConfig, config_for_layer
+from kqreg.policy import BitPolicy, Bits, PolicyError
+from kqreg.quantize import (QuantizeError, annotate, flatten_nested,
+                            is_quantized, plan, quantize,
+                            quantize_annotate_layer, quantize_scope)
+from kqreg.quantizers import ActivationQuantizer, WeightQuantizer
+from kqreg.summary import ModelProfile, LayerProfile, profile, summary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationQuantizer",
+    "BitPolicy",
+    "BitQuantizeConfig",
+    "Bits",
+    "NoOpQuantizeConfig",
+    "PolicyError",
+    "QuantizeError",
+    "WeightQuantizer",
+    "annotate",
+    "config_for_layer",
+    "configs",
+    "flatten_nested",
+    "is_quantized",
+    "plan",
+    "policy",
+    "quantize",
+    "quantize_annotate_layer",
+    "quantize_scope",
+    "quantizers",
+    "LayerProfile",
+    "ModelProfile",
+    "profile",
+    "summary",
+]

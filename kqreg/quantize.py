@@ -1,0 +1,475 @@
+"""Annotate and quantize any Sequential or Functional Keras model by a `BitPolicy`.
+
+`quantize(model, "w4a8,first=w8a8")` is the one call: it flattens nested
+Functional sub-models (tfmot refuses them), resolves the policy layer by
+layer, places activation quantizers where TFLite will fuse ops (after
+Conv/Dense + BatchNormalization + ReLU chains), annotates, and runs tfmot's
+`quantize_apply` with kqreg's scheme inside `quantize_scope()`.
+
+kqreg's scheme quantizes only what the policy names: unlike tfmot's default
+8-bit scheme it adds no 8-bit input or output quantizer behind your back, so a
+weight-only policy (`w4`) really leaves every activation float.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Dict, List, Optional, Tuple, Union
+
+from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras
+
+from kqreg import configs as configs_lib
+from kqreg import policy as policy_lib
+from kqreg import quantizers
+
+__all__ = [
+    "QuantizationPlan",
+    "plan",
+    "annotate",
+    "quantize",
+    "quantize_scope",
+    "quantize_annotate_layer",
+    "flatten_nested",
+    "is_quantized",
+    "QuantizeError",
+]
+
+# tfmot's public API has no scheme/registry/transform bases: use its modules.
+from tensorflow_model_optimization.python.core.quantization.keras import (
+    quantize_annotate as _annotate_mod,
+    quantize_layer as _quantize_layer_mod,
+    quantize_layout_transform as _layout_mod,
+    quantize_registry as _registry_mod,
+    quantize_scheme as _scheme_mod,
+    quantize_wrapper as _wrapper_mod,
+)
+from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import (
+    model_transformer as _model_transformer,
+    transforms as _transforms,
+)
+
+_tfmot_keras = tfmot.quantization.keras
+_QuantizeAnnotate = _annotate_mod.QuantizeAnnotate
+quantize_annotate_layer = _tfmot_keras.quantize_annotate_layer
+
+# Layers that move, select or reshape values without computing new ones: the
+# values stay on their input's grid, so they need no quantizer of their own.
+_GRID_PRESERVING = (
+    tf_keras.layers.InputLayer, tf_keras.layers.Flatten,
+    tf_keras.layers.Reshape, tf_keras.layers.Dropout,
+    tf_keras.layers.SpatialDropout2D, tf_keras.layers.ZeroPadding2D,
+    tf_keras.layers.Cropping2D, tf_keras.layers.UpSampling2D,
+    tf_keras.layers.Permute, tf_keras.layers.GaussianNoise,
+    tf_keras.layers.GaussianDropout, tf_keras.layers.ActivityRegularization,
+)
+# Ops TFLite fuses into the preceding Conv/Dense/BN: no quantizer in between.
+_FUSABLE = (tf_keras.layers.BatchNormalization, tf_keras.layers.ReLU,
+            tf_keras.layers.Activation)
+
+
+class QuantizeError(ValueError):
+  """A model kqreg cannot annotate or quantize, with what to do about it."""
+
+
+class QuantizeLayer(_quantize_layer_mod.QuantizeLayer):
+  """tfmot's QuantizeLayer, marked built by `build`.
+
+  tfmot's `build` never sets `built`, so loading a `.keras` file builds the
+  layer twice and fails ("expected 5 variables, but received 3").
+  `quantize_scope` loads `QuantizeLayer` as this class.
+  """
+
+  def build(self, input_shape):
+    super().build(input_shape)
+    self.built = True
+
+
+class QuantizeWrapperV2(_wrapper_mod.QuantizeWrapperV2):
+  """tfmot's QuantizeWrapperV2, building the wrapped layer first.
+
+  `quantize_apply` wraps built layers, so a saved wrapper lists the inner
+  layer's weights before its quantizer variables; a wrapper rebuilt from a
+  `.keras` file would otherwise create them in another order and fail to
+  load. `quantize_scope` loads `QuantizeWrapperV2` as this class.
+  """
+
+  def build(self, input_shape):
+    if not self.layer.built:
+      self.layer.build(input_shape)
+      self.layer.built = True
+    super().build(input_shape)
+
+
+def quantize_scope(*args) -> tf_keras.utils.CustomObjectScope:
+  """A scope holding tfmot's and every kqreg custom object.
+
+  Load saved quantized models inside it:
+
+  ```python
+  with kqreg.quantize_scope():
+    model = tf_keras.models.load_model("model.h5")
+  ```
+
+  Args:
+    *args: further dicts of custom objects.
+  """
+  objects = {
+      "WeightQuantizer": quantizers.WeightQuantizer,
+      "ActivationQuantizer": quantizers.ActivationQuantizer,
+      "BitQuantizeConfig": configs_lib.BitQuantizeConfig,
+      "NoOpQuantizeConfig": configs_lib.NoOpQuantizeConfig,
+  }
+  # After tfmot's objects, so it overrides tfmot's QuantizeLayer.
+  kqreg_objects = {"QuantizeLayer": QuantizeLayer,
+                   "QuantizeWrapperV2": QuantizeWrapperV2}
+  merged = {}
+  for scope_objects in _tfmot_keras.quantize_scope().custom_objects:
+    merged.update(scope_objects)
+  merged.update(objects)
+  merged.update(kqreg_objects)
+  for extra in args:
+    merged.update(extra)
+  return tf_keras.utils.custom_object_scope(merged)
+
+
+def is_quantized(model: tf_keras.Model) -> bool:
+  """True if `model` holds at least one tfmot quantize wrapper or layer."""
+  return any(
+      isinstance(layer, (_wrapper_mod.QuantizeWrapper,
+                         _quantize_layer_mod.QuantizeLayer))
+      for layer in model.layers)
+
+
+def _check_graph_model(model, what: str) -> None:
+  if not isinstance(model, tf_keras.Model):
+    raise QuantizeError(
+        f"`{what}` must be a tf_keras Model. Received: {type(model)!r}. "
+        "If it is a Keras 3 model, build it after `import kqreg` so it "
+        "uses tf_keras.")
+  if not (isinstance(model, tf_keras.Sequential) or
+          getattr(model, "_is_graph_network", False)):
+    raise QuantizeError(
+        f"`{what}` is a subclassed model ({type(model).__name__}), which "
+        "cannot be cloned layer by layer. Rebuild it as a Sequential or "
+        "Functional model, or quantize its layers one by one with "
+        "`kqreg.quantize_annotate_layer`.")
+  if not model.built:
+    raise QuantizeError(
+        f"`{what}` is not built. Call `model.build(input_shape)` or give "
+        "its first layer an `input_shape` before quantizing.")
+
+
+def _is_graph_submodel(layer) -> bool:
+  return (isinstance(layer, tf_keras.Model) and
+          getattr(layer, "_is_graph_network", False))
+
+
+def _run_graph(model: tf_keras.Model, inputs: List[tf.Tensor]):
+  """Calls `model`'s layers on `inputs`, inlining nested graph models."""
+  tensor_dict = {}
+  usage = model._tensor_usage_count  # pylint: disable=protected-access
+  for x, y in zip(model.inputs, inputs):
+    tensor_dict[str(id(x))] = [y] * usage[str(id(x))]
+  nodes_by_depth = model._nodes_by_depth  # pylint: disable=protected-access
+  for depth in sorted(nodes_by_depth, reverse=True):
+    for node in nodes_by_depth[depth]:
+      if node.is_input or any(i not in tensor_dict
+                              for i in node.flat_input_ids):
+        continue
+      args, kwargs = node.map_arguments(tensor_dict)
+      if _is_graph_submodel(node.layer):
+        sub_inputs = tf.nest.flatten(args[0] if args else kwargs["inputs"])
+        outputs = _run_graph(node.layer, sub_inputs)
+      else:
+        outputs = node.layer(*args, **kwargs)
+      for x_id, y in zip(node.flat_output_ids, tf.nest.flatten(outputs)):
+        tensor_dict[x_id] = [y] * usage[x_id]
+  outputs = [tensor_dict[str(id(x))].pop() for x in model.outputs]
+  return tf.nest.pack_sequence_as(model._nested_outputs, outputs)  # pylint: disable=protected-access
+
+
+def flatten_nested(model: tf_keras.Model) -> tf_keras.Model:
+  """Inlines nested Functional/Sequential sub-models into one flat graph.
+
+  tfmot's `quantize_apply` refuses a model that holds another model (a
+  backbone inside a detector, say). The flat model shares the original layer
+  objects, hence their weights; its layers carry their own names, prefixed by
+  the sub-model's name only where two would clash.
+
+  Returns:
+    `model` itself when nothing is nested, else a new Functional model.
+  """
+  _check_graph_model(model, "model")
+  if not any(_is_graph_submodel(layer) for layer in model.layers):
+    return model
+  names = set()
+  for layer in _iter_leaf_layers(model):
+    if layer.name in names:
+      raise QuantizeError(
+          f"Layer name {layer.name!r} occurs in two nested sub-models of "
+          f"{model.name!r}; give the layers unique names before quantizing.")
+    names.add(layer.name)
+  inputs = [
+      tf_keras.Input(batch_shape=x.shape, dtype=x.dtype,
+                     name=x.name.split(":")[0].replace("/", "_"))
+      for x in model.inputs
+  ]
+  outputs = _run_graph(model, inputs)
+  return tf_keras.Model(inputs, outputs, name=model.name)
+
+
+def _iter_leaf_layers(model):
+  for layer in model.layers:
+    if _is_graph_submodel(layer):
+      yield from _iter_leaf_layers(layer)
+    elif not isinstance(layer, tf_keras.layers.InputLayer):
+      yield layer
+
+
+def _graph_consumers(model: tf_keras.Model) -> Dict[str, List]:
+  """Maps each layer name to the layers that consume its outputs in `model`."""
+  network_nodes = model._network_nodes  # pylint: disable=protected-access
+  consumers: Dict[str, List] = {layer.name: [] for layer in model.layers}
+  for layer in model.layers:
+    for index, node in enumerate(layer._inbound_nodes):  # pylint: disable=protected-access
+      if f"{layer.name}_ib-{index}" not in network_nodes:
+        continue
+      for inbound in tf.nest.flatten(node.inbound_layers):
+        consumers.setdefault(inbound.name, []).append(layer)
+  return consumers
+
+
+def _fuses_into_next(layer, consumers) -> bool:
+  """True if `layer`'s output feeds only an op TFLite fuses it with."""
+  following = consumers.get(layer.name, [])
+  if len(following) != 1 or not isinstance(following[0], _FUSABLE):
+    return False
+  if isinstance(layer, tf_keras.layers.BatchNormalization):
+    return not isinstance(following[0], tf_keras.layers.BatchNormalization)
+  return True
+
+
+@dataclasses.dataclass
+class QuantizationPlan:
+  """What `annotate` will do to each layer, decided before touching the model.
+
+  Attributes:
+    model: the flat model the plan refers to.
+    configs: layer name -> its `QuantizeConfig`.
+    bits: layer name -> its resolved `policy.Bits` (quantized layers only).
+    left_float: names of layers with weights or arithmetic that the policy
+      would quantize but kqreg has no family for; they stay float.
+    input_bits: bits of the input quantizer, None for float inputs.
+  """
+  model: tf_keras.Model
+  configs: Dict[str, object]
+  bits: Dict[str, policy_lib.Bits]
+  left_float: List[str]
+  input_bits: Optional[int]
+
+
+def plan(model: tf_keras.Model,
+         policy: Union[str, policy_lib.BitPolicy],
+         *,
+         per_channel: Optional[bool] = None,
+         symmetric: bool = True,
+         narrow_range: bool = True) -> QuantizationPlan:
+  """Resolves `policy` on `model` into one config per quantized layer.
+
+  Args:
+    model: Sequential or Functional model, nested sub-models allowed.
+    policy: a `BitPolicy` or its string, e.g. "w4a8,first=w8a8".
+    per_channel: None keeps each family's default (per-channel for conv).
+    symmetric: symmetric weight ranges.
+    narrow_range: weight grids without their lowest level.
+
+  Raises:
+    QuantizeError: the model is subclassed or unbuilt.
+    PolicyError: the policy is malformed or names layers the model lacks.
+  """
+  policy = policy_lib.BitPolicy.parse(policy)
+  flat = flatten_nested(model)
+  layers = [l for l in flat.layers
+            if not isinstance(l, tf_keras.layers.InputLayer)]
+  policy.check_against(layers)
+  weighted = [l for l in layers
+              if (configs_lib.family_of(l) or configs_lib.LayerFamily(
+                  object)).weighted]
+  first = weighted[0].name if weighted else None
+  last = weighted[-1].name if weighted else None
+  consumers = _graph_consumers(flat)
+  configs, bits_by_name, left_float = {}, {}, []
+  for layer in layers:
+    bits = policy.bits_for(layer, is_first=layer.name == first,
+                           is_last=layer.name == last)
+    family = configs_lib.family_of(layer)
+    if family is None:
+      if not bits.is_float and not isinstance(layer, _GRID_PRESERVING):
+        left_float.append(layer.name)
+      continue
+    activation_bits = bits.activation
+    if family.weighted:
+      if bits.is_float:
+        continue
+    elif activation_bits is None:
+      continue  # Nothing to quantize in a layer without weights.
+    fused = activation_bits is not None and _fuses_into_next(layer, consumers)
+    configs[layer.name] = configs_lib.config_for_layer(
+        layer,
+        weight_bits=bits.weight,
+        activation_bits=activation_bits,
+        per_channel=per_channel,
+        symmetric=symmetric,
+        narrow_range=narrow_range,
+        quantize_output=False if fused else None)
+    bits_by_name[layer.name] = bits
+  input_bits = None
+  if first is not None and policy.bits_for(
+      flat.get_layer(first), is_first=True).activation is not None:
+    input_bits = policy.bits_for(flat.get_layer(first),
+                                 is_first=True).activation
+  return QuantizationPlan(flat, configs, bits_by_name, left_float, input_bits)
+
+
+def _warn_left_float(left_float: List[str]) -> None:
+  if left_float:
+    warnings.warn(
+        f"kqreg has no quantization family for layers {left_float}; they stay "
+        "float. Annotate them with your own QuantizeConfig to quantize them.",
+        stacklevel=3)
+
+
+def annotate(model: tf_keras.Model,
+             policy: Union[str, policy_lib.BitPolicy],
+             **plan_kwargs) -> tf_keras.Model:
+  """Returns `model` with tfmot annotations on the layers `policy` quantizes.
+
+  Args:
+    model: Sequential or Functional model, nested sub-models allowed.
+    policy: `BitPolicy` or its string.
+    **plan_kwargs: `per_channel`, `symmetric`, `narrow_range` (see `plan`).
+
+  Returns:
+    An annotated model for `tfmot.quantization.keras.quantize_apply`; use
+    `quantize` to get the trainable model in one call.
+  """
+  return _annotate_plan(plan(model, policy, **plan_kwargs))
+
+
+def _annotate_plan(the_plan: QuantizationPlan) -> tf_keras.Model:
+  _warn_left_float(the_plan.left_float)
+
+  def _wrap(layer):
+    config = the_plan.configs.get(layer.name)
+    if config is None:
+      return layer
+    return _QuantizeAnnotate(layer, quantize_config=config)
+
+  with quantize_scope():
+    return tf_keras.models.clone_model(the_plan.model, clone_function=_wrap)
+
+
+class _NothingByDefaultRegistry(_registry_mod.QuantizeRegistry):
+  """kqreg quantizes only what its plan names; nothing is added by default."""
+
+  def get_quantize_config(self, layer):
+    return None
+
+  def supports(self, layer):
+    return False
+
+
+class _InputQuantize(_transforms.Transform):
+  """InputLayer => InputLayer -> QuantizeLayer(b-bit)."""
+
+  def __init__(self, bits: int):
+    self._bits = bits
+
+  def pattern(self):
+    return _transforms.LayerPattern("InputLayer")
+
+  def replacement(self, match_layer):
+    quant_layer = _quantize_layer_mod.QuantizeLayer(
+        quantizers.ActivationQuantizer(self._bits))
+    layer_config = tf_keras.layers.serialize(quant_layer)
+    layer_config["name"] = quant_layer.name
+    return _transforms.LayerNode(layer_config, input_layers=[match_layer])
+
+  def custom_objects(self):
+    return {"QuantizeLayer": _quantize_layer_mod.QuantizeLayer,
+            "ActivationQuantizer": quantizers.ActivationQuantizer}
+
+
+class _LayoutTransform(_layout_mod.QuantizeLayoutTransform):
+
+  def __init__(self, input_bits: Optional[int]):
+    self._input_bits = input_bits
+
+  def apply(self, model, layer_quantize_map):
+    if self._input_bits is None:
+      return model, layer_quantize_map
+    return _model_transformer.ModelTransformer(
+        model, [_InputQuantize(self._input_bits)],
+        set(layer_quantize_map.keys()), layer_quantize_map).transform()
+
+
+class _KqregScheme(_scheme_mod.QuantizeScheme):
+
+  def __init__(self, input_bits: Optional[int]):
+    self._input_bits = input_bits
+
+  def get_layout_transformer(self):
+    return _LayoutTransform(self._input_bits)
+
+  def get_quantize_registry(self):
+    return _NothingByDefaultRegistry()
+
+
+def quantize(model: tf_keras.Model,
+             policy: Union[str, policy_lib.BitPolicy],
+             **plan_kwargs) -> tf_keras.Model:
+  """Returns a trainable quantization-aware copy of `model` under `policy`.
+
+  Example:
+
+  ```python
+  import kqreg, tf_keras
+  model = tf_keras.Sequential([
+      tf_keras.Input((8, 8, 1)),
+      tf_keras.layers.Conv2D(8, 3, activation="relu"),
+      tf_keras.layers.Flatten(),
+      tf_keras.layers.Dense(10),
+  ])
+  qat = kqreg.quantize(model, "w4a8,last=w8a8")
+  kqreg.summary(qat)
+  ```
+
+  Args:
+    model: Sequential or Functional model (nested sub-models allowed).
+    policy: `BitPolicy` or its string. `"fp"` returns `model` unchanged.
+    **plan_kwargs: `per_channel`, `symmetric`, `narrow_range` (see `plan`).
+
+  Returns:
+    The QAT model (tfmot `QuantizeWrapperV2` layers, weights copied), or
+    `model` itself when the policy quantizes nothing.
+
+  Raises:
+    QuantizeError: subclassed or unbuilt model.
+    PolicyError: malformed policy, or one that names layers the model lacks.
+  """
+  the_plan = plan(model, policy, **plan_kwargs)
+  if not the_plan.configs:
+    if not policy_lib.BitPolicy.parse(policy).is_float:
+      warnings.warn(
+          f"Policy {str(policy)!r} quantizes no layer of {model.name!r}: "
+          "nothing quantized, the model stays float.", stacklevel=2)
+    _warn_left_float(the_plan.left_float)
+    return model
+  annotated = _annotate_plan(the_plan)
+  with quantize_scope():
+    return _tfmot_keras.quantize_apply(
+        annotated, scheme=_KqregScheme(the_plan.input_bits))

@@ -1,0 +1,236 @@
+"""The uniform b-bit grid, written once: bit checks, levels, step and quantizers.
+
+A b-bit uniform quantizer maps a range [min, max] onto `2^b` levels (`2^b - 1`
+with `narrow_range`), spaced by the step
+
+    Δ = (max - min) / (2^b - 1 - narrow_range)
+
+after TensorFlow's `fake_quant` nudges the range so that 0.0 is a level. The
+weight quantizer keeps the range of the last training batch (tfmot's
+`LastValueQuantizer`, which honours `num_bits`; tfmot's `FixedQuantizer` does
+not), the activation quantizer a moving average of it. Both forward-quantize
+and pass gradients straight through (STE) inside the clipping range.
+
+Every other kqreg module asks this one for steps and levels, so the noise
+statistics use exactly the grid the forward pass uses.
+
+# References
+- Jacob et al., "Quantization and Training of Neural Networks for Efficient
+  Integer-Arithmetic-Only Inference", CVPR 2018.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Optional, Tuple
+
+from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras
+
+__all__ = [
+    "WEIGHT_BITS",
+    "ACTIVATION_BITS",
+    "check_bits",
+    "num_levels",
+    "CHANNEL_LAYOUTS",
+    "nudged_grid",
+    "WeightQuantizer",
+    "ActivationQuantizer",
+]
+
+WEIGHT_BITS = (2, 8)
+"""Inclusive range of weight bit-widths (TFLite stores 2..8-bit weights)."""
+
+ACTIVATION_BITS = (2, 16)
+"""Inclusive range of activation bit-widths (`fake_quant` supports 2..16)."""
+
+_tfmot_quantizers = tfmot.quantization.keras.quantizers
+
+
+def check_bits(bits: Optional[int], allowed: Tuple[int, int],
+               what: str) -> Optional[int]:
+  """Returns `bits` if it is None or an integer in `allowed`, else raises.
+
+  Args:
+    bits: bit-width to check; None means "keep float".
+    allowed: inclusive (low, high) range.
+    what: argument name used in the message, e.g. "weight_bits".
+
+  Returns:
+    `bits` as an `int`, or None.
+
+  Raises:
+    ValueError: `bits` is not None and not an integer in `allowed`.
+  """
+  if bits is None:
+    return None
+  low, high = allowed
+  if (isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or
+      not low <= bits <= high):
+    raise ValueError(
+        f"`{what}` must be an integer between {low} and {high}, or None for "
+        f"float. Received: {what}={bits!r}")
+  return int(bits)
+
+
+def num_levels(bits: int, narrow_range: bool = False) -> int:
+  """Number of grid levels of a `bits`-bit quantizer."""
+  return 2**bits - int(bool(narrow_range))
+
+
+def nudged_grid(min_var: tf.Tensor, max_var: tf.Tensor, bits: int,
+                narrow_range: bool) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """The grid `tf.quantization.fake_quant_*` really uses for a range.
+
+  Mirrors TensorFlow's `Nudge` (fake_quant_ops_functor.h): the step comes from
+  the stored range, then the range is shifted so that zero falls on a level.
+
+  Args:
+    min_var: stored range minimum (scalar or per channel).
+    max_var: stored range maximum, same shape.
+    bits: bit-width.
+    narrow_range: whether the lowest level is dropped.
+
+  Returns:
+    `(nudged_min, nudged_max, step)`, each shaped like `min_var`.
+  """
+  min_var = tf.convert_to_tensor(min_var, tf.float32)
+  max_var = tf.convert_to_tensor(max_var, tf.float32)
+  quant_min = 1.0 if narrow_range else 0.0
+  quant_max = float(2**bits - 1)
+  step = (max_var - min_var) / (quant_max - quant_min)
+  zero_point_from_min = quant_min - min_var / step
+  # TensorFlow rounds half away from zero (std::round) here.
+  nudged_zero_point = tf.clip_by_value(
+      tf.sign(zero_point_from_min) *
+      tf.floor(tf.abs(zero_point_from_min) + 0.5), quant_min, quant_max)
+  nudged_min = (quant_min - nudged_zero_point) * step
+  nudged_max = (quant_max - nudged_zero_point) * step
+  return nudged_min, nudged_max, step
+
+
+class _BitsEquality:
+  """`__eq__` over `get_config()` so configs and round trips compare."""
+
+  def __eq__(self, other):
+    return type(self) is type(other) and self.get_config() == other.get_config()
+
+  def __ne__(self, other):
+    return not self == other
+
+  __hash__ = None
+
+
+CHANNEL_LAYOUTS = ("last", "depthwise", "transpose")
+"""Where a kernel keeps its output channels, for per-channel ranges:
+`last`: Dense (in, out) and Conv2D (h, w, in, out);
+`depthwise`: DepthwiseConv2D (h, w, in, multiplier), channels are in·multiplier;
+`transpose`: Conv2DTranspose (h, w, out, in)."""
+
+
+@tf_keras.utils.register_keras_serializable(package="kqreg")
+class WeightQuantizer(_BitsEquality, _tfmot_quantizers.LastValueQuantizer):
+  """b-bit uniform weight quantizer on the range of the current weights.
+
+  Core computation:
+    1. In training, set the range to min/max of the weights (per output
+       channel when `per_axis`), made symmetric when `symmetric`.
+    2. Nudge the range so 0.0 is a level; Δ = range / (levels - 1).
+    3. w_q = clamp(round((w - min) / Δ), 0, levels - 1) · Δ + min; the gradient
+       passes straight through inside the range.
+
+  Per-channel ranges follow the output channels TFLite quantizes per channel,
+  so a BatchNormalization folded into the kernel later scales whole channels
+  and keeps every channel on its b-bit grid (tfmot issue 1131).
+
+  Args:
+    num_bits: int in 2..8.
+    per_axis: one range per output channel.
+    symmetric: range symmetric about 0, as TFLite's int weights expect.
+    narrow_range: drop the lowest level, so the grid is symmetric (-127..127
+      at 8 bits) as TFLite's int weights require.
+    layout: one of `CHANNEL_LAYOUTS`, where the kernel's channels are.
+  """
+
+  def __init__(self, num_bits: int, per_axis: bool = True,
+               symmetric: bool = True, narrow_range: bool = True,
+               layout: str = "last"):
+    if layout not in CHANNEL_LAYOUTS:
+      raise ValueError(f"`layout` must be one of {CHANNEL_LAYOUTS}. "
+                       f"Received: layout={layout!r}")
+    super().__init__(
+        num_bits=check_bits(num_bits, WEIGHT_BITS, "num_bits"),
+        per_axis=bool(per_axis),
+        symmetric=bool(symmetric),
+        narrow_range=bool(narrow_range))
+    self.layout = layout
+
+  @property
+  def levels(self) -> int:
+    return num_levels(self.num_bits, self.narrow_range)
+
+  def to_channels_last(self, kernel: tf.Tensor) -> tf.Tensor:
+    """Reorders `kernel` so its output channels are on the last axis."""
+    if self.layout == "depthwise":
+      h, w, c, m = kernel.shape
+      return tf.reshape(kernel, (h, w, 1, c * m))
+    if self.layout == "transpose":
+      return tf.transpose(kernel, (0, 1, 3, 2))
+    return kernel
+
+  def from_channels_last(self, kernel: tf.Tensor, shape) -> tf.Tensor:
+    """Inverse of `to_channels_last` for a kernel of original `shape`."""
+    if self.layout == "depthwise":
+      return tf.reshape(kernel, shape)
+    if self.layout == "transpose":
+      return tf.transpose(kernel, (0, 1, 3, 2))
+    return kernel
+
+  def channels_last_shape(self, shape) -> tf.TensorShape:
+    shape = tf.TensorShape(shape)
+    if self.layout == "depthwise":
+      h, w, c, m = shape
+      return tf.TensorShape((h, w, 1, c * m))
+    if self.layout == "transpose":
+      return tf.TensorShape((shape[0], shape[1], shape[3], shape[2]))
+    return shape
+
+  def build(self, tensor_shape, name, layer):
+    return super().build(self.channels_last_shape(tensor_shape), name, layer)
+
+  def __call__(self, inputs, training, weights, **kwargs):
+    if self.layout == "last":
+      return super().__call__(inputs, training, weights, **kwargs)
+    outputs = super().__call__(self.to_channels_last(inputs), training,
+                               weights, **kwargs)
+    return self.from_channels_last(outputs, inputs.shape)
+
+  def get_config(self):
+    return {**super().get_config(), "layout": self.layout}
+
+
+@tf_keras.utils.register_keras_serializable(package="kqreg")
+class ActivationQuantizer(_BitsEquality,
+                          _tfmot_quantizers.MovingAverageQuantizer):
+  """b-bit uniform activation quantizer on an EMA of the observed range.
+
+  Args:
+    num_bits: int in 2..16.
+    per_axis: one range per channel (rarely wanted for activations).
+    symmetric: range symmetric about 0.
+    narrow_range: drop the lowest level.
+  """
+
+  def __init__(self, num_bits: int, per_axis: bool = False,
+               symmetric: bool = False, narrow_range: bool = False):
+    super().__init__(
+        num_bits=check_bits(num_bits, ACTIVATION_BITS, "num_bits"),
+        per_axis=bool(per_axis),
+        symmetric=bool(symmetric),
+        narrow_range=bool(narrow_range))
+
+  @property
+  def levels(self) -> int:
+    return num_levels(self.num_bits, self.narrow_range)

@@ -1,0 +1,39 @@
+"""Shared fixtures. kqreg is imported first so Keras 2 is selected."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import kqreg  # noqa: E402,F401  (before TensorFlow)
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tf_keras  # noqa: E402
+
+
+def small_cnn(input_shape=(8, 8, 1), classes=10, name="small_cnn"):
+  """Conv-BN-ReLU, pooling, a residual Add and a Dense head."""
+  inputs = tf_keras.Input(input_shape)
+  x = tf_keras.layers.Conv2D(8, 3, padding="same", use_bias=False,
+                             name="conv_a")(inputs)
+  x = tf_keras.layers.BatchNormalization(name="bn_a")(x)
+  x = tf_keras.layers.ReLU(name="relu_a")(x)
+  y = tf_keras.layers.Conv2D(8, 3, padding="same", name="conv_b")(x)
+  x = tf_keras.layers.Add(name="add")([x, y])
+  x = tf_keras.layers.MaxPooling2D(name="pool")(x)
+  x = tf_keras.layers.Flatten(name="flatten")(x)
+  outputs = tf_keras.layers.Dense(classes, name="head")(x)
+  return tf_keras.Model(inputs, outputs, name=name)
+
+
+@pytest.fixture
+def cnn():
+  tf_keras.utils.set_random_seed(0)
+  return small_cnn()
+
+
+@pytest.fixture
+def batch():
+  rng = np.random.default_rng(0)
+  x = rng.random((32, 8, 8, 1), dtype=np.float32)
+  y = rng.integers(0, 10, 32)
+  return x, y

@@ -1,0 +1,68 @@
+import pytest
+import tf_keras
+
+import kqreg
+from kqreg import configs
+
+
+@pytest.mark.parametrize("layer, weights, per_channel", [
+    (tf_keras.layers.Dense(3), (("kernel", "last"),), False),
+    (tf_keras.layers.Conv2D(3, 3), (("kernel", "last"),), True),
+    (tf_keras.layers.Conv2DTranspose(3, 3), (("kernel", "transpose"),), True),
+    (tf_keras.layers.DepthwiseConv2D(3), (("depthwise_kernel", "depthwise"),), True),
+    (tf_keras.layers.SeparableConv2D(3, 3),
+     (("depthwise_kernel", "depthwise"), ("pointwise_kernel", "last")), True),
+])
+def test_family_table_gives_kernels_and_channel_layout(layer, weights, per_channel):
+  config = configs.config_for_layer(layer, weight_bits=4, activation_bits=8)
+  assert config.weights == weights and config.per_channel is per_channel
+
+
+@pytest.mark.parametrize("layer", [tf_keras.layers.ReLU(), tf_keras.layers.Add(),
+                                   tf_keras.layers.Concatenate(),
+                                   tf_keras.layers.MaxPooling2D(),
+                                   tf_keras.layers.Activation("relu")])
+def test_layers_without_weights_quantize_their_output_only(layer):
+  config = configs.config_for_layer(layer, weight_bits=4, activation_bits=8)
+  assert config.weights == () and config.quantize_output and config.weight_bits is None
+
+
+def test_activation_the_quantize_aware_activation_lacks_moves_to_output():
+  layer = tf_keras.layers.Dense(3, activation="relu6")
+  config = configs.config_for_layer(layer, weight_bits=4, activation_bits=8)
+  assert config.activations == () and config.quantize_output
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"weight_bits": 9}, "`weight_bits` must be an integer between 2 and 8"),
+    ({"weight_bits": 1}, "Received: weight_bits=1"),
+    ({"activation_bits": 17}, "`activation_bits` must be an integer between 2 and 16"),
+    ({"weight_bits": 4.5}, "Received: weight_bits=4.5"),
+])
+def test_out_of_range_bits_raise(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    kqreg.BitQuantizeConfig(weights=(("kernel", "last"),), **kwargs)
+
+
+def test_config_round_trips_through_keras_serialization():
+  config = kqreg.BitQuantizeConfig(weights=(("kernel", "last"),), activations=("activation",),
+                                   weight_bits=3, activation_bits=None, per_channel=False)
+  with kqreg.quantize_scope():
+    again = tf_keras.utils.deserialize_keras_object(
+        tf_keras.utils.serialize_keras_object(config))
+  assert again == config and again is not config
+  assert again.weight_quantizer("kernel").num_bits == 3
+
+
+def test_layer_without_family_is_refused_with_advice():
+  with pytest.raises(ValueError, match="has no kqreg quantization family.*QuantizeConfig"):
+    configs.config_for_layer(tf_keras.layers.LayerNormalization())
+
+
+def test_subclass_of_known_layer_uses_nearest_family():
+  class MyConv(tf_keras.layers.Conv2D):
+    pass
+
+  assert configs.family_of(MyConv(2, 1)).layer_type is tf_keras.layers.Conv2D
+  assert configs.family_of(tf_keras.layers.Conv2DTranspose(2, 1)).layer_type is (
+      tf_keras.layers.Conv2DTranspose)

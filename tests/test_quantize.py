@@ -1,0 +1,215 @@
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+import kqreg
+from conftest import small_cnn
+
+
+def _kernels_as_used(qat_model):
+  """(layer, quantizer, kernel the forward pass multiplies by)."""
+  for layer in qat_model.layers:
+    for weight, quantizer, variables in getattr(layer, "_weight_vars", []):
+      yield layer, quantizer, quantizer(weight, training=False, weights=variables).numpy()
+
+
+def _max_levels(quantizer, kernel):
+  if not quantizer.per_axis:
+    return len(np.unique(kernel))
+  channels_last = quantizer.to_channels_last(tf.constant(kernel)).numpy()
+  flat = channels_last.reshape(-1, channels_last.shape[-1])
+  return max(len(np.unique(flat[:, c])) for c in range(flat.shape[1]))
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_kernels_take_at_most_2_to_the_b_values(bits, per_channel, cnn, batch):
+  qat = kqreg.quantize(cnn, f"w{bits}a8", per_channel=per_channel)
+  qat.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  qat.fit(*batch, epochs=1, verbose=0)  # ranges come from a training step
+  seen = 0
+  for layer, quantizer, kernel in _kernels_as_used(qat):
+    assert quantizer.num_bits == bits
+    levels = _max_levels(quantizer, kernel)
+    assert 2 <= levels <= 2**bits, (layer.name, levels)
+    seen += 1
+  assert seen == 3  # conv_a, conv_b, head
+
+
+def test_every_layer_family_quantizes_and_trains():
+  inputs = tf_keras.Input((12, 12, 3))
+  x = tf_keras.layers.Conv2D(8, 3, padding="same")(inputs)
+  x = tf_keras.layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2)(x)
+  x = tf_keras.layers.SeparableConv2D(8, 3, padding="same")(x)
+  x = tf_keras.layers.Conv2DTranspose(4, 3, strides=2, padding="same")(x)
+  x = tf_keras.layers.Activation("relu")(x)
+  x = tf_keras.layers.AveragePooling2D()(x)
+  a = tf_keras.layers.GlobalAveragePooling2D()(x)
+  b = tf_keras.layers.GlobalMaxPooling2D()(x)
+  x = tf_keras.layers.Concatenate()([a, b])
+  outputs = tf_keras.layers.Dense(3)(x)
+  qat = kqreg.quantize(tf_keras.Model(inputs, outputs), "w3a8")
+  types = {type(l.layer).__name__ for l in qat.layers if hasattr(l, "quantize_config")}
+  assert types >= {"Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose",
+                   "Activation", "AveragePooling2D", "GlobalAveragePooling2D",
+                   "GlobalMaxPooling2D", "Concatenate", "Dense"}
+  qat.compile("adam", "mse")
+  x = np.random.default_rng(0).random((8, 12, 12, 3), dtype=np.float32)
+  qat.fit(x, np.zeros((8, 3)), verbose=0)
+  for layer, quantizer, kernel in _kernels_as_used(qat):
+    assert _max_levels(quantizer, kernel) <= 8, layer.name
+
+
+def test_gradients_reach_float_weights_and_training_lowers_loss(cnn, batch):
+  qat = kqreg.quantize(cnn, "w4a8")
+  loss_fn = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+  x, y = batch
+  with tf.GradientTape() as tape:
+    loss = loss_fn(y, qat(x, training=True))
+  kernels = [w for l in qat.layers for w, _, _ in getattr(l, "_weight_vars", [])]
+  grads = tape.gradient(loss, kernels)
+  assert all(g is not None and float(tf.norm(g)) > 0 for g in grads)
+  qat.compile(tf_keras.optimizers.Adam(1e-2), loss_fn)
+  history = qat.fit(x, y, epochs=15, verbose=0).history["loss"]
+  assert history[-1] < 0.8 * history[0]
+
+
+def test_weight_only_policy_adds_no_activation_quantizer(cnn):
+  qat = kqreg.quantize(cnn, "w4")
+  assert not any(isinstance(l, tf_keras.layers.Layer) and type(l).__name__ == "QuantizeLayer"
+                 for l in qat.layers)
+  for layer in qat.layers:
+    if hasattr(layer, "quantize_config"):
+      assert not layer.quantize_config.get_output_quantizers(layer.layer)
+      assert not layer.quantize_config.get_activations_and_quantizers(layer.layer)
+  assert {l.layer.name for l in qat.layers if hasattr(l, "layer")} == {"conv_a", "conv_b", "head"}
+
+
+def test_activation_quantizer_sits_after_conv_bn_relu_chain(cnn):
+  qat = kqreg.quantize(cnn, "w4a8")
+  out = {l.layer.name: bool(l.quantize_config.get_output_quantizers(l.layer) or
+                            l.quantize_config.get_activations_and_quantizers(l.layer))
+         for l in qat.layers if hasattr(l, "quantize_config")}
+  assert out["conv_a"] is False and out["bn_a"] is False
+  assert out["relu_a"] is True and out["add"] is True and out["conv_b"] is True
+  assert any(type(l).__name__ == "QuantizeLayer" for l in qat.layers)
+
+
+@pytest.mark.parametrize("filename", ["model.keras", "model.h5", "saved_model"])
+def test_save_load_round_trip_predicts_identically(filename, cnn, batch, tmp_path):
+  qat = kqreg.quantize(cnn, "w4a8,first=w8a8")
+  qat.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  qat.fit(*batch, epochs=2, verbose=0)
+  expected = qat.predict(batch[0], verbose=0)
+  path = str(tmp_path / filename)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)  # h5 is "legacy"
+    qat.save(path)
+  with kqreg.quantize_scope():
+    loaded = tf_keras.models.load_model(path)
+  np.testing.assert_array_equal(loaded.predict(batch[0], verbose=0), expected)
+
+
+def _nested_backbone_model():
+  backbone_in = tf_keras.Input((16, 16, 3))
+  x = tf_keras.layers.Conv2D(8, 3, strides=2, padding="same", name="bb_conv1")(backbone_in)
+  x = tf_keras.layers.BatchNormalization(name="bb_bn1")(x)
+  x = tf_keras.layers.ReLU(name="bb_relu1")(x)
+  x = tf_keras.layers.Conv2D(16, 3, strides=2, padding="same", name="bb_conv2")(x)
+  backbone = tf_keras.Model(backbone_in, x, name="backbone")
+  inputs = tf_keras.Input((16, 16, 3))
+  features = backbone(inputs)
+  x = tf_keras.layers.GlobalAveragePooling2D(name="gap")(features)
+  outputs = tf_keras.layers.Dense(5, name="cls")(x)
+  return tf_keras.Model(inputs, outputs, name="detector_like")
+
+
+def test_nested_functional_backbone_is_flattened_quantized_and_trains(batch):
+  model = _nested_backbone_model()
+  x = np.random.default_rng(1).random((8, 16, 16, 3), dtype=np.float32)
+  float_out = model.predict(x, verbose=0)
+  flat = kqreg.flatten_nested(model)
+  np.testing.assert_allclose(flat.predict(x, verbose=0), float_out, rtol=1e-5, atol=1e-6)
+  qat = kqreg.quantize(model, "w4a8,bb_conv1=w8a8")
+  qat.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  qat.fit(x, np.arange(8) % 5, epochs=1, verbose=0)
+  rows = {row.name: row for row in kqreg.profile(qat).layers}
+  assert rows["quant_bb_conv1"].weight_bits == 8
+  assert rows["quant_bb_conv2"].weight_bits == 4
+  assert rows["quant_cls"].weight_bits == 4
+
+
+def test_mobilenetv2_quantizes_trains_and_is_summarized():
+  model = tf_keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35,
+                                            weights=None, classes=4)
+  qat = kqreg.quantize(model, "w4a8")
+  qat.compile("adam", "sparse_categorical_crossentropy")
+  x = np.random.default_rng(2).random((4, 32, 32, 3), dtype=np.float32)
+  qat.fit(x, np.arange(4), epochs=1, verbose=0)
+  lines = []
+  prof = kqreg.summary(qat, print_fn=lines.append)
+  assert prof.params == model.count_params()
+  conv_rows = [l for l in prof.layers if l.layer_type in ("Conv2D", "DepthwiseConv2D")]
+  assert len(conv_rows) == 52 and all(l.weight_bits == 4 for l in conv_rows)
+  assert 4.0 < prof.compression < 8.0
+  assert any("quant_block_16_project" in line for line in lines)
+  assert "smaller" in lines[-1]
+
+
+def test_fp_policy_returns_model_unchanged(cnn):
+  assert kqreg.quantize(cnn, "fp") is cnn
+
+
+def test_policy_matching_nothing_warns_and_keeps_float():
+  model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.LayerNormalization(name="ln")])
+  with pytest.warns(UserWarning, match="quantizes no layer"):
+    assert kqreg.quantize(model, "w4a8") is model
+
+
+def test_layers_without_family_are_listed_in_a_warning():
+  model = tf_keras.Sequential([tf_keras.Input((4,)),
+                               tf_keras.layers.Dense(4, name="d"),
+                               tf_keras.layers.LayerNormalization(name="ln")])
+  with pytest.warns(UserWarning, match=r"no quantization family for layers \['ln'\]"):
+    kqreg.quantize(model, "w4a8")
+
+
+def test_subclassed_model_is_refused_with_advice():
+  class Net(tf_keras.Model):
+    def __init__(self):
+      super().__init__()
+      self.dense = tf_keras.layers.Dense(2)
+
+    def call(self, x):
+      return self.dense(x)
+
+  net = Net()
+  net(np.zeros((1, 3), np.float32))
+  with pytest.raises(kqreg.QuantizeError, match="subclassed model.*Sequential or Functional"):
+    kqreg.quantize(net, "w4")
+
+
+def test_unbuilt_model_is_refused():
+  with pytest.raises(kqreg.QuantizeError, match="not built"):
+    kqreg.quantize(tf_keras.Sequential([tf_keras.layers.Dense(2)]), "w4")
+
+
+def test_unknown_layer_in_policy_is_refused(cnn):
+  with pytest.raises(kqreg.PolicyError, match="layer 'conv_z'"):
+    kqreg.quantize(cnn, "w4,conv_z=w8")
+
+
+def test_import_after_keras3_tensorflow_fails_with_fix():
+  env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+  code = "import tensorflow as tf; tf.keras.layers; import kqreg"
+  result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode != 0
+  assert "kqreg needs Keras 2 (tf_keras)" in result.stderr
+  assert "Import kqreg before tensorflow" in result.stderr
