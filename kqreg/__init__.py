@@ -7,6 +7,7 @@ before TensorFlow or keras-cv.
 from kqreg import _keras2  # noqa: F401  (must stay the first import)
 
 from kqreg import configs
+from kqreg import noise
 from kqreg import policy
 from kqreg import quantizers
 from kqreg.configs import BitQuantizeConfig, NoOpQuantizeConfig, config_for_layer
@@ -15,6 +16,7 @@ from kqreg.quantize import (QuantizeError, annotate, flatten_nested,
                             is_quantized, plan, quantize,
                             quantize_annotate_layer, quantize_scope)
 from kqreg.quantizers import ActivationQuantizer, WeightQuantizer
+from kqreg.callbacks import NoiseAnalysisCallback
 from kqreg.summary import ModelProfile, LayerProfile, profile, summary
 
 __version__ = "0.1.0"
@@ -40,6 +42,8 @@ __all__ = [
     "quantize_scope",
     "quantizers",
     "LayerProfile",
+    "NoiseAnalysisCallback",
+    "noise",
     "ModelProfile",
     "profile",
     "summary",

@@ -1,0 +1,201 @@
+"""`NoiseAnalysisCallback`: weight-noise statistics of every quantized layer, per epoch.
+
+Writes to `log_dir`:
+  - `noise.csv`: one row per quantized weight tensor per recorded epoch
+    (columns `NOISE_CSV_COLUMNS`, then the epoch's `logs`), plus one row per
+    epoch with `layer` = "output" when `probe_data` is given;
+  - `noise.jsonl`: one JSON object per recorded epoch with the same figures;
+  - TensorBoard summaries under `log_dir/noise`: scalars per layer and a
+    histogram of δ per layer.
+
+Figures also go into `logs` (`noise_std_ratio`, `noise_rel_norm`, and
+`noise_output` with a probe), so CSVLogger and TensorBoard callbacks placed
+after this one record them too.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from typing import Dict, List, Optional
+
+from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from kqreg import noise
+from kqreg.io_utils import atomic_write_text
+
+__all__ = ["NoiseAnalysisCallback", "NOISE_CSV_COLUMNS"]
+
+NOISE_CSV_COLUMNS = (("epoch",) + noise.WEIGHT_NOISE_KEYS +
+                     ("prop_measured", "prop_measured_local", "prop_predicted"))
+
+
+def _clean(value):
+  if isinstance(value, (np.floating, np.integer)):
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+class NoiseAnalysisCallback(tf_keras.callbacks.Callback):
+  """Records `noise.weight_noise` (and `noise.propagation`) during training.
+
+  Args:
+    log_dir: folder for `noise.csv`, `noise.jsonl` and TensorBoard events.
+    every_n_epochs: record every n-th epoch (epochs are counted from 1); the
+      last epoch is always recorded.
+    probe_data: a batch of inputs (array or tuple (x, y)) for `propagation`;
+      None skips propagation.
+    histograms: write a TensorBoard histogram of δ per tensor.
+
+  Resuming: on the first epoch of a `fit` that starts at epoch k, rows of
+  epochs ≥ k left by an interrupted run are dropped and rows before k are
+  kept as they were, so the files hold each epoch exactly once.
+  """
+
+  def __init__(self, log_dir: str, every_n_epochs: int = 1,
+               probe_data=None, histograms: bool = True):
+    super().__init__()
+    if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+      raise ValueError("`every_n_epochs` must be a positive integer. "
+                       f"Received: every_n_epochs={every_n_epochs!r}")
+    self.log_dir = log_dir
+    self.every_n_epochs = every_n_epochs
+    if isinstance(probe_data, (tuple, list)) and len(probe_data) == 2:
+      probe_data = probe_data[0]
+    self.probe_data = probe_data
+    self.histograms = histograms
+    self._writer = None
+    self._started = False
+    self._last_recorded: Optional[int] = None
+    self._last_epoch: Optional[int] = None
+    self._last_logs: Dict = {}
+
+  @property
+  def csv_path(self) -> str:
+    return os.path.join(self.log_dir, "noise.csv")
+
+  @property
+  def jsonl_path(self) -> str:
+    return os.path.join(self.log_dir, "noise.jsonl")
+
+  def on_train_begin(self, logs=None):
+    os.makedirs(self.log_dir, exist_ok=True)
+    self._started = False
+    self._last_recorded = None
+
+  def on_epoch_begin(self, epoch, logs=None):
+    if not self._started:
+      self._started = True
+      self._truncate_from(epoch)
+
+  def _truncate_from(self, epoch: int) -> None:
+    """Drops rows of `epoch` and later (left by an interrupted run)."""
+    if os.path.exists(self.csv_path):
+      with open(self.csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+        fieldnames = list(rows[0].keys()) if rows else None
+      kept = [r for r in rows if int(r["epoch"]) < epoch]
+      if len(kept) != len(rows):
+        self._write_csv(kept, fieldnames)
+    if os.path.exists(self.jsonl_path):
+      with open(self.jsonl_path) as f:
+        lines = [l for l in f if l.strip()]
+      kept = [l for l in lines if json.loads(l)["epoch"] < epoch]
+      if len(kept) != len(lines):
+        atomic_write_text(self.jsonl_path, "".join(kept))
+
+  def _write_csv(self, rows: List[Dict], fieldnames) -> None:
+    out = io.StringIO()
+    if fieldnames:
+      writer = csv.DictWriter(out, fieldnames=fieldnames, extrasaction="ignore")
+      writer.writeheader()
+      writer.writerows(rows)
+    atomic_write_text(self.csv_path, out.getvalue())
+
+  def on_epoch_end(self, epoch, logs=None):
+    self._last_epoch, self._last_logs = epoch, dict(logs or {})
+    if (epoch + 1) % self.every_n_epochs == 0:
+      self._record(epoch, logs if logs is not None else {})
+
+  def on_train_end(self, logs=None):
+    if self._last_epoch is not None and self._last_recorded != self._last_epoch:
+      self._record(self._last_epoch, dict(self._last_logs))
+    if self._writer is not None:
+      self._writer.flush()
+
+  def _record(self, epoch: int, logs: Dict) -> None:
+    model = self.model
+    stats = noise.weight_noise(model)
+    prop = (noise.propagation(model, self.probe_data)
+            if self.probe_data is not None and stats else [])
+    prop_by_layer = {row["layer"]: row for row in prop}
+    epoch_logs = {k: _clean(float(v)) for k, v in logs.items()
+                  if np.ndim(v) == 0}
+    rows = []
+    for stat in stats:
+      p = prop_by_layer.get(stat["layer"], {})
+      rows.append({"epoch": epoch, **stat,
+                   "prop_measured": p.get("measured"),
+                   "prop_measured_local": p.get("measured_local"),
+                   "prop_predicted": p.get("predicted"), **epoch_logs})
+    if "output" in prop_by_layer:
+      rows.append({"epoch": epoch, "layer": "output",
+                   "prop_measured": prop_by_layer["output"]["measured"],
+                   **epoch_logs})
+    if stats:
+      logs["noise_std_ratio"] = float(np.mean([s["std_ratio"] for s in stats]))
+      logs["noise_rel_norm"] = float(np.mean([s["rel_norm"] for s in stats]))
+    if "output" in prop_by_layer:
+      logs["noise_output"] = prop_by_layer["output"]["measured"]
+    self._append(epoch, rows, stats, prop, epoch_logs)
+    self._last_recorded = epoch
+
+  def _append(self, epoch, rows, stats, prop, epoch_logs) -> None:
+    if rows:
+      fieldnames = list(NOISE_CSV_COLUMNS) + sorted(epoch_logs)
+      exists = os.path.exists(self.csv_path) and os.path.getsize(self.csv_path)
+      if exists:
+        with open(self.csv_path, newline="") as f:
+          fieldnames = next(csv.reader(f))
+      with open(self.csv_path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fieldnames, extrasaction="ignore")
+        if not exists:
+          writer.writeheader()
+        writer.writerows({k: _clean(v) for k, v in row.items()} for row in rows)
+        f.flush()
+        os.fsync(f.fileno())
+    record = {"epoch": epoch, "logs": epoch_logs,
+              "weight_noise": [{k: _clean(v) for k, v in s.items()} for s in stats],
+              "propagation": [{k: _clean(v) for k, v in p.items()} for p in prop]}
+    with open(self.jsonl_path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    self._write_tensorboard(epoch, stats, prop)
+
+  def _write_tensorboard(self, epoch, stats, prop) -> None:
+    if not stats:
+      return
+    if self._writer is None:
+      self._writer = tf.summary.create_file_writer(
+          os.path.join(self.log_dir, "noise"))
+    deltas = noise.delta_values(self.model) if self.histograms else {}
+    with self._writer.as_default(step=epoch):
+      for s in stats:
+        tag = f"{s['layer']}/{s['weight']}"
+        for key in ("delta_std", "model_std", "std_ratio", "rel_norm",
+                    "sqnr_db", "clip_fraction"):
+          value = _clean(s[key])
+          if value is not None:
+            tf.summary.scalar(f"{tag}/{key}", value)
+        if tag in deltas:
+          tf.summary.histogram(f"{tag}/delta", deltas[tag])
+      for p in prop:
+        if p["measured"] is not None:
+          tf.summary.scalar(f"{p['layer']}/propagation", p["measured"])

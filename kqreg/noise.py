@@ -1,0 +1,330 @@
+"""Quantization noise: δ = Q(w) − w per weight tensor, and how it propagates.
+
+The additive model (QReg, AskariHemmat et al. 2022): a b-bit uniform quantizer
+of step Δ adds noise δ roughly uniform in [−Δ/2, Δ/2] to each weight, so
+
+    std(δ) ≈ Δ / √12,   Δ = (max − min) / (2^b − 1 − narrow_range).
+
+`weight_noise` measures δ with the very quantizer and range variables the
+forward pass uses, so Q(w) here is bit for bit the kernel the layer multiplies
+by. `propagation` measures how much of it reaches each layer's output and the
+model's output, and sets the first-order prediction of the additive model
+beside it: for a linear or conv layer y = w * x, independent zero-mean noise of
+variance σ_c² on output channel c's weights gives
+
+    E‖δ * x‖² = Σ_c σ_c² · Σ_positions ‖x_receptive field‖²,
+
+with σ_c² = Δ_c² / 12, reported relative to ‖y‖.
+
+Both return plain dicts (one per tensor or layer) that go straight into CSV,
+JSON or pandas. A float model gives empty lists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Dict, Iterator, List, Optional, Tuple
+
+from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from tensorflow_model_optimization.python.core.quantization.keras import (
+    quantize_wrapper as _wrapper_mod)
+
+from kqreg import quantizers
+
+__all__ = [
+    "WEIGHT_NOISE_KEYS",
+    "PROPAGATION_KEYS",
+    "QuantizedWeight",
+    "quantized_weights",
+    "weight_noise",
+    "propagation",
+    "float_weights",
+]
+
+WEIGHT_NOISE_KEYS = ("layer", "layer_type", "weight", "weight_bits", "step",
+                     "step_min", "step_max", "delta_mean", "delta_std",
+                     "delta_max_abs", "model_std", "std_ratio", "rel_norm",
+                     "sqnr_db", "clip_fraction")
+PROPAGATION_KEYS = ("layer", "measured", "measured_local", "predicted")
+
+_SQRT12 = math.sqrt(12.0)
+
+
+class QuantizedWeight:
+  """One quantized weight tensor of a QAT model, with its quantizer state.
+
+  Attributes:
+    wrapper: the tfmot `QuantizeWrapper` holding it.
+    weight: the float shadow variable w.
+    quantizer: the tfmot quantizer the forward pass applies.
+    variables: the quantizer's variables (`min_var`, `max_var`).
+  """
+
+  def __init__(self, wrapper, weight, quantizer, variables):
+    self.wrapper = wrapper
+    self.weight = weight
+    self.quantizer = quantizer
+    self.variables = variables
+
+  @property
+  def layer_name(self) -> str:
+    return self.wrapper.layer.name
+
+  @property
+  def bits(self) -> int:
+    return int(self.quantizer.num_bits)
+
+  def quantized(self) -> tf.Tensor:
+    """Q(w): the kernel the forward pass multiplies by at inference."""
+    return self.quantizer(self.weight, training=False, weights=self.variables)
+
+  def channels_last(self, tensor: tf.Tensor) -> tf.Tensor:
+    if isinstance(self.quantizer, quantizers.WeightQuantizer):
+      return self.quantizer.to_channels_last(tensor)
+    return tensor
+
+  def grid(self) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(nudged_min, nudged_max, step), one entry per channel or a scalar."""
+    return quantizers.nudged_grid(self.variables["min_var"],
+                                  self.variables["max_var"], self.bits,
+                                  bool(getattr(self.quantizer, "narrow_range",
+                                               False)))
+
+
+def quantized_weights(model: tf_keras.Model) -> List[QuantizedWeight]:
+  """Every quantized weight tensor of `model`, in layer order."""
+  found = []
+  for layer in _wrappers(model):
+    for weight, quantizer, variables in getattr(layer, "_weight_vars", []):
+      if "min_var" in variables and hasattr(quantizer, "num_bits"):
+        found.append(QuantizedWeight(layer, weight, quantizer, variables))
+  return found
+
+
+def _wrappers(model) -> Iterator:
+  for layer in model.layers:
+    if isinstance(layer, _wrapper_mod.QuantizeWrapper):
+      yield layer
+    elif isinstance(layer, tf_keras.Model):
+      yield from _wrappers(layer)
+
+
+def _stats(qw: QuantizedWeight) -> Dict[str, object]:
+  w = qw.channels_last(tf.convert_to_tensor(qw.weight))
+  wq = qw.channels_last(qw.quantized())
+  channels = w.shape[-1] if getattr(qw.quantizer, "per_axis", False) else None
+  w = tf.reshape(w, (-1, channels) if channels else (-1, 1))
+  wq = tf.reshape(wq, w.shape)
+  nmin, nmax, step = qw.grid()
+  step = tf.reshape(step, (-1,))
+  delta = wq - w
+  # Channels hold equally many weights, so the pooled variance of the uniform
+  # model is the mean of the per-channel variances Δ_c²/12.
+  model_std = float(tf.sqrt(tf.reduce_mean(tf.square(step)))) / _SQRT12
+  delta_std = float(tf.math.reduce_std(delta))
+  w_norm = float(tf.norm(w))
+  d_norm = float(tf.norm(delta))
+  clipped = tf.logical_or(w < tf.reshape(nmin, (1, -1)),
+                          w > tf.reshape(nmax, (1, -1)))
+  return {
+      "layer": qw.layer_name,
+      "layer_type": type(qw.wrapper.layer).__name__,
+      "weight": qw.weight.name.split("/")[-1].split(":")[0],
+      "weight_bits": qw.bits,
+      "step": float(tf.reduce_mean(step)),
+      "step_min": float(tf.reduce_min(step)),
+      "step_max": float(tf.reduce_max(step)),
+      "delta_mean": float(tf.reduce_mean(delta)),
+      "delta_std": delta_std,
+      "delta_max_abs": float(tf.reduce_max(tf.abs(delta))),
+      "model_std": model_std,
+      "std_ratio": delta_std / model_std if model_std > 0 else float("nan"),
+      "rel_norm": d_norm / w_norm if w_norm > 0 else float("nan"),
+      "sqnr_db": (20.0 * math.log10(w_norm / d_norm)
+                  if d_norm > 0 and w_norm > 0 else float("inf")),
+      "clip_fraction": float(tf.reduce_mean(tf.cast(clipped, tf.float32))),
+  }
+
+
+def weight_noise(qat_model: tf_keras.Model) -> List[Dict[str, object]]:
+  """Statistics of δ = Q(w) − w for every quantized weight tensor.
+
+  Args:
+    qat_model: a model from `kqreg.quantize` (or any tfmot QAT model whose
+      weight quantizers keep `min_var`/`max_var`).
+
+  Returns:
+    One dict per tensor with keys `WEIGHT_NOISE_KEYS`: `step` is Δ (mean over
+    channels, `step_min`/`step_max` its extremes), `model_std` the uniform
+    model's Δ/√12, `std_ratio` measured/model, `rel_norm` ‖δ‖/‖w‖, `sqnr_db`
+    20·log10(‖w‖/‖δ‖), `clip_fraction` the share of weights outside the range.
+    Empty for a float model.
+  """
+  return [_stats(qw) for qw in quantized_weights(qat_model)]
+
+
+def delta_values(qat_model: tf_keras.Model) -> Dict[str, np.ndarray]:
+  """δ per quantized tensor, keyed `layer/weight` (for histograms)."""
+  out = {}
+  for qw in quantized_weights(qat_model):
+    name = qw.weight.name.split("/")[-1].split(":")[0]
+    out[f"{qw.layer_name}/{name}"] = (qw.quantized() -
+                                      tf.convert_to_tensor(qw.weight)).numpy()
+  return out
+
+
+class _PassThrough:
+  """Stands in for a weight quantizer: returns the float weights."""
+
+  def __call__(self, inputs, training, weights, **kwargs):
+    return tf.identity(inputs)
+
+
+@contextlib.contextmanager
+def float_weights(qat_model: tf_keras.Model):
+  """Within the block, wrappers multiply by float w instead of Q(w).
+
+  Everything else (activation quantizers, BN) stays as it is. Effective for
+  eager calls (`model(x)`), not for already traced `predict` functions.
+  """
+  saved = []
+  for layer in _wrappers(qat_model):
+    if getattr(layer, "_weight_vars", None):
+      saved.append((layer, layer._weight_vars))  # pylint: disable=protected-access
+      layer._weight_vars = [(w, _PassThrough(), v)  # pylint: disable=protected-access
+                            for w, _, v in layer._weight_vars]  # pylint: disable=protected-access
+  try:
+    yield qat_model
+  finally:
+    for layer, weight_vars in saved:
+      layer._weight_vars = weight_vars  # pylint: disable=protected-access
+
+
+def _rel(diff: tf.Tensor, ref: tf.Tensor) -> float:
+  ref_norm = float(tf.norm(tf.cast(ref, tf.float32)))
+  return float(tf.norm(tf.cast(diff, tf.float32))) / ref_norm if ref_norm else float("nan")
+
+
+def _receptive_energy(layer, x: tf.Tensor) -> tf.Tensor:
+  """Σ over output positions of ‖x over the receptive field‖², per channel.
+
+  Returns a vector over the output channels of the kernel's channels-last
+  layout (Dense/Conv2D: out channels; DepthwiseConv2D: in·multiplier), or
+  None for layers the first-order model does not cover.
+  """
+  x2 = tf.square(tf.cast(x, tf.float32))
+  if isinstance(layer, tf_keras.layers.Dense):
+    return tf.fill((layer.units,), tf.reduce_sum(x2))
+  if isinstance(layer, (tf_keras.layers.Conv2DTranspose,
+                        tf_keras.layers.SeparableConv2D)):
+    return None
+  if isinstance(layer, tf_keras.layers.DepthwiseConv2D):
+    kh, kw = layer.kernel_size
+    ones = tf.ones((kh, kw, x.shape[-1], layer.depth_multiplier))
+    energy = tf.nn.depthwise_conv2d(x2, ones, (1, *layer.strides, 1),
+                                    layer.padding.upper(),
+                                    dilations=layer.dilation_rate)
+    return tf.reduce_sum(energy, axis=(0, 1, 2))
+  if isinstance(layer, tf_keras.layers.Conv2D) and layer.groups == 1:
+    kh, kw = layer.kernel_size
+    ones = tf.ones((kh, kw, x.shape[-1], 1))
+    energy = tf.nn.conv2d(x2, ones, layer.strides, layer.padding.upper(),
+                          dilations=layer.dilation_rate)
+    return tf.fill((layer.filters,), tf.reduce_sum(energy))
+  return None
+
+
+def _check_probe(model: tf_keras.Model, x) -> List[tf.Tensor]:
+  inputs = tf.nest.flatten(x)
+  if len(inputs) != len(model.inputs):
+    raise ValueError(
+        f"`propagation` got {len(inputs)} input arrays for a model with "
+        f"{len(model.inputs)} inputs.")
+  tensors = []
+  for value, spec in zip(inputs, model.inputs):
+    value = tf.convert_to_tensor(value, dtype=spec.dtype)
+    expected = spec.shape
+    if value.shape.rank != expected.rank or not tf.TensorShape(
+        expected[1:]).is_compatible_with(value.shape[1:]):
+      raise ValueError(
+          f"`propagation` probe batch has shape {tuple(value.shape)}, but "
+          f"model {model.name!r} takes {tuple(expected)}; pass a batch of "
+          "the model's inputs.")
+    tensors.append(value)
+  return tensors
+
+
+def propagation(qat_model: tf_keras.Model, x) -> List[Dict[str, object]]:
+  """How much of the weight noise reaches each quantized layer and the output.
+
+  Runs `x` through the model twice in inference mode, once with Q(w) and once
+  with the float shadow weights w (activation quantizers as they are).
+
+  Args:
+    qat_model: a QAT model from `kqreg.quantize`.
+    x: a probe batch of the model's inputs.
+
+  Returns:
+    One dict per quantize wrapper, then one with `layer` = "output", keys
+    `PROPAGATION_KEYS`: `measured` = ‖y_q − y‖/‖y‖ of the layer's output with
+    noise accumulated from all layers before; `measured_local` the same with
+    the layer's own weight noise only (same float-run input for both); and
+    `predicted` the additive model's first-order ‖δ * x‖/‖y‖ for Dense,
+    Conv2D and DepthwiseConv2D (None elsewhere). Empty for a float model.
+
+  Raises:
+    ValueError: `x` does not fit the model's inputs.
+  """
+  wrappers = list(_wrappers(qat_model))
+  if not any(getattr(w, "_weight_vars", None) for w in wrappers):
+    return []
+  inputs = _check_probe(qat_model, x)
+  inputs = inputs[0] if len(inputs) == 1 else inputs
+  noise_by_layer = {}
+  for qw in quantized_weights(qat_model):
+    _, _, step = qw.grid()
+    noise_by_layer.setdefault(qw.wrapper.name, []).append(
+        tf.reshape(tf.square(step) / 12.0, (-1,)))
+  weighted = [w for w in wrappers if w.name in noise_by_layer]
+  probe = tf_keras.Model(
+      qat_model.inputs,
+      [w.input for w in weighted] + [w.output for w in wrappers] +
+      list(qat_model.outputs))
+  k, n = len(weighted), len(wrappers)
+  quant_run = probe(inputs, training=False)
+  with float_weights(qat_model):
+    float_run = probe(inputs, training=False)
+  inputs_by_layer = {w.name: float_run[i] for i, w in enumerate(weighted)}
+  rows = []
+  for i, wrapper in enumerate(wrappers):
+    y_q, y_f = quant_run[k + i], float_run[k + i]
+    row = {"layer": wrapper.layer.name, "measured": _rel(y_q - y_f, y_f),
+           "measured_local": None, "predicted": None}
+    if wrapper.name in inputs_by_layer:
+      x_in = inputs_by_layer[wrapper.name]
+      local_q = wrapper(x_in, training=False)
+      with float_weights(qat_model):
+        local_f = wrapper(x_in, training=False)
+      row["measured_local"] = _rel(local_q - local_f, local_f)
+      variances = noise_by_layer[wrapper.name]
+      energy = _receptive_energy(wrapper.layer, x_in)
+      if energy is not None and len(variances) == 1:
+        variance = variances[0]
+        if variance.shape[0] == 1:
+          variance = tf.fill(energy.shape, variance[0])
+        predicted = float(tf.sqrt(tf.reduce_sum(variance * energy)))
+        norm = float(tf.norm(local_f))
+        row["predicted"] = predicted / norm if norm else float("nan")
+    rows.append(row)
+  outputs_q = tf.nest.flatten(quant_run[k + n:])
+  outputs_f = tf.nest.flatten(float_run[k + n:])
+  diff = tf.concat([tf.reshape(a - b, (-1,))
+                    for a, b in zip(outputs_q, outputs_f)], 0)
+  ref = tf.concat([tf.reshape(b, (-1,)) for b in outputs_f], 0)
+  rows.append({"layer": "output", "measured": _rel(diff, ref),
+               "measured_local": None, "predicted": None})
+  return rows

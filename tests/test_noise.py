@@ -1,0 +1,197 @@
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import tf_keras
+
+import kqreg
+from kqreg import noise
+from conftest import small_cnn
+
+
+def _np_range(w, bits, symmetric, axis):
+  """min/max as tfmot's LastValueQuantize sets them (independent NumPy)."""
+  mn = w.min(axis=axis) if axis is not None else np.float32(w.min())
+  mx = w.max(axis=axis) if axis is not None else np.float32(w.max())
+  if symmetric:  # narrow_range=True in these tests
+    return np.minimum(mn, -mx), np.maximum(mx, -mn)
+  return np.minimum(mn, 0), np.maximum(mx, 0)
+
+
+def _np_fake_quant(w, lo, hi, bits, narrow):
+  """TensorFlow's FakeQuantWithMinMaxVars, re-derived in float32 NumPy."""
+  qmin, qmax = np.float32(1 if narrow else 0), np.float32(2**bits - 1)
+  lo, hi = np.float32(lo), np.float32(hi)
+  scale = (hi - lo) / (qmax - qmin)
+  zp_from_min = qmin - lo / scale
+  zp = np.clip(np.sign(zp_from_min) * np.floor(np.abs(zp_from_min) + 0.5), qmin, qmax)
+  nmin, nmax = (qmin - zp) * scale, (qmax - zp) * scale
+  clamped = np.clip(w, nmin, nmax)
+  q = np.floor((clamped - nmin) * (np.float32(1) / scale) + np.float32(0.5)) * scale + nmin
+  return q.astype(np.float32), scale, nmin, nmax
+
+
+def _dense_model(weights):
+  model = tf_keras.Sequential([tf_keras.Input((weights.shape[0],)),
+                               tf_keras.layers.Dense(weights.shape[1], use_bias=False,
+                                                     name="fc")])
+  model.get_layer("fc").set_weights([weights])
+  return model
+
+
+def _set_ranges(qat, x):
+  qat(x, training=True)  # LastValueQuantize stores the current weights' range
+
+
+@pytest.mark.parametrize("trained", [False, True])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_weight_noise_matches_numpy_reference(bits, per_channel, symmetric, trained):
+  rng = np.random.default_rng(bits)
+  w = (rng.standard_normal((64, 32)) * 0.1 + 0.02).astype(np.float32)
+  qat = kqreg.quantize(_dense_model(w), f"w{bits}", per_channel=per_channel,
+                       symmetric=symmetric)
+  x = rng.standard_normal((16, 64)).astype(np.float32)
+  if trained:
+    qat.compile(tf_keras.optimizers.SGD(0.05), "mse")
+    qat.fit(x, rng.standard_normal((16, 32)), epochs=3, verbose=0)
+    _set_ranges(qat, x)
+  else:
+    _set_ranges(qat, x)
+  (row,) = noise.weight_noise(qat)
+  (qw,) = noise.quantized_weights(qat)
+  w_now = qw.weight.numpy()
+
+  narrow = True
+  lo, hi = _np_range(w_now, bits, symmetric, 0 if per_channel else None)
+  wq, scale, nmin, nmax = _np_fake_quant(w_now, lo, hi, bits, narrow)
+  got = qw.quantized().numpy()
+  # Same level for every weight; values equal up to float32 rounding.
+  np.testing.assert_array_equal(np.round((got - nmin) / scale), np.round((wq - nmin) / scale))
+  ulp = 4 * np.finfo(np.float32).eps * np.abs(w_now).max()
+  np.testing.assert_allclose(got, wq, rtol=0, atol=ulp)
+  delta = (wq - w_now).astype(np.float32)
+  step = np.atleast_1d(scale)
+  assert row["weight_bits"] == bits
+  assert row["step"] == pytest.approx(step.mean(), rel=1e-5)
+  assert row["step_min"] == pytest.approx(step.min(), rel=1e-5)
+  assert row["step_max"] == pytest.approx(step.max(), rel=1e-5)
+  assert row["delta_mean"] == pytest.approx(delta.mean(), rel=1e-4, abs=ulp)
+  assert row["delta_std"] == pytest.approx(delta.std(), rel=1e-4)
+  assert row["delta_max_abs"] == pytest.approx(np.abs(delta).max(), abs=ulp)
+  model_std = np.sqrt(np.mean(step.astype(np.float64)**2) / 12)
+  assert row["model_std"] == pytest.approx(model_std, rel=1e-5)
+  assert row["std_ratio"] == pytest.approx(delta.std() / model_std, rel=1e-4)
+  rel_norm = np.linalg.norm(delta) / np.linalg.norm(w_now)
+  assert row["rel_norm"] == pytest.approx(rel_norm, rel=1e-4)
+  assert row["sqnr_db"] == pytest.approx(-20 * np.log10(rel_norm), rel=1e-4)
+  clip = np.mean((w_now < nmin) | (w_now > nmax))
+  assert row["clip_fraction"] == pytest.approx(clip, abs=1e-7)
+  assert set(noise.WEIGHT_NOISE_KEYS) <= set(row)
+
+
+@pytest.mark.parametrize("bits", range(4, 9))
+def test_delta_std_matches_uniform_model_on_gaussian_weights(bits):
+  w = np.random.default_rng(0).standard_normal((128, 100)).astype(np.float32)
+  qat = kqreg.quantize(_dense_model(w), f"w{bits}", per_channel=False)
+  _set_ranges(qat, np.zeros((1, 128), np.float32))
+  (row,) = noise.weight_noise(qat)
+  assert abs(row["std_ratio"] - 1) < 0.10
+
+
+@pytest.mark.parametrize("bits", range(4, 9))
+def test_one_bit_less_doubles_noise_at_fixed_range(bits):
+  w = np.random.default_rng(1).standard_normal((128, 100)).astype(np.float32)
+  stds = {}
+  for b in (bits, bits - 1):
+    qat = kqreg.quantize(_dense_model(w), f"w{b}", per_channel=False,
+                         symmetric=False, narrow_range=False)
+    _set_ranges(qat, np.zeros((1, 128), np.float32))
+    stds[b] = noise.weight_noise(qat)[0]["delta_std"]
+  assert 1.8 <= stds[bits - 1] / stds[bits] <= 2.2
+
+
+def test_float_model_gives_empty_results(cnn, batch):
+  assert noise.weight_noise(cnn) == []
+  assert noise.propagation(cnn, batch[0]) == []
+
+
+def test_output_perturbation_grows_as_bits_shrink(cnn, batch):
+  x, y = batch
+  measured = {}
+  for bits in (8, 4, 2):
+    qat = kqreg.quantize(cnn, f"w{bits}")
+    _set_ranges(qat, x)
+    rows = noise.propagation(qat, x)
+    assert rows[-1]["layer"] == "output"
+    assert [r["layer"] for r in rows[:-1]] == ["conv_a", "conv_b", "head"]
+    assert all(r["predicted"] is not None for r in rows[:-1])
+    measured[bits] = rows[-1]["measured"]
+  assert 0 < measured[8] < measured[4] < measured[2]
+
+
+def test_first_order_prediction_tracks_local_perturbation(cnn, batch):
+  qat = kqreg.quantize(cnn, "w4")
+  _set_ranges(qat, batch[0])
+  for row in noise.propagation(qat, batch[0])[:-1]:
+    assert 0.5 < row["predicted"] / row["measured_local"] < 2.0, row
+
+
+def test_propagation_refuses_wrong_input_shape(cnn):
+  qat = kqreg.quantize(cnn, "w4")
+  with pytest.raises(ValueError, match=r"probe batch has shape \(2, 5, 5, 1\).*takes \(None, 8, 8, 1\)"):
+    noise.propagation(qat, np.zeros((2, 5, 5, 1), np.float32))
+
+
+def _fit(qat, batch, log_dir, epochs, initial_epoch=0):
+  callback = kqreg.NoiseAnalysisCallback(log_dir, probe_data=batch[0][:8])
+  qat.fit(*batch, epochs=epochs, initial_epoch=initial_epoch, verbose=0,
+          validation_data=batch, callbacks=[callback])
+
+
+def _read_csv(path):
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def test_callback_writes_documented_files(cnn, batch, tmp_path):
+  qat = kqreg.quantize(cnn, "w4a8")
+  qat.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+              metrics=["accuracy"])
+  _fit(qat, batch, str(tmp_path), epochs=2)
+  rows = _read_csv(tmp_path / "noise.csv")
+  header = list(rows[0])
+  assert header[:len(kqreg.callbacks.NOISE_CSV_COLUMNS)] == list(kqreg.callbacks.NOISE_CSV_COLUMNS)
+  assert {"loss", "val_loss", "accuracy", "val_accuracy"} <= set(header)
+  assert [(r["epoch"], r["layer"]) for r in rows] == [
+      (e, l) for e in ("0", "1") for l in ("conv_a", "conv_b", "head", "output")]
+  records = [json.loads(l) for l in open(tmp_path / "noise.jsonl")]
+  assert [r["epoch"] for r in records] == [0, 1]
+  assert len(records[0]["weight_noise"]) == 3 and records[0]["propagation"][-1]["layer"] == "output"
+  events = os.listdir(tmp_path / "noise")
+  assert any(name.startswith("events.out.tfevents") for name in events)
+
+
+def test_callback_every_n_epochs_records_last_epoch_too(cnn, batch, tmp_path):
+  qat = kqreg.quantize(cnn, "w4")
+  qat.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  qat.fit(*batch, epochs=5, verbose=0,
+          callbacks=[kqreg.NoiseAnalysisCallback(str(tmp_path), every_n_epochs=2)])
+  epochs = [json.loads(l)["epoch"] for l in open(tmp_path / "noise.jsonl")]
+  assert epochs == [1, 3, 4]
+
+
+def test_resumed_run_neither_duplicates_nor_rewrites_epochs(cnn, batch, tmp_path):
+  qat = kqreg.quantize(cnn, "w4")
+  qat.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  _fit(qat, batch, str(tmp_path), epochs=3)  # an interrupted run got to epoch 2
+  before = _read_csv(tmp_path / "noise.csv")
+  _fit(qat, batch, str(tmp_path), epochs=4, initial_epoch=2)  # resume from 2
+  after = _read_csv(tmp_path / "noise.csv")
+  assert [r["epoch"] for r in after] == [str(e) for e in range(4) for _ in range(4)]
+  kept = [r for r in before if int(r["epoch"]) < 2]
+  assert after[:len(kept)] == kept
+  assert [json.loads(l)["epoch"] for l in open(tmp_path / "noise.jsonl")] == [0, 1, 2, 3]
