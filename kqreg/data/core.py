@@ -1,0 +1,220 @@
+"""Loads classification datasets from TFDS and builds tf.data input pipelines.
+
+`load` goes through `tfds.builder` / `as_dataset` like `tfds.load`, so
+`tfds.testing.mock_data` works for real datasets. Only the offline `kqreg_*`
+datasets are prepared here; this machine cannot download anything else.
+"""
+
+import dataclasses
+from typing import Dict, Optional, Tuple
+
+from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+# Importing the builder modules registers them with TFDS.
+from kqreg.data import digits  # noqa: F401
+from kqreg.data import textures  # noqa: F401
+
+OFFLINE_DATASETS: Tuple[str, ...] = ("kqreg_digits", "kqreg_textures")
+
+# Pixels CIFAR-style augmentation pads on each side before the random crop.
+_AUGMENT_PAD = 4
+# Shuffle buffer cap: whole-split shuffles for CIFAR-sized data, bounded memory.
+_MAX_SHUFFLE_BUFFER = 50_000
+
+
+class DatasetError(ValueError):
+  """Unknown dataset, dataset not prepared, unknown split or bad argument."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationInfo:
+  """What a model needs to know about a supervised image dataset.
+
+  `splits` maps split name to number of examples; it is empty when TFDS does
+  not know the splits (e.g. under `tfds.testing.mock_data`).
+  """
+
+  name: str
+  num_classes: int
+  image_shape: Tuple[int, int, int]
+  splits: Dict[str, int]
+
+
+def _offline_hint() -> str:
+  return ("Datasets that prepare offline: "
+          f"{', '.join(OFFLINE_DATASETS)}.")
+
+
+def _builder(name: str, data_dir: Optional[str]) -> tfds.core.DatasetBuilder:
+  if not isinstance(name, str) or not name:
+    raise DatasetError(f"name={name!r}: pass a TFDS dataset name such as "
+                       f"'cifar10'. {_offline_hint()}")
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise DatasetError(
+        f"Unknown dataset {name!r}: TFDS has no builder of that name. "
+        f"{_offline_hint()}") from None
+  except (ValueError, AssertionError) as e:
+    # Malformed name, unknown config or version: TFDS explains which.
+    raise DatasetError(f"name={name!r}: {e} {_offline_hint()}") from None
+
+
+def _data_root(builder: tfds.core.DatasetBuilder,
+               data_dir: Optional[str]) -> str:
+  root = getattr(builder, "data_dir_root", None)
+  return str(root) if root is not None else str(data_dir)
+
+
+def _split_names(split: str) -> Tuple[str, ...]:
+  """Base split names in a TFDS split string like 'train[:10%]+test'."""
+  return tuple(part.split("[", 1)[0].strip() for part in split.split("+"))
+
+
+def _info(builder: tfds.core.DatasetBuilder) -> ClassificationInfo:
+  info = builder.info
+  if not info.supervised_keys:
+    raise DatasetError(
+        f"Dataset {builder.name!r} has no supervised (image, label) keys; "
+        "pass an image classification dataset.")
+  image_key, label_key = info.supervised_keys[:2]
+  label = info.features[label_key]
+  num_classes = getattr(label, "num_classes", None)
+  image_shape = tuple(info.features[image_key].shape)
+  if num_classes is None or len(image_shape) != 3:
+    raise DatasetError(
+        f"Dataset {builder.name!r} is not image classification (label "
+        f"{label_key!r}, image shape {image_shape}); pass a dataset with "
+        "HxWxC images and a ClassLabel.")
+  splits = {str(k): int(v.num_examples) for k, v in info.splits.items()}
+  return ClassificationInfo(name=builder.name, num_classes=int(num_classes),
+                            image_shape=image_shape, splits=splits)
+
+
+def load(name: str, split: str, *, data_dir: Optional[str] = None
+         ) -> Tuple[tf.data.Dataset, ClassificationInfo]:
+  """Returns (image uint8 HxWxC, label int64) examples and dataset info.
+
+  Offline `kqreg_*` datasets are prepared on first use, without network.
+  Other TFDS datasets (mnist, cifar10, ...) must already be prepared in
+  `data_dir` (TFDS' default directory if None).
+
+  Args:
+    name: TFDS name, e.g. "cifar10" or "kqreg_digits" (may carry a
+      ":version" or "/config" as in `tfds.load`).
+    split: TFDS split string, e.g. "train", "test" or "train[:1000]".
+    data_dir: TFDS data directory; None means TFDS' default.
+
+  Raises:
+    DatasetError: unknown dataset, not prepared, or unknown split.
+  """
+  builder = _builder(name, data_dir)
+  if builder.name in OFFLINE_DATASETS:
+    builder.download_and_prepare()
+  if not isinstance(split, str) or not split:
+    raise DatasetError(f"split={split!r}: pass a split name such as 'train'.")
+  info = _info(builder)
+  # Splits are only known once prepared (or from mocked metadata).
+  if info.splits:
+    unknown = [s for s in _split_names(split) if s not in info.splits]
+    if unknown:
+      raise DatasetError(
+          f"split={split!r}: dataset {builder.name!r} has no split "
+          f"{unknown[0]!r}; available splits: {', '.join(info.splits)}.")
+  try:
+    ds = builder.as_dataset(split=split, as_supervised=True)
+  except AssertionError as e:
+    if "could not find data" not in str(e):
+      raise
+    raise DatasetError(
+        f"Dataset {name!r} is not prepared in {_data_root(builder, data_dir)} "
+        "and cannot be downloaded on this machine. Prepare it on a machine "
+        f"with network access (`tfds build {builder.name}`), copy the data "
+        "directory here and pass it with --data_dir (data_dir=...). "
+        f"{_offline_hint()}") from None
+  except ValueError as e:
+    raise DatasetError(f"split={split!r} for dataset {builder.name!r}: {e}"
+                       ) from None
+  return ds, info
+
+
+def validation_split(info: ClassificationInfo) -> str:
+  """"validation" if the dataset has that split, else "test"."""
+  return "validation" if "validation" in info.splits else "test"
+
+
+def _check_positive_int(value, arg: str, allow_none: bool = False) -> None:
+  if allow_none and value is None:
+    return
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    none = " or None" if allow_none else ""
+    raise DatasetError(f"{arg}={value!r}: pass a positive integer{none}.")
+
+
+def _to_float(image: tf.Tensor, label: tf.Tensor):
+  return tf.image.convert_image_dtype(image, tf.float32), tf.cast(label,
+                                                                  tf.int64)
+
+
+def _augment(seed: tf.Tensor, example):
+  """Random flip left-right, then pad-and-random-crop; stateless, seeded."""
+  image, label = example
+  flip_seed, crop_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 2))
+  shape = tf.shape(image)
+  image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  padded = tf.image.pad_to_bounding_box(
+      image, _AUGMENT_PAD, _AUGMENT_PAD, shape[0] + 2 * _AUGMENT_PAD,
+      shape[1] + 2 * _AUGMENT_PAD)
+  cropped = tf.image.stateless_random_crop(padded, shape, crop_seed)
+  cropped.set_shape(image.shape)
+  return cropped, label
+
+
+def pipeline(ds: tf.data.Dataset, *, batch_size: int, training: bool,
+             augment: bool = False, seed: int = 0, take: Optional[int] = None,
+             image_size: Optional[Tuple[int, int]] = None,
+             cache: bool = True) -> tf.data.Dataset:
+  """Batches (image uint8, label) into (float32 NHWC in [0, 1], int64 labels).
+
+  Order: take the first `take` examples (before shuffling, so a fixed subset),
+  scale to [0, 1], resize to `image_size`, cache, then for training shuffle
+  (reshuffled every epoch, deterministic given `seed`) and optionally augment
+  (random flip + 4-pixel pad and random crop, stateless and seeded; ignored
+  when not training), batch (keeping the last partial batch) and prefetch.
+  """
+  _check_positive_int(batch_size, "batch_size")
+  _check_positive_int(take, "take", allow_none=True)
+  if image_size is not None:
+    if (len(tuple(image_size)) != 2
+        or not all(isinstance(d, int) and d > 0 for d in image_size)):
+      raise DatasetError(f"image_size={image_size!r}: pass (height, width) "
+                         "of positive integers, or None.")
+  if isinstance(seed, bool) or not isinstance(seed, int):
+    raise DatasetError(f"seed={seed!r}: pass an integer.")
+
+  if take is not None:
+    ds = ds.take(take)
+  ds = ds.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
+  if image_size is not None:
+    size = tuple(image_size)
+    ds = ds.map(
+        lambda x, y: (tf.clip_by_value(tf.image.resize(x, size), 0.0, 1.0), y),
+        num_parallel_calls=tf.data.AUTOTUNE)
+  if cache:
+    ds = ds.cache()
+  if training:
+    cardinality = int(ds.cardinality())
+    buffer = cardinality if cardinality > 0 else _MAX_SHUFFLE_BUFFER
+    ds = ds.shuffle(min(buffer, _MAX_SHUFFLE_BUFFER), seed=seed,
+                    reshuffle_each_iteration=True)
+    if augment:
+      # A fresh, seed-determined stream of op seeds every epoch.
+      seeds = tf.data.Dataset.random(
+          seed=seed, rerandomize_each_iteration=True).batch(2)
+      ds = tf.data.Dataset.zip(seeds, ds).map(
+          _augment, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(batch_size, drop_remainder=False)
+  return ds.prefetch(tf.data.AUTOTUNE)
