@@ -30,7 +30,7 @@ import tf_keras
 from kqreg import noise
 from kqreg.io_utils import atomic_write_text
 
-__all__ = ["NoiseAnalysisCallback", "NOISE_CSV_COLUMNS"]
+__all__ = ["NoiseAnalysisCallback", "EpochCSVLogger", "NOISE_CSV_COLUMNS"]
 
 NOISE_CSV_COLUMNS = (("epoch",) + noise.WEIGHT_NOISE_KEYS +
                      ("prop_measured", "prop_measured_local", "prop_predicted"))
@@ -42,6 +42,67 @@ def _clean(value):
   if isinstance(value, float) and not math.isfinite(value):
     return None
   return value
+
+
+def _truncate_csv(path: str, epoch: int) -> None:
+  """Drops rows of `epoch` and later from the CSV at `path`, keeping the rest."""
+  if not os.path.exists(path):
+    return
+  with open(path, newline="") as f:
+    reader = csv.DictReader(f)
+    fieldnames = reader.fieldnames
+    rows = list(reader)
+  kept = [r for r in rows if int(r["epoch"]) < epoch]
+  if len(kept) == len(rows):
+    return
+  out = io.StringIO()
+  if fieldnames:
+    writer = csv.DictWriter(out, fieldnames=fieldnames, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(kept)
+  atomic_write_text(path, out.getvalue())
+
+
+def _append_csv(path: str, rows: List[Dict], fieldnames: List[str]) -> None:
+  """Appends `rows`; the header of an existing file wins over `fieldnames`."""
+  exists = os.path.exists(path) and os.path.getsize(path) > 0
+  if exists:
+    with open(path, newline="") as f:
+      fieldnames = next(csv.reader(f))
+  with open(path, "a", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=fieldnames, extrasaction="ignore")
+    if not exists:
+      writer.writeheader()
+    writer.writerows({k: _clean(v) for k, v in row.items()} for row in rows)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+class EpochCSVLogger(tf_keras.callbacks.Callback):
+  """One CSV row per epoch (`epoch` then the logs), resume-safe.
+
+  Unlike Keras' CSVLogger in append mode, a run resumed at epoch k first
+  drops rows ≥ k that an interrupted run may have written, so every epoch
+  appears exactly once.
+  """
+
+  def __init__(self, path: str):
+    super().__init__()
+    self.path = path
+    self._started = False
+
+  def on_train_begin(self, logs=None):
+    os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+    self._started = False
+
+  def on_epoch_begin(self, epoch, logs=None):
+    if not self._started:
+      self._started = True
+      _truncate_csv(self.path, epoch)
+
+  def on_epoch_end(self, epoch, logs=None):
+    logs = {k: float(v) for k, v in (logs or {}).items() if np.ndim(v) == 0}
+    _append_csv(self.path, [{"epoch": epoch, **logs}], ["epoch", *sorted(logs)])
 
 
 class NoiseAnalysisCallback(tf_keras.callbacks.Callback):
@@ -98,27 +159,13 @@ class NoiseAnalysisCallback(tf_keras.callbacks.Callback):
 
   def _truncate_from(self, epoch: int) -> None:
     """Drops rows of `epoch` and later (left by an interrupted run)."""
-    if os.path.exists(self.csv_path):
-      with open(self.csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-        fieldnames = list(rows[0].keys()) if rows else None
-      kept = [r for r in rows if int(r["epoch"]) < epoch]
-      if len(kept) != len(rows):
-        self._write_csv(kept, fieldnames)
+    _truncate_csv(self.csv_path, epoch)
     if os.path.exists(self.jsonl_path):
       with open(self.jsonl_path) as f:
         lines = [l for l in f if l.strip()]
       kept = [l for l in lines if json.loads(l)["epoch"] < epoch]
       if len(kept) != len(lines):
         atomic_write_text(self.jsonl_path, "".join(kept))
-
-  def _write_csv(self, rows: List[Dict], fieldnames) -> None:
-    out = io.StringIO()
-    if fieldnames:
-      writer = csv.DictWriter(out, fieldnames=fieldnames, extrasaction="ignore")
-      writer.writeheader()
-      writer.writerows(rows)
-    atomic_write_text(self.csv_path, out.getvalue())
 
   def on_epoch_end(self, epoch, logs=None):
     self._last_epoch, self._last_logs = epoch, dict(logs or {})
@@ -160,18 +207,8 @@ class NoiseAnalysisCallback(tf_keras.callbacks.Callback):
 
   def _append(self, epoch, rows, stats, prop, epoch_logs) -> None:
     if rows:
-      fieldnames = list(NOISE_CSV_COLUMNS) + sorted(epoch_logs)
-      exists = os.path.exists(self.csv_path) and os.path.getsize(self.csv_path)
-      if exists:
-        with open(self.csv_path, newline="") as f:
-          fieldnames = next(csv.reader(f))
-      with open(self.csv_path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fieldnames, extrasaction="ignore")
-        if not exists:
-          writer.writeheader()
-        writer.writerows({k: _clean(v) for k, v in row.items()} for row in rows)
-        f.flush()
-        os.fsync(f.fileno())
+      _append_csv(self.csv_path, rows,
+                  list(NOISE_CSV_COLUMNS) + sorted(epoch_logs))
     record = {"epoch": epoch, "logs": epoch_logs,
               "weight_noise": [{k: _clean(v) for k, v in s.items()} for s in stats],
               "propagation": [{k: _clean(v) for k, v in p.items()} for p in prop]}

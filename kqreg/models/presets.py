@@ -20,12 +20,13 @@ MODELS: dict[str, dict] = {
             "convs_per_stage": 2,
             "dropout": 0.0,
             "batch_norm": True,
+            "bn_momentum": 0.9,
         },
     },
     "resnet20": {
         "builder": "resnet_cifar.resnet",
         "description": "CIFAR ResNet-20 (He et al. 2016), 1x1 projections",
-        "kwargs": {"depth": 20, "base_width": 16},
+        "kwargs": {"depth": 20, "base_width": 16, "bn_momentum": 0.9},
     },
     "mobilenetv2": {
         "builder": "applications.mobilenetv2",

@@ -1,0 +1,297 @@
+"""Bit-width sweep report: aggregate runs, judge against seed spread, plot.
+
+Input: the result.json and history.csv of each run of a sweep. Output, in
+one folder: `runs.csv` (one row per run), `results.csv` (per bit setting:
+mean and std over seeds), `report.md` (the table, the verdict, the plots) and
+three PNGs:
+
+  val_loss.png   validation loss per epoch per bit setting (QReg Figure 1)
+  gap.png        generalization gap against bits
+  noise.png      measured std(δ) and the Δ/√12 model against bits (log)
+
+The verdict is computed from the numbers: a bit setting's gap differs from
+full precision only if the difference of the means exceeds the seed-to-seed
+spread (the two standard deviations combined). Nothing is tuned to a
+conclusion: with one seed, or overlapping spreads, it says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from kqreg.io_utils import atomic_write_text
+
+__all__ = ["RunRecord", "aggregate", "verdict", "markdown_table",
+           "write_report", "METRICS"]
+
+# (result key, column label) of the figures aggregated per bit setting.
+METRICS = (
+    ("train_accuracy", "train acc"),
+    ("val_accuracy", "val acc"),
+    ("test_accuracy", "test acc"),
+    ("train_loss", "train loss"),
+    ("val_loss", "val loss"),
+    ("gap_accuracy", "gap acc (train-val)"),
+    ("gap_loss", "gap loss (val-train)"),
+    ("val_loss_rise", "val loss rise"),
+    ("noise_std", "std(δ)"),
+    ("noise_model_std", "Δ/√12"),
+)
+
+
+@dataclasses.dataclass
+class RunRecord:
+  """One finished run: its bits, seed, result dict and per-epoch history."""
+  bits: str
+  seed: int
+  result: Dict
+  history: List[Dict[str, float]]
+
+  def value(self, key: str) -> Optional[float]:
+    if key == "noise_std":
+      return (self.result.get("noise") or {}).get("delta_std")
+    if key == "noise_model_std":
+      return (self.result.get("noise") or {}).get("model_std")
+    if key == "val_loss_rise":
+      if "last_epoch_val_loss" in self.result:
+        return self.result["last_epoch_val_loss"] - self.result["best_val_loss"]
+      return None
+    value = self.result.get(key)
+    return None if value is None else float(value)
+
+
+def _mean_std(values: Sequence[Optional[float]]):
+  values = [v for v in values if v is not None and math.isfinite(v)]
+  if not values:
+    return None, None, 0
+  std = float(np.std(values, ddof=1)) if len(values) > 1 else None
+  return float(np.mean(values)), std, len(values)
+
+
+def aggregate(records: Sequence[RunRecord],
+              bits_order: Sequence[str]) -> List[Dict]:
+  """Per bit setting (in `bits_order`): mean/std/n of every `METRICS` key."""
+  rows = []
+  for bits in bits_order:
+    runs = [r for r in records if r.bits == bits]
+    if not runs:
+      continue
+    row = {"bits": bits, "seeds": len(runs)}
+    for key, _ in METRICS:
+      mean, std, _ = _mean_std([r.value(key) for r in runs])
+      row[f"{key}_mean"], row[f"{key}_std"] = mean, std
+    rows.append(row)
+  return rows
+
+
+def _fmt(mean, std, digits=3):
+  if mean is None:
+    return "–"
+  if std is None:
+    return f"{mean:.{digits}f}"
+  return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown_table(rows: Sequence[Dict]) -> str:
+  """The aggregated rows as a Markdown table (mean ± std over seeds)."""
+  header = ["bits", "seeds"] + [label for _, label in METRICS]
+  lines = ["| " + " | ".join(header) + " |",
+           "|" + "---|" * len(header)]
+  for row in rows:
+    cells = [row["bits"], str(row["seeds"])]
+    for key, _ in METRICS:
+      digits = 5 if key.startswith("noise") else 3
+      cells.append(_fmt(row[f"{key}_mean"], row[f"{key}_std"], digits))
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _compare(row, ref, key):
+  mean, ref_mean = row[f"{key}_mean"], ref[f"{key}_mean"]
+  std, ref_std = row[f"{key}_std"], ref[f"{key}_std"]
+  if mean is None or ref_mean is None:
+    return None, None, None
+  diff = mean - ref_mean
+  if std is None or ref_std is None:
+    return diff, None, None
+  spread = math.sqrt(std**2 + ref_std**2)
+  return diff, spread, abs(diff) > spread
+
+
+def verdict(rows: Sequence[Dict], reference: str = "fp") -> List[str]:
+  """Plain-language lines comparing each bit setting's gap with `reference`."""
+  by_bits = {row["bits"]: row for row in rows}
+  if reference not in by_bits:
+    return [f"No `{reference}` run in the sweep: nothing to compare against."]
+  ref = by_bits[reference]
+  lines = []
+  rise = ref["val_loss_rise_mean"]
+  if rise is not None:
+    lines.append(
+        f"- {reference}: validation loss ends {rise:.3f} above its minimum "
+        f"({'it overfits' if rise > 0.01 else 'no visible overfitting'}).")
+  for row in rows:
+    if row["bits"] == reference:
+      continue
+    parts = []
+    for key, name in (("gap_loss", "loss gap"), ("gap_accuracy",
+                                                 "accuracy gap")):
+      diff, spread, beyond = _compare(row, ref, key)
+      if diff is None:
+        continue
+      direction = "smaller" if diff < 0 else "larger"
+      if spread is None:
+        parts.append(f"{name} {diff:+.3f} vs {reference} (one seed: no "
+                     "spread to judge against)")
+      elif beyond:
+        parts.append(f"{name} {diff:+.3f} vs {reference}, {direction} beyond "
+                     f"the seed spread ({spread:.3f})")
+      else:
+        parts.append(f"{name} {diff:+.3f} vs {reference}, within the seed "
+                     f"spread ({spread:.3f}): no difference shown")
+    diff, spread, beyond = _compare(row, ref, "val_accuracy")
+    if diff is not None:
+      judged = ("" if spread is None else
+                (" (beyond spread)" if beyond else " (within spread)"))
+      parts.append(f"val acc {diff:+.3f}{judged}")
+    lines.append(f"- {row['bits']}: " + "; ".join(parts) + ".")
+  return lines
+
+
+def _bits_value(bits: str) -> float:
+  """Weight bits of a default policy token, for plotting (fp -> 32)."""
+  head = bits.split(",")[0]
+  if head.startswith("w") and head[1:].split("a")[0].isdigit():
+    return float(head[1:].split("a")[0])
+  return 32.0
+
+
+def _plots(records, rows, bits_order, output_dir) -> List[str]:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  paths = []
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(bits_order), 1)))
+  for color, bits in zip(colors, bits_order):
+    curves = [[float(h["val_loss"]) for h in r.history]
+              for r in records if r.bits == bits and r.history]
+    if not curves:
+      continue
+    length = min(len(c) for c in curves)
+    curves = np.array([c[:length] for c in curves])
+    epochs = np.arange(1, length + 1)
+    mean = curves.mean(axis=0)
+    ax.plot(epochs, mean, label=bits, color=color)
+    if len(curves) > 1:
+      std = curves.std(axis=0, ddof=1)
+      ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2)
+  ax.set_xlabel("epoch")
+  ax.set_ylabel("validation loss")
+  ax.set_title("Validation loss per epoch (mean ± std over seeds)")
+  ax.legend(title="bits")
+  ax.grid(alpha=0.3)
+  paths.append(os.path.join(output_dir, "val_loss.png"))
+  fig.tight_layout()
+  fig.savefig(paths[-1], dpi=120)
+  plt.close(fig)
+
+  x = [_bits_value(r["bits"]) for r in rows]
+  labels = [r["bits"] for r in rows]
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for ax, key, label in ((axes[0], "gap_loss", "val loss − train loss"),
+                         (axes[1], "gap_accuracy", "train acc − val acc")):
+    means = [r[f"{key}_mean"] for r in rows]
+    stds = [r[f"{key}_std"] or 0.0 for r in rows]
+    ax.errorbar(range(len(x)), means, yerr=stds, marker="o", capsize=4)
+    ax.set_xticks(range(len(x)), labels)
+    ax.set_xlabel("bits")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+  fig.suptitle("Generalization gap against bits (mean ± std over seeds)")
+  paths.append(os.path.join(output_dir, "gap.png"))
+  fig.tight_layout()
+  fig.savefig(paths[-1], dpi=120)
+  plt.close(fig)
+
+  quantized = [r for r in rows if r["noise_std_mean"] is not None]
+  fig, ax = plt.subplots(figsize=(6, 4))
+  if quantized:
+    qx = [_bits_value(r["bits"]) for r in quantized]
+    ax.semilogy(qx, [r["noise_std_mean"] for r in quantized], "o-",
+                label="measured std(δ)")
+    ax.semilogy(qx, [r["noise_model_std_mean"] for r in quantized], "s--",
+                label="model Δ/√12")
+    ax.set_xticks(qx, [r["bits"] for r in quantized])
+    ax.legend()
+  ax.set_xlabel("bits")
+  ax.set_ylabel("weight noise std (mean over layers)")
+  ax.set_title("Weight-quantization noise against bits")
+  ax.grid(alpha=0.3, which="both")
+  paths.append(os.path.join(output_dir, "noise.png"))
+  fig.tight_layout()
+  fig.savefig(paths[-1], dpi=120)
+  plt.close(fig)
+  return paths
+
+
+def _csv_text(rows: Sequence[Dict]) -> str:
+  out = io.StringIO()
+  if rows:
+    fieldnames = list(rows[0])
+    for row in rows[1:]:
+      fieldnames += [k for k in row if k not in fieldnames]
+    writer = csv.DictWriter(out, fieldnames=fieldnames)
+    writer.writeheader()
+    writer.writerows(rows)
+  return out.getvalue()
+
+
+def write_report(output_dir: str, records: Sequence[RunRecord],
+                 bits_order: Sequence[str], *, title: str = "Bit-width sweep",
+                 command: str = "", wall_time_s: Optional[float] = None) -> Dict:
+  """Writes runs.csv, results.csv, report.md and the PNGs; returns a summary.
+
+  Returns:
+    `{"rows": aggregated rows, "table": markdown, "verdict": lines,
+    "paths": written files}`.
+  """
+  os.makedirs(output_dir, exist_ok=True)
+  rows = aggregate(records, bits_order)
+  table = markdown_table(rows)
+  lines = verdict(rows)
+  run_rows = []
+  for r in records:
+    run_row = {"bits": r.bits, "seed": r.seed}
+    run_row.update({key: r.value(key) for key, _ in METRICS})
+    run_row["best_epoch"] = r.result.get("best_epoch")
+    run_row["wall_time_s"] = r.result.get("wall_time_s")
+    run_rows.append(run_row)
+  atomic_write_text(os.path.join(output_dir, "runs.csv"), _csv_text(run_rows))
+  atomic_write_text(os.path.join(output_dir, "results.csv"), _csv_text(rows))
+  plots = _plots(records, rows, bits_order, output_dir)
+  md = [f"# {title}", ""]
+  if command:
+    md += ["Command:", "", "```", command, "```", ""]
+  if wall_time_s is not None:
+    md += [f"Wall time: {wall_time_s / 60:.1f} min for {len(records)} runs.",
+           ""]
+  md += ["Mean ± std over seeds. gap acc = train − validation accuracy; gap "
+         "loss = validation − train loss; val loss rise = final minus minimum "
+         "validation loss (overfitting); std(δ) and Δ/√12 are means over "
+         "quantized layers at the end of training.", "", table, "",
+         "## Verdict (computed from the numbers above)", "", *lines, "",
+         "## Plots", ""]
+  md += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
+  atomic_write_text(os.path.join(output_dir, "report.md"), "\n".join(md) + "\n")
+  return {"rows": rows, "table": table, "verdict": lines,
+          "paths": [os.path.join(output_dir, n) for n in
+                    ("report.md", "results.csv", "runs.csv")] + plots}

@@ -1,0 +1,361 @@
+"""Classification training: a typed config in, a model dir and a stats dict out.
+
+`run(config)` builds the data pipeline, the model and its quantized copy under
+`config.bits`, trains with checkpoints that resume after an interruption
+(rerun the same command), and writes to `config.model_dir`:
+
+  params.json          the config (a rerun with other bits/model is refused)
+  history.csv          one row per epoch (train and validation loss/metrics)
+  noise.csv/.jsonl     NoiseAnalysisCallback logs (when `noise_analysis`)
+  tensorboard/         Keras TensorBoard logs (+ noise/ summaries)
+  model.keras          the final (QAT) model; load inside kqreg.quantize_scope()
+  result.json          final figures (see `run`)
+
+The trainers in `trainers/` only turn flags into a `TrainConfig`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Dict, Optional
+
+from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from kqreg import data as data_lib
+from kqreg import models as models_lib
+from kqreg import noise as noise_lib
+from kqreg import policy as policy_lib
+from kqreg.callbacks import EpochCSVLogger, NoiseAnalysisCallback
+from kqreg.io_utils import atomic_write_json
+from kqreg.quantize import quantize, quantize_scope
+from kqreg.summary import profile
+
+__all__ = ["TrainConfig", "ConfigError", "run", "make_strategy",
+           "OPTIMIZERS", "LR_SCHEDULES", "STRATEGIES"]
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+LR_SCHEDULES = ("constant", "cosine", "step")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+
+# Fields that define what is trained: a model dir written under other values
+# cannot be resumed into.
+_IDENTITY_FIELDS = ("dataset", "model", "model_kwargs", "bits", "per_channel",
+                    "train_examples", "seed", "batch_size", "optimizer",
+                    "learning_rate", "lr_schedule", "weight_decay", "augment",
+                    "epochs")
+
+
+class ConfigError(ValueError):
+  """A training config that cannot run, with the flag to change."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  """Everything one classification run depends on.
+
+  Attributes:
+    model_dir: output folder; rerunning into it resumes.
+    dataset: TFDS name (mnist, cifar10, ...) or an offline `kqreg_*` set.
+    data_dir: TFDS data dir for prepared real datasets.
+    model: name in `kqreg.models.MODELS`.
+    model_kwargs: overrides of the model preset.
+    bits: `BitPolicy` string, e.g. "fp", "w4", "w4a8,first=w8a8".
+    per_channel: None for each layer family's default.
+    epochs: training epochs.
+    batch_size: global batch size (split across replicas).
+    optimizer: one of `OPTIMIZERS`.
+    learning_rate: peak learning rate.
+    lr_schedule: one of `LR_SCHEDULES`.
+    weight_decay: decoupled weight decay (0 disables).
+    augment: random flip and pad-and-crop on training images.
+    train_examples: use the first n training examples (None: all).
+    seed: seeds weights, shuffling and augmentation.
+    noise_analysis: record weight noise each `noise_every` epochs.
+    noise_every: epochs between noise records.
+    strategy: one of `STRATEGIES`.
+    jit_compile: XLA-compile the train step.
+    deterministic: TensorFlow op determinism (bit-identical reruns on CPU).
+    verbose: Keras fit verbosity (0 silent, 1 progress bar, 2 one line/epoch).
+  """
+  model_dir: str
+  dataset: str = "kqreg_digits"
+  data_dir: Optional[str] = None
+  model: str = "cnn"
+  model_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  bits: str = "fp"
+  per_channel: Optional[bool] = None
+  epochs: int = 30
+  batch_size: int = 64
+  optimizer: str = "adam"
+  learning_rate: float = 1e-3
+  lr_schedule: str = "constant"
+  weight_decay: float = 0.0
+  augment: bool = False
+  train_examples: Optional[int] = None
+  seed: int = 0
+  noise_analysis: bool = True
+  noise_every: int = 1
+  strategy: str = "default"
+  jit_compile: bool = False
+  deterministic: bool = False
+  verbose: int = 2
+
+  def validate(self) -> "TrainConfig":
+    """Raises `ConfigError` naming the field (flag) that is wrong."""
+
+    def _need(ok, flag, message):
+      if not ok:
+        raise ConfigError(f"--{flag}: {message}")
+
+    _need(isinstance(self.epochs, int) and self.epochs >= 1, "epochs",
+          f"must be a positive integer, got {self.epochs!r}")
+    _need(isinstance(self.batch_size, int) and self.batch_size >= 1,
+          "batch_size", f"must be a positive integer, got {self.batch_size!r}")
+    _need(self.learning_rate > 0, "learning_rate",
+          f"must be positive, got {self.learning_rate!r}")
+    _need(self.weight_decay >= 0, "weight_decay",
+          f"must be >= 0, got {self.weight_decay!r}")
+    _need(self.optimizer in OPTIMIZERS, "optimizer",
+          f"unknown optimizer {self.optimizer!r}; use one of "
+          f"{', '.join(OPTIMIZERS)}")
+    _need(self.lr_schedule in LR_SCHEDULES, "lr_schedule",
+          f"unknown schedule {self.lr_schedule!r}; use one of "
+          f"{', '.join(LR_SCHEDULES)}")
+    _need(self.strategy in STRATEGIES, "strategy",
+          f"unknown strategy {self.strategy!r}; use one of "
+          f"{', '.join(STRATEGIES)}")
+    _need(self.train_examples is None or
+          (isinstance(self.train_examples, int) and self.train_examples >= 1),
+          "train_examples",
+          f"must be a positive integer, got {self.train_examples!r}")
+    _need(isinstance(self.noise_every, int) and self.noise_every >= 1,
+          "noise_every", f"must be a positive integer, got {self.noise_every!r}")
+    _need(self.model in models_lib.MODELS, "model",
+          f"unknown model {self.model!r}; use one of "
+          f"{', '.join(models_lib.MODELS)}")
+    try:
+      policy_lib.BitPolicy.parse(self.bits)
+    except policy_lib.PolicyError as e:
+      raise ConfigError(f"--bits: {e}") from e
+    return self
+
+  def identity(self) -> Dict[str, Any]:
+    return {k: _jsonable(getattr(self, k)) for k in _IDENTITY_FIELDS}
+
+
+def _jsonable(value):
+  return json.loads(json.dumps(value, default=list))
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+  """The `tf.distribute` strategy called `name` (see `STRATEGIES`)."""
+  if name == "default":
+    return tf.distribute.get_strategy()
+  if name == "mirrored":
+    return tf.distribute.MirroredStrategy()
+  if name == "multi_worker":
+    if "TF_CONFIG" not in os.environ:
+      raise ConfigError("--strategy=multi_worker reads the cluster from the "
+                        "TF_CONFIG environment variable, which is not set.")
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  if name == "tpu":
+    try:
+      resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+      tf.config.experimental_connect_to_cluster(resolver)
+      tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, tf.errors.OpError) as e:
+      raise ConfigError(f"--strategy=tpu: no TPU found ({e}).") from e
+    return tf.distribute.TPUStrategy(resolver)
+  raise ConfigError(f"--strategy: unknown strategy {name!r}; use one of "
+                    f"{', '.join(STRATEGIES)}")
+
+
+def _learning_rate(config: TrainConfig, steps_per_epoch: int):
+  total = config.epochs * steps_per_epoch
+  if config.lr_schedule == "cosine":
+    return tf_keras.optimizers.schedules.CosineDecay(config.learning_rate,
+                                                     decay_steps=total)
+  if config.lr_schedule == "step":
+    return tf_keras.optimizers.schedules.PiecewiseConstantDecay(
+        [int(total * 0.5), int(total * 0.75)],
+        [config.learning_rate, config.learning_rate * 0.1,
+         config.learning_rate * 0.01])
+  return config.learning_rate
+
+
+def _optimizer(config: TrainConfig, steps_per_epoch: int):
+  lr = _learning_rate(config, steps_per_epoch)
+  decay = config.weight_decay or None
+  if config.optimizer == "sgd":
+    return tf_keras.optimizers.SGD(lr, momentum=0.9, nesterov=True,
+                                   weight_decay=decay)
+  if config.optimizer == "adamw":
+    return tf_keras.optimizers.AdamW(lr, weight_decay=config.weight_decay or
+                                     0.004)
+  if config.optimizer == "rmsprop":
+    return tf_keras.optimizers.RMSprop(lr, weight_decay=decay)
+  return tf_keras.optimizers.Adam(lr, weight_decay=decay)
+
+
+def _check_model_dir(config: TrainConfig) -> bool:
+  """Writes params.json, or checks it; True if result.json is already there."""
+  os.makedirs(config.model_dir, exist_ok=True)
+  params_path = os.path.join(config.model_dir, "params.json")
+  identity = config.identity()
+  if os.path.exists(params_path):
+    try:
+      with open(params_path) as f:
+        saved = json.load(f)["identity"]
+    except (OSError, ValueError, KeyError) as e:
+      raise ConfigError(
+          f"--model_dir: {params_path} is unreadable ({e}); use a new "
+          "--model_dir or delete it.") from e
+    differ = [k for k in identity if saved.get(k) != identity[k]]
+    if differ:
+      details = ", ".join(f"--{k}={saved.get(k)!r} there, {identity[k]!r} now"
+                          for k in differ)
+      raise ConfigError(
+          f"--model_dir {config.model_dir} holds a run with other settings "
+          f"({details}); use a new --model_dir or the same flags.")
+  else:
+    atomic_write_json(params_path, {"identity": identity,
+                                    "config": _jsonable(dataclasses.asdict(config))})
+  return os.path.exists(os.path.join(config.model_dir, "result.json"))
+
+
+def _evaluate(model, ds) -> Dict[str, float]:
+  values = model.evaluate(ds, verbose=0, return_dict=True)
+  return {k: float(v) for k, v in values.items()}
+
+
+def _noise_summary(model) -> Dict[str, Optional[float]]:
+  stats = noise_lib.weight_noise(model)
+  if not stats:
+    return {"delta_std": None, "model_std": None, "std_ratio": None,
+            "rel_norm": None}
+  return {
+      "delta_std": float(np.mean([s["delta_std"] for s in stats])),
+      "model_std": float(np.mean([s["model_std"] for s in stats])),
+      "std_ratio": float(np.mean([s["std_ratio"] for s in stats])),
+      "rel_norm": float(np.mean([s["rel_norm"] for s in stats])),
+  }
+
+
+def run(config: TrainConfig) -> Dict[str, Any]:
+  """Trains (or resumes) one run and returns its result dict.
+
+  Returns:
+    The contents of result.json: final `train_*`, `val_*`, `test_*` loss and
+    accuracy (train figures re-evaluated without augmentation), `gap_accuracy`
+    (train − val), `gap_loss` (val − train), best validation loss and its
+    epoch, `params`, `quantized_params`, `noise` (mean over layers), `bits`,
+    `wall_time_s`, and `resumed` (whether this call continued an earlier one).
+    A finished run is not trained again: its result.json is returned.
+
+  Raises:
+    ConfigError, DatasetError, PolicyError, UnknownModelError: bad settings.
+  """
+  config.validate()
+  if _check_model_dir(config):
+    with open(os.path.join(config.model_dir, "result.json")) as f:
+      result = json.load(f)
+    result["skipped"] = True
+    return result
+  start = time.time()
+  tf_keras.utils.set_random_seed(config.seed)
+  if config.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  strategy = make_strategy(config.strategy)
+
+  train_raw, info = data_lib.load(config.dataset, "train",
+                                  data_dir=config.data_dir)
+  n_train = info.splits["train"]
+  if config.train_examples is not None and config.train_examples > n_train:
+    raise ConfigError(
+        f"--train_examples={config.train_examples} is larger than the train "
+        f"split of {config.dataset} ({n_train} examples).")
+  n_train = config.train_examples or n_train
+  val_split = data_lib.validation_split(info)
+  val_raw, _ = data_lib.load(config.dataset, val_split, data_dir=config.data_dir)
+  batch = config.batch_size
+  train_ds = data_lib.pipeline(train_raw, batch_size=batch, training=True,
+                               augment=config.augment, seed=config.seed,
+                               take=config.train_examples)
+  train_eval_ds = data_lib.pipeline(train_raw, batch_size=batch,
+                                    training=False, take=config.train_examples)
+  val_ds = data_lib.pipeline(val_raw, batch_size=batch, training=False)
+  steps_per_epoch = math.ceil(n_train / batch)
+
+  with strategy.scope():
+    float_model = models_lib.build(config.model, info.image_shape,
+                                   info.num_classes, seed=config.seed,
+                                   **config.model_kwargs)
+    model = quantize(float_model, config.bits,
+                                  per_channel=config.per_channel)
+    model.compile(
+        optimizer=_optimizer(config, steps_per_epoch),
+        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        jit_compile=config.jit_compile)
+
+  callbacks = []
+  if config.noise_analysis:
+    probe = next(iter(val_ds.unbatch().batch(64).take(1)))[0]
+    callbacks.append(NoiseAnalysisCallback(config.model_dir,
+                                           every_n_epochs=config.noise_every,
+                                           probe_data=probe))
+  callbacks += [
+      EpochCSVLogger(os.path.join(config.model_dir, "history.csv")),
+      tf_keras.callbacks.BackupAndRestore(
+          os.path.join(config.model_dir, "backup")),
+      tf_keras.callbacks.TerminateOnNaN(),
+      tf_keras.callbacks.TensorBoard(
+          os.path.join(config.model_dir, "tensorboard"), profile_batch=0),
+  ]
+  resumed = os.path.isdir(os.path.join(config.model_dir, "backup"))
+  model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
+            callbacks=callbacks, verbose=config.verbose)
+
+  result: Dict[str, Any] = {"bits": config.bits, "dataset": config.dataset,
+                            "model": config.model, "seed": config.seed,
+                            "epochs": config.epochs, "train_examples": n_train}
+  for prefix, ds in (("train", train_eval_ds), ("val", val_ds)):
+    for key, value in _evaluate(model, ds).items():
+      result[f"{prefix}_{key}"] = value
+  if "test" in info.splits and val_split != "test":
+    test_raw, _ = data_lib.load(config.dataset, "test", data_dir=config.data_dir)
+    test_ds = data_lib.pipeline(test_raw, batch_size=batch, training=False)
+    for key, value in _evaluate(model, test_ds).items():
+      result[f"test_{key}"] = value
+  result["gap_accuracy"] = result["train_accuracy"] - result["val_accuracy"]
+  result["gap_loss"] = result["val_loss"] - result["train_loss"]
+  history = _read_history(os.path.join(config.model_dir, "history.csv"))
+  if history:
+    best = min(history, key=lambda row: float(row["val_loss"]))
+    result["best_val_loss"] = float(best["val_loss"])
+    result["best_epoch"] = int(best["epoch"])
+    result["last_epoch_val_loss"] = float(history[-1]["val_loss"])
+  prof = profile(model)
+  result.update(params=prof.params, quantized_params=prof.quantized_params,
+                weight_bytes=prof.weight_bytes,
+                noise=_noise_summary(model), resumed=resumed,
+                wall_time_s=round(time.time() - start, 2))
+  with quantize_scope():
+    model.save(os.path.join(config.model_dir, "model.keras"))
+  atomic_write_json(os.path.join(config.model_dir, "result.json"), result)
+  return result
+
+
+def _read_history(path: str):
+  if not os.path.exists(path):
+    return []
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))

@@ -1,0 +1,1 @@
+"""absl trainers for kqreg (console scripts kqreg-classify, kqreg-sweep)."""

@@ -1,0 +1,56 @@
+"""Trains one classifier at one bit policy.
+
+  kqreg-classify --dataset=kqreg_digits --model=cnn --bits=w4 \
+      --epochs=30 --model_dir=runs/digits_w4
+
+Writes checkpoints (rerun the same command to resume), history.csv, the noise
+logs, TensorBoard logs, model.keras and result.json to --model_dir.
+"""
+
+from __future__ import annotations
+
+import json
+
+from absl import app
+from absl import logging
+from absl import flags
+
+from trainers import flags as kqreg_flags
+
+from kqreg import training  # noqa: E402  (after kqreg_flags set up TF logging)
+from kqreg.data import DatasetError  # noqa: E402
+from kqreg.models import UnknownModelError  # noqa: E402
+from kqreg.policy import PolicyError  # noqa: E402
+
+FLAGS = flags.FLAGS
+USER_ERRORS = (training.ConfigError, DatasetError, UnknownModelError,
+               PolicyError)
+
+
+def _main(argv) -> None:
+  logging.set_verbosity(logging.WARNING)  # TFDS logs every file it reads
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS.export_tflite:
+    kqreg_flags.fail("kqreg-classify", training.ConfigError(
+        "--export_tflite: TFLite export is not implemented in this version."))
+  try:
+    result = training.run(kqreg_flags.train_config(FLAGS.model_dir))
+  except USER_ERRORS as e:
+    kqreg_flags.fail("kqreg-classify", e)
+  state = "already finished" if result.get("skipped") else "finished"
+  print(f"{FLAGS.bits}: {state} in {result['wall_time_s']:.0f}s: "
+        f"train acc {result['train_accuracy']:.3f}, val acc "
+        f"{result['val_accuracy']:.3f}, gap {result['gap_accuracy']:+.3f}; "
+        f"results in {FLAGS.model_dir}/result.json")
+  print(json.dumps(result, indent=2, sort_keys=True))
+
+
+def main() -> None:
+  kqreg_flags.define_flags()
+  flags.mark_flag_as_required("model_dir")
+  app.run(_main)
+
+
+if __name__ == "__main__":
+  main()

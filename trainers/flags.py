@@ -1,0 +1,105 @@
+"""Flags shared by the kqreg trainers: one `define_flags()`, all optional.
+
+Override order: defaults here < a `--flagfile` (absl's own) < flags on the
+command line, later ones winning. Each entry point marks what it requires.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
+
+from absl import flags  # noqa: E402
+
+import kqreg  # noqa: E402,F401  (Keras 2 before TensorFlow)
+from kqreg import models, training  # noqa: E402
+from kqreg.policy import BitPolicy, PolicyError  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def _valid_policy(text: str) -> bool:
+  try:
+    BitPolicy.parse(text)
+  except PolicyError as e:
+    raise flags.ValidationError(str(e)) from e
+  return True
+
+
+def define_flags() -> None:
+  """Defines the classification flags (idempotent)."""
+  if "bits" in FLAGS:
+    return
+  flags.DEFINE_string(
+      "dataset", "kqreg_digits",
+      "TFDS image-classification dataset (mnist, fashion_mnist, cifar10, "
+      "cifar100, imagenette, ...) prepared in --data_dir, or an offline one: "
+      "kqreg_digits, kqreg_textures.")
+  flags.DEFINE_string("data_dir", None,
+                      "TFDS data dir holding prepared real datasets.")
+  flags.DEFINE_enum("model", "cnn", list(models.MODELS),
+                    "Model from the kqreg zoo.")
+  flags.DEFINE_string(
+      "bits", "fp",
+      "Bit policy: fp, w8, w4 (weight-only), w4a8, "
+      "'w4,first=w8,last=w8', 'w4a8,conv2d_3=w2,Dense=w8', ...")
+  flags.DEFINE_integer("epochs", 30, "Training epochs.", lower_bound=1)
+  flags.DEFINE_integer("batch_size", 64,
+                       "Global batch size (split across replicas).",
+                       lower_bound=1)
+  flags.DEFINE_enum("optimizer", "adam", list(training.OPTIMIZERS),
+                    "Optimizer.")
+  flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.",
+                     lower_bound=0.0)
+  flags.DEFINE_enum("lr_schedule", "constant", list(training.LR_SCHEDULES),
+                    "Learning-rate schedule over the whole run.")
+  flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay.",
+                     lower_bound=0.0)
+  flags.DEFINE_bool("augment", False, "Random flip + pad-and-crop.")
+  flags.DEFINE_integer(
+      "train_examples", None,
+      "Train on the first n examples only (small sets make overfitting, and "
+      "so regularization, visible).", lower_bound=1)
+  flags.DEFINE_integer("seed", 0, "Seed for weights, shuffling, augmentation.")
+  flags.DEFINE_string("model_dir", None,
+                      "Output folder; rerunning the same command resumes.")
+  flags.DEFINE_bool("noise_analysis", True,
+                    "Record per-layer weight noise every epoch.")
+  flags.DEFINE_integer("noise_every", 1, "Epochs between noise records.",
+                       lower_bound=1)
+  flags.DEFINE_bool("export_tflite", False,
+                    "Write model.tflite after training (not available yet).")
+  flags.DEFINE_enum("strategy", "default", list(training.STRATEGIES),
+                    "tf.distribute strategy.")
+  flags.DEFINE_bool("jit_compile", False, "XLA-compile the training step.")
+  flags.DEFINE_bool("deterministic", False,
+                    "TensorFlow op determinism: bit-identical reruns on CPU.")
+  flags.DEFINE_integer("verbose", 2,
+                       "Keras fit verbosity: 0 silent, 1 bar, 2 line/epoch.")
+  flags.register_validator("bits", _valid_policy,
+                           message="--bits is not a valid bit policy.")
+
+
+def train_config(model_dir: str, **overrides) -> training.TrainConfig:
+  """A `TrainConfig` from the parsed flags, with `overrides` on top."""
+  values = dict(
+      model_dir=model_dir, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
+      model=FLAGS.model, bits=FLAGS.bits, epochs=FLAGS.epochs,
+      batch_size=FLAGS.batch_size, optimizer=FLAGS.optimizer,
+      learning_rate=FLAGS.learning_rate, lr_schedule=FLAGS.lr_schedule,
+      weight_decay=FLAGS.weight_decay, augment=FLAGS.augment,
+      train_examples=FLAGS.train_examples, seed=FLAGS.seed,
+      noise_analysis=FLAGS.noise_analysis, noise_every=FLAGS.noise_every,
+      strategy=FLAGS.strategy, jit_compile=FLAGS.jit_compile,
+      deterministic=FLAGS.deterministic, verbose=FLAGS.verbose)
+  values.update(overrides)
+  return training.TrainConfig(**values)
+
+
+def fail(prog: str, error: BaseException) -> None:
+  """Exits non-zero with one readable line (no traceback)."""
+  message = str(error).strip().splitlines()
+  sys.stderr.write(f"{prog}: error: {' '.join(message)}\n")
+  sys.exit(2)

@@ -1,0 +1,136 @@
+"""Trains one configuration over bit settings and seeds, then reports.
+
+  kqreg-sweep --flagfile=configs/digits_sweep.cfg
+
+Each run goes to --output_dir/runs/<bits>_seed<seed> (finished runs are
+skipped on rerun, interrupted ones resume). Writes report.md, results.csv,
+runs.csv and plots to --output_dir and prints the table with its verdict.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import sys
+import time
+
+from absl import app
+from absl import logging
+from absl import flags
+
+from trainers import flags as kqreg_flags
+
+import tf_keras  # noqa: E402
+
+from kqreg import report, training  # noqa: E402
+from kqreg.data import DatasetError  # noqa: E402
+from kqreg.models import UnknownModelError  # noqa: E402
+from kqreg.policy import BitPolicy, PolicyError  # noqa: E402
+
+FLAGS = flags.FLAGS
+USER_ERRORS = (training.ConfigError, DatasetError, UnknownModelError,
+               PolicyError)
+
+
+def _define_sweep_flags() -> None:
+  flags.DEFINE_string(
+      "sweep_bits", "fp,w8,w6,w4,w3,w2",
+      "Bit policies to sweep, comma separated; use ';' to separate policies "
+      "that contain commas themselves ('fp;w4,first=w8;w2,first=w8').")
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run each policy with.")
+  flags.DEFINE_string("output_dir", "runs/sweep",
+                      "Folder for the runs and the report.")
+  flags.DEFINE_string("title", "Bit-width sweep", "Title of report.md.")
+
+
+def parse_sweep_bits(text: str):
+  """Splits --sweep_bits and validates each policy."""
+  separator = ";" if ";" in text else ","
+  policies = [p.strip() for p in text.split(separator) if p.strip()]
+  if not policies:
+    raise training.ConfigError("--sweep_bits: give at least one bit policy.")
+  for policy in policies:
+    try:
+      BitPolicy.parse(policy)
+    except PolicyError as e:
+      raise training.ConfigError(f"--sweep_bits: {e}") from e
+  if len(set(policies)) != len(policies):
+    raise training.ConfigError(f"--sweep_bits: {text!r} repeats a policy.")
+  return policies
+
+
+def parse_seeds(values):
+  try:
+    seeds = [int(v) for v in values]
+  except ValueError as e:
+    raise training.ConfigError(
+        f"--seeds: expected integers, got {','.join(values)!r}.") from e
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise training.ConfigError(
+        f"--seeds: give distinct integers, got {','.join(values)!r}.")
+  return seeds
+
+
+def run_dir_name(bits: str, seed: int) -> str:
+  return f"{re.sub(r'[^A-Za-z0-9]+', '_', bits).strip('_')}_seed{seed}"
+
+
+def _read_history(path):
+  with open(path, newline="") as f:
+    return [{k: float(v) for k, v in row.items() if v not in ("", None)}
+            for row in csv.DictReader(f)]
+
+
+def _main(argv) -> None:
+  logging.set_verbosity(logging.WARNING)  # TFDS logs every file it reads
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    if FLAGS.export_tflite:
+      raise training.ConfigError(
+          "--export_tflite: TFLite export is not implemented in this version.")
+    policies = parse_sweep_bits(FLAGS.sweep_bits)
+    seeds = parse_seeds(FLAGS.seeds)
+    start = time.time()
+    records = []
+    total = len(policies) * len(seeds)
+    for policy in policies:
+      for seed in seeds:
+        model_dir = os.path.join(FLAGS.output_dir, "runs",
+                                 run_dir_name(policy, seed))
+        config = kqreg_flags.train_config(model_dir, bits=policy, seed=seed)
+        result = training.run(config)
+        tf_keras.backend.clear_session()
+        state = "skipped (done)" if result.get("skipped") else (
+            f"{result['wall_time_s']:.0f}s")
+        print(f"[{len(records) + 1}/{total}] bits={policy} seed={seed}: "
+              f"train acc {result['train_accuracy']:.3f}  val acc "
+              f"{result['val_accuracy']:.3f}  val loss {result['val_loss']:.3f}"
+              f"  gap {result['gap_accuracy']:+.3f}  [{state}]", flush=True)
+        records.append(report.RunRecord(
+            policy, seed, result,
+            _read_history(os.path.join(model_dir, "history.csv"))))
+  except USER_ERRORS as e:
+    kqreg_flags.fail("kqreg-sweep", e)
+  command = " ".join(["kqreg-sweep"] + sys.argv[1:])
+  summary = report.write_report(FLAGS.output_dir, records, policies,
+                                title=FLAGS.title, command=command,
+                                wall_time_s=time.time() - start)
+  print()
+  print(summary["table"])
+  print()
+  print("Verdict:")
+  print("\n".join(summary["verdict"]))
+  print(f"\nReport: {os.path.join(FLAGS.output_dir, 'report.md')} "
+        f"(plots and CSVs beside it)")
+
+
+def main() -> None:
+  kqreg_flags.define_flags()
+  _define_sweep_flags()
+  app.run(_main)
+
+
+if __name__ == "__main__":
+  main()
