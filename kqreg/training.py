@@ -206,8 +206,12 @@ def _optimizer(config: TrainConfig, steps_per_epoch: int):
 
 
 def _check_model_dir(config: TrainConfig) -> bool:
-  """Writes params.json, or checks it; True if result.json is already there."""
-  os.makedirs(config.model_dir, exist_ok=True)
+  """Checks params.json against `config`; True if the run already finished.
+
+  params.json itself is written by `_write_params` once data and model are
+  built, so a run refused for bad input leaves nothing that blocks a fixed
+  rerun.
+  """
   params_path = os.path.join(config.model_dir, "params.json")
   identity = config.identity()
   if os.path.exists(params_path):
@@ -225,10 +229,14 @@ def _check_model_dir(config: TrainConfig) -> bool:
       raise ConfigError(
           f"--model_dir {config.model_dir} holds a run with other settings "
           f"({details}); use a new --model_dir or the same flags.")
-  else:
-    atomic_write_json(params_path, {"identity": identity,
-                                    "config": _jsonable(dataclasses.asdict(config))})
   return os.path.exists(os.path.join(config.model_dir, "result.json"))
+
+
+def _write_params(config: TrainConfig) -> None:
+  os.makedirs(config.model_dir, exist_ok=True)
+  atomic_write_json(os.path.join(config.model_dir, "params.json"),
+                    {"identity": config.identity(),
+                     "config": _jsonable(dataclasses.asdict(config))})
 
 
 def _evaluate(model, ds) -> Dict[str, float]:
@@ -275,16 +283,13 @@ def run(config: TrainConfig) -> Dict[str, Any]:
     tf.config.experimental.enable_op_determinism()
   strategy = make_strategy(config.strategy)
 
-  train_raw, info = data_lib.load(config.dataset, "train",
-                                  data_dir=config.data_dir)
-  n_train = info.splits["train"]
+  train_raw, val_raw, test_raw, info = _load_splits(config)
+  n_train = _count(train_raw)
   if config.train_examples is not None and config.train_examples > n_train:
     raise ConfigError(
-        f"--train_examples={config.train_examples} is larger than the train "
-        f"split of {config.dataset} ({n_train} examples).")
+        f"--train_examples={config.train_examples} is larger than the "
+        f"training split of {config.dataset} ({n_train} examples).")
   n_train = config.train_examples or n_train
-  val_split = data_lib.validation_split(info)
-  val_raw, _ = data_lib.load(config.dataset, val_split, data_dir=config.data_dir)
   batch = config.batch_size
   train_ds = data_lib.pipeline(train_raw, batch_size=batch, training=True,
                                augment=config.augment, seed=config.seed,
@@ -306,9 +311,14 @@ def run(config: TrainConfig) -> Dict[str, Any]:
         metrics=["accuracy"],
         jit_compile=config.jit_compile)
 
+  _write_params(config)
   callbacks = []
   if config.noise_analysis:
-    probe = next(iter(val_ds.unbatch().batch(64).take(1)))[0]
+    # From an uncached pipeline: a partial read of a cached dataset leaves
+    # tf.data's memory cache truncated, and validation would see 64 images.
+    probe_ds = data_lib.pipeline(val_raw, batch_size=64, training=False,
+                                 cache=False)
+    probe = next(iter(probe_ds))[0]
     callbacks.append(NoiseAnalysisCallback(config.model_dir,
                                            every_n_epochs=config.noise_every,
                                            probe_data=probe))
@@ -330,8 +340,7 @@ def run(config: TrainConfig) -> Dict[str, Any]:
   for prefix, ds in (("train", train_eval_ds), ("val", val_ds)):
     for key, value in _evaluate(model, ds).items():
       result[f"{prefix}_{key}"] = value
-  if "test" in info.splits and val_split != "test":
-    test_raw, _ = data_lib.load(config.dataset, "test", data_dir=config.data_dir)
+  if test_raw is not None:
     test_ds = data_lib.pipeline(test_raw, batch_size=batch, training=False)
     for key, value in _evaluate(model, test_ds).items():
       result[f"test_{key}"] = value
@@ -352,6 +361,34 @@ def run(config: TrainConfig) -> Dict[str, Any]:
     model.save(os.path.join(config.model_dir, "model.keras"))
   atomic_write_json(os.path.join(config.model_dir, "result.json"), result)
   return result
+
+
+def _load_splits(config: TrainConfig):
+  """(train, validation, test or None, info) for `config.dataset`.
+
+  Datasets without a validation split (cifar10, mnist) hold out the last 10%
+  of train for validation and keep test for the final test figures.
+  """
+  probe, info = data_lib.load(config.dataset, "train", data_dir=config.data_dir)
+  del probe
+  # Mocked metadata (tfds.testing.mock_data) knows no splits: assume test.
+  has_test = "test" in info.splits or not info.splits
+  if "validation" in info.splits:
+    splits = ("train", "validation")
+  else:
+    splits = ("train[:90%]", "train[90%:]")
+  train, _ = data_lib.load(config.dataset, splits[0], data_dir=config.data_dir)
+  val, _ = data_lib.load(config.dataset, splits[1], data_dir=config.data_dir)
+  test = (data_lib.load(config.dataset, "test", data_dir=config.data_dir)[0]
+          if has_test else None)
+  return train, val, test, info
+
+
+def _count(ds: tf.data.Dataset) -> int:
+  n = int(ds.cardinality())
+  if n >= 0:
+    return n
+  return int(ds.reduce(0, lambda count, _: count + 1))
 
 
 def _read_history(path: str):

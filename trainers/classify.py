@@ -49,7 +49,7 @@ def _main(argv) -> None:
 def main() -> None:
   kqreg_flags.define_flags()
   flags.mark_flag_as_required("model_dir")
-  app.run(_main)
+  app.run(_main, flags_parser=kqreg_flags.parser("kqreg-classify"))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,28 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 
 from absl import flags  # noqa: E402
 
-import kqreg  # noqa: E402,F401  (Keras 2 before TensorFlow)
+
+def _import_kqreg_quietly() -> None:
+  """Imports kqreg (so TensorFlow) with the C library's stderr muted.
+
+  TensorFlow 2.21 prints INFO lines from C++ at import and at device setup
+  that no environment variable silences; a trainer's stderr is for its own
+  messages. Python errors still surface: they are raised after stderr is back.
+  """
+  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  try:
+    import kqreg  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.list_physical_devices()
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+
+
+_import_kqreg_quietly()
+
 from kqreg import models, training  # noqa: E402
 from kqreg.policy import BitPolicy, PolicyError  # noqa: E402
 
@@ -96,6 +117,18 @@ def train_config(model_dir: str, **overrides) -> training.TrainConfig:
       deterministic=FLAGS.deterministic, verbose=FLAGS.verbose)
   values.update(overrides)
   return training.TrainConfig(**values)
+
+
+def parser(prog: str):
+  """An absl `flags_parser` that reports a bad flag in one line, exit 2."""
+
+  def _parse(argv):
+    try:
+      return FLAGS(argv)
+    except flags.Error as e:
+      fail(prog, e)
+
+  return _parse
 
 
 def fail(prog: str, error: BaseException) -> None:

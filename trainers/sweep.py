@@ -129,7 +129,7 @@ def _main(argv) -> None:
 def main() -> None:
   kqreg_flags.define_flags()
   _define_sweep_flags()
-  app.run(_main)
+  app.run(_main, flags_parser=kqreg_flags.parser("kqreg-sweep"))
 
 
 if __name__ == "__main__":

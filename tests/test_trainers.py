@@ -1,0 +1,116 @@
+"""The absl trainers as a user runs them: subprocesses, flags in, files out."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--dataset=kqreg_digits", "--model=cnn", "--train_examples=64", "--batch_size=32",
+        "--verbose=0"]
+
+
+def _run(module, *args, timeout=600):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bits=w9"], "flag --bits=w9: Bad weight bits 9"),
+    (["--bits=w4,first"], "Bad policy token 'first'"),
+    (["--epochs=-2"], "flag --epochs=-2"),
+    (["--batch_size=0"], "flag --batch_size=0"),
+    (["--model=vit"], "flag --model=vit"),
+    (["--optimizer=lion"], "flag --optimizer=lion"),
+    (["--dataset=nosuch"], "Unknown dataset 'nosuch'"),
+    (["--dataset=cifar10", "--data_dir=/nonexistent/tfds"], "not prepared in /nonexistent/tfds"),
+    (["--train_examples=5000"], "--train_examples=5000 is larger than the training split"),
+    (["--export_tflite"], "--export_tflite: TFLite export is not implemented"),
+])
+def test_classify_bad_input_exits_with_one_line(args, message, tmp_path):
+  result = _run("trainers.classify", f"--model_dir={tmp_path / 'run'}", *args)
+  assert result.returncode == 2
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1, result.stderr
+  assert lines[0].startswith("kqreg-classify: error: ") and message in lines[0]
+
+
+def test_classify_requires_model_dir():
+  result = _run("trainers.classify", "--bits=w4")
+  assert result.returncode == 2 and "--model_dir" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_classify_reads_a_flagfile(tmp_path):
+  flagfile = tmp_path / "tiny.cfg"
+  flagfile.write_text("\n".join(TINY + ["--bits=w4", "--epochs=1",
+                                        f"--model_dir={tmp_path / 'run'}"]) + "\n")
+  result = _run("trainers.classify", f"--flagfile={flagfile}")
+  assert result.returncode == 0, result.stderr
+  assert "w4: finished" in result.stdout
+  assert (tmp_path / "run" / "result.json").exists()
+
+
+def _epochs(model_dir):
+  path = os.path.join(model_dir, "history.csv")
+  if not os.path.exists(path):
+    return []
+  with open(path, newline="") as f:
+    return [row["epoch"] for row in csv.DictReader(f)]
+
+
+def test_killed_run_resumes_without_losing_or_repeating_epochs(tmp_path):
+  model_dir = str(tmp_path / "run")
+  args = ["-m", "trainers.classify", *TINY, "--bits=w4", "--epochs=6", f"--model_dir={model_dir}"]
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while len(_epochs(model_dir)) < 2 and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  done = _epochs(model_dir)
+  assert 2 <= len(done) < 6, done
+  result = _run("trainers.classify", *args[2:])
+  assert result.returncode == 0, result.stderr
+  assert _epochs(model_dir) == [str(e) for e in range(6)]
+  with open(os.path.join(model_dir, "history.csv"), newline="") as f:
+    assert all(row["val_loss"] for row in csv.DictReader(f))
+  with open(os.path.join(model_dir, "noise.csv"), newline="") as f:
+    noise_epochs = [row["epoch"] for row in csv.DictReader(f)]
+  per_epoch = {e: noise_epochs.count(str(e)) for e in range(6)}
+  assert len(set(per_epoch.values())) == 1 and per_epoch[0] == 8, per_epoch  # 7 layers + output
+
+
+def test_sweep_runs_reports_and_skips_finished_runs(tmp_path):
+  out = tmp_path / "sweep"
+  args = [*TINY, "--epochs=2", "--sweep_bits=fp,w4", "--seeds=0,1", f"--output_dir={out}",
+          "--noise_analysis=false"]
+  result = _run("trainers.sweep", *args)
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.splitlines()
+  assert sum(l.startswith("[") and "bits=" in l for l in lines) == 4
+  assert "| bits | seeds | train acc" in result.stdout and "Verdict:" in result.stdout
+  for name in ("report.md", "results.csv", "runs.csv", "val_loss.png", "gap.png", "noise.png"):
+    assert (out / name).exists(), name
+  assert sorted(os.listdir(out / "runs")) == ["fp_seed0", "fp_seed1", "w4_seed0", "w4_seed1"]
+  again = _run("trainers.sweep", *args)
+  assert again.stdout.count("skipped (done)") == 4
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sweep_bits=fp,w9"], "--sweep_bits: Bad weight bits 9"),
+    (["--seeds=0,x"], "--seeds: expected integers"),
+    (["--sweep_bits=fp,fp"], "repeats a policy"),
+])
+def test_sweep_bad_input_exits_with_one_line(args, message, tmp_path):
+  result = _run("trainers.sweep", f"--output_dir={tmp_path}", *args)
+  assert result.returncode == 2
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and message in lines[0], result.stderr
