@@ -30,7 +30,8 @@ import tf_keras
 from kqreg import noise
 from kqreg.io_utils import atomic_write_text
 
-__all__ = ["NoiseAnalysisCallback", "EpochCSVLogger", "NOISE_CSV_COLUMNS"]
+__all__ = ["NoiseAnalysisCallback", "EpochCSVLogger", "StopOnNaN",
+           "TrainingDiverged", "NOISE_CSV_COLUMNS"]
 
 NOISE_CSV_COLUMNS = (("epoch",) + noise.WEIGHT_NOISE_KEYS +
                      ("prop_measured", "prop_measured_local", "prop_predicted"))
@@ -76,6 +77,43 @@ def _append_csv(path: str, rows: List[Dict], fieldnames: List[str]) -> None:
     writer.writerows({k: _clean(v) for k, v in row.items()} for row in rows)
     f.flush()
     os.fsync(f.fileno())
+
+
+class TrainingDiverged(ArithmeticError):
+  """The loss became NaN or Inf; `epoch` and `step` say where."""
+
+  def __init__(self, epoch: int, step: int, message: str):
+    super().__init__(message)
+    self.epoch, self.step = epoch, step
+
+
+class StopOnNaN(tf_keras.callbacks.Callback):
+  """Raises `TrainingDiverged` at the first NaN/Inf batch loss.
+
+  Raising, instead of Keras' TerminateOnNaN `stop_training`, ends `fit`
+  before the epoch's end: no checkpoint of the broken weights is written and
+  the last good one stays. The noise callback, if given, records the state.
+  """
+
+  def __init__(self, noise_callback: Optional["NoiseAnalysisCallback"] = None):
+    super().__init__()
+    self._noise = noise_callback
+    self._epoch = 0
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._epoch = epoch
+
+  def on_train_batch_end(self, batch, logs=None):
+    loss = (logs or {}).get("loss")
+    if loss is None or math.isfinite(float(loss)):
+      return
+    if self._noise is not None:
+      self._noise._record(self._epoch, {"loss": float(loss), "nan_step": batch})  # pylint: disable=protected-access
+    raise TrainingDiverged(
+        self._epoch, batch,
+        f"loss became {float(loss)} at epoch {self._epoch + 1}, step "
+        f"{batch + 1}; training stopped, the checkpoint of the last finished "
+        "epoch is kept. Lower --learning_rate (or raise the bits) and rerun.")
 
 
 class EpochCSVLogger(tf_keras.callbacks.Callback):

@@ -16,11 +16,14 @@ The trainers in `trainers/` only turn flags into a `TrainConfig`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any, Dict, Optional
 
@@ -33,12 +36,14 @@ from kqreg import data as data_lib
 from kqreg import models as models_lib
 from kqreg import noise as noise_lib
 from kqreg import policy as policy_lib
-from kqreg.callbacks import EpochCSVLogger, NoiseAnalysisCallback
+from kqreg.callbacks import (EpochCSVLogger, NoiseAnalysisCallback, StopOnNaN,
+                             TrainingDiverged)
 from kqreg.io_utils import atomic_write_json
 from kqreg.quantize import quantize, quantize_scope
 from kqreg.summary import profile
 
-__all__ = ["TrainConfig", "ConfigError", "run", "make_strategy",
+__all__ = ["TrainConfig", "ConfigError", "TrainingInterrupted",
+           "TrainingDiverged", "run", "make_strategy",
            "OPTIMIZERS", "LR_SCHEDULES", "STRATEGIES"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -55,6 +60,27 @@ _IDENTITY_FIELDS = ("dataset", "model", "model_kwargs", "bits", "per_channel",
 
 class ConfigError(ValueError):
   """A training config that cannot run, with the flag to change."""
+
+
+class TrainingInterrupted(RuntimeError):
+  """SIGINT/SIGTERM stopped training; the last finished epoch is kept."""
+
+
+@contextlib.contextmanager
+def _interrupt_on_sigterm():
+  """Turns SIGTERM into KeyboardInterrupt (as SIGINT) while training."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+
+  def _raise(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+  previous = signal.signal(signal.SIGTERM, _raise)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 @dataclasses.dataclass
@@ -313,26 +339,37 @@ def run(config: TrainConfig) -> Dict[str, Any]:
 
   _write_params(config)
   callbacks = []
+  noise_callback = None
   if config.noise_analysis:
     # From an uncached pipeline: a partial read of a cached dataset leaves
     # tf.data's memory cache truncated, and validation would see 64 images.
     probe_ds = data_lib.pipeline(val_raw, batch_size=64, training=False,
                                  cache=False)
     probe = next(iter(probe_ds))[0]
-    callbacks.append(NoiseAnalysisCallback(config.model_dir,
+    noise_callback = NoiseAnalysisCallback(config.model_dir,
                                            every_n_epochs=config.noise_every,
-                                           probe_data=probe))
+                                           probe_data=probe)
+    callbacks.append(noise_callback)
   callbacks += [
       EpochCSVLogger(os.path.join(config.model_dir, "history.csv")),
       tf_keras.callbacks.BackupAndRestore(
           os.path.join(config.model_dir, "backup")),
-      tf_keras.callbacks.TerminateOnNaN(),
+      StopOnNaN(noise_callback),
       tf_keras.callbacks.TensorBoard(
           os.path.join(config.model_dir, "tensorboard"), profile_batch=0),
   ]
   resumed = os.path.isdir(os.path.join(config.model_dir, "backup"))
-  model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
-            callbacks=callbacks, verbose=config.verbose)
+  try:
+    with _interrupt_on_sigterm():
+      model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
+                callbacks=callbacks, verbose=config.verbose)
+  except KeyboardInterrupt as e:
+    done = len(_read_history(os.path.join(config.model_dir, "history.csv")))
+    raise TrainingInterrupted(
+        f"interrupted ({e or 'SIGINT'}) after {done} of {config.epochs} "
+        f"epochs; the checkpoint of epoch {done} is kept in "
+        f"{config.model_dir}/backup: rerun the same command to resume."
+    ) from None
 
   result: Dict[str, Any] = {"bits": config.bits, "dataset": config.dataset,
                             "model": config.model, "seed": config.seed,

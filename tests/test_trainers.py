@@ -114,3 +114,23 @@ def test_sweep_bad_input_exits_with_one_line(args, message, tmp_path):
   assert result.returncode == 2
   lines = [l for l in result.stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_sigterm_stops_with_one_line_and_the_run_resumes(tmp_path):
+  model_dir = str(tmp_path / "run")
+  args = ["-m", "trainers.classify", *TINY, "--bits=w4", "--epochs=40",
+          "--noise_analysis=false", f"--model_dir={model_dir}"]
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while len(_epochs(model_dir)) < 2 and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 130, stderr
+  lines = [l for l in stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and "interrupted (SIGTERM) after" in lines[0], stderr
+  assert "rerun the same command to resume" in lines[0]
+  done = len(_epochs(model_dir))
+  assert 2 <= done < 40 and os.path.isdir(os.path.join(model_dir, "backup"))

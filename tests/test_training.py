@@ -99,3 +99,13 @@ def test_optimizers_and_schedules_train(optimizer, schedule, tmp_path):
                                 weight_decay=1e-4, bits="w4", augment=True,
                                 noise_analysis=False))
   assert result["train_loss"] > 0
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_records_noise(tmp_path):
+  config = _config(tmp_path, optimizer="sgd", learning_rate=1e12, bits="w8",
+                   epochs=3, model="mlp", model_kwargs={"hidden": (32,)})
+  with pytest.raises(training.TrainingDiverged, match=r"loss became nan at epoch \d+, step \d+"):
+    training.run(config)
+  assert not (tmp_path / "run" / "result.json").exists()
+  records = [json.loads(l) for l in open(tmp_path / "run" / "noise.jsonl")]
+  assert "nan_step" in records[-1]["logs"]

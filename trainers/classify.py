@@ -18,13 +18,8 @@ from absl import flags
 from trainers import flags as kqreg_flags
 
 from kqreg import training  # noqa: E402  (after kqreg_flags set up TF logging)
-from kqreg.data import DatasetError  # noqa: E402
-from kqreg.models import UnknownModelError  # noqa: E402
-from kqreg.policy import PolicyError  # noqa: E402
 
 FLAGS = flags.FLAGS
-USER_ERRORS = (training.ConfigError, DatasetError, UnknownModelError,
-               PolicyError)
 
 
 def _main(argv) -> None:
@@ -34,10 +29,9 @@ def _main(argv) -> None:
   if FLAGS.export_tflite:
     kqreg_flags.fail("kqreg-classify", training.ConfigError(
         "--export_tflite: TFLite export is not implemented in this version."))
-  try:
-    result = training.run(kqreg_flags.train_config(FLAGS.model_dir))
-  except USER_ERRORS as e:
-    kqreg_flags.fail("kqreg-classify", e)
+  result = kqreg_flags.run_guarded(
+      "kqreg-classify",
+      lambda: training.run(kqreg_flags.train_config(FLAGS.model_dir)))
   state = "already finished" if result.get("skipped") else "finished"
   print(f"{FLAGS.bits}: {state} in {result['wall_time_s']:.0f}s: "
         f"train acc {result['train_accuracy']:.3f}, val acc "

@@ -131,8 +131,29 @@ def parser(prog: str):
   return _parse
 
 
-def fail(prog: str, error: BaseException) -> None:
-  """Exits non-zero with one readable line (no traceback)."""
+def fail(prog: str, error: BaseException, status: int = 2) -> None:
+  """Exits with `status` and one readable line (no traceback)."""
   message = str(error).strip().splitlines()
   sys.stderr.write(f"{prog}: error: {' '.join(message)}\n")
-  sys.exit(2)
+  sys.exit(status)
+
+
+# Exit statuses: 2 bad input, 3 training diverged, 130 interrupted (as
+# shells report SIGINT).
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+
+
+def run_guarded(prog: str, fn):
+  """Calls `fn()`, turning kqreg's user-facing errors into one-line exits."""
+  from kqreg.data import DatasetError  # pylint: disable=g-import-not-at-top
+  from kqreg.models import UnknownModelError  # pylint: disable=g-import-not-at-top
+  from kqreg.policy import PolicyError  # pylint: disable=g-import-not-at-top
+  try:
+    return fn()
+  except (training.ConfigError, DatasetError, UnknownModelError,
+          PolicyError) as e:
+    fail(prog, e, EXIT_BAD_INPUT)
+  except training.TrainingDiverged as e:
+    fail(prog, e, EXIT_DIVERGED)
+  except training.TrainingInterrupted as e:
+    fail(prog, e, EXIT_INTERRUPTED)

@@ -24,13 +24,9 @@ from trainers import flags as kqreg_flags
 import tf_keras  # noqa: E402
 
 from kqreg import report, training  # noqa: E402
-from kqreg.data import DatasetError  # noqa: E402
-from kqreg.models import UnknownModelError  # noqa: E402
 from kqreg.policy import BitPolicy, PolicyError  # noqa: E402
 
 FLAGS = flags.FLAGS
-USER_ERRORS = (training.ConfigError, DatasetError, UnknownModelError,
-               PolicyError)
 
 
 def _define_sweep_flags() -> None:
@@ -86,33 +82,35 @@ def _main(argv) -> None:
   logging.set_verbosity(logging.WARNING)  # TFDS logs every file it reads
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    if FLAGS.export_tflite:
-      raise training.ConfigError(
-          "--export_tflite: TFLite export is not implemented in this version.")
-    policies = parse_sweep_bits(FLAGS.sweep_bits)
-    seeds = parse_seeds(FLAGS.seeds)
-    start = time.time()
-    records = []
-    total = len(policies) * len(seeds)
-    for policy in policies:
-      for seed in seeds:
-        model_dir = os.path.join(FLAGS.output_dir, "runs",
-                                 run_dir_name(policy, seed))
-        config = kqreg_flags.train_config(model_dir, bits=policy, seed=seed)
-        result = training.run(config)
-        tf_keras.backend.clear_session()
-        state = "skipped (done)" if result.get("skipped") else (
-            f"{result['wall_time_s']:.0f}s")
-        print(f"[{len(records) + 1}/{total}] bits={policy} seed={seed}: "
-              f"train acc {result['train_accuracy']:.3f}  val acc "
-              f"{result['val_accuracy']:.3f}  val loss {result['val_loss']:.3f}"
-              f"  gap {result['gap_accuracy']:+.3f}  [{state}]", flush=True)
-        records.append(report.RunRecord(
-            policy, seed, result,
-            _read_history(os.path.join(model_dir, "history.csv"))))
-  except USER_ERRORS as e:
-    kqreg_flags.fail("kqreg-sweep", e)
+  kqreg_flags.run_guarded("kqreg-sweep", _sweep)
+
+
+def _sweep() -> None:
+  """Runs every (policy, seed), then writes and prints the report."""
+  if FLAGS.export_tflite:
+    raise training.ConfigError(
+        "--export_tflite: TFLite export is not implemented in this version.")
+  policies = parse_sweep_bits(FLAGS.sweep_bits)
+  seeds = parse_seeds(FLAGS.seeds)
+  start = time.time()
+  records = []
+  total = len(policies) * len(seeds)
+  for policy in policies:
+    for seed in seeds:
+      model_dir = os.path.join(FLAGS.output_dir, "runs",
+                               run_dir_name(policy, seed))
+      config = kqreg_flags.train_config(model_dir, bits=policy, seed=seed)
+      result = training.run(config)
+      tf_keras.backend.clear_session()
+      state = "skipped (done)" if result.get("skipped") else (
+          f"{result['wall_time_s']:.0f}s")
+      print(f"[{len(records) + 1}/{total}] bits={policy} seed={seed}: "
+            f"train acc {result['train_accuracy']:.3f}  val acc "
+            f"{result['val_accuracy']:.3f}  val loss {result['val_loss']:.3f}"
+            f"  gap {result['gap_accuracy']:+.3f}  [{state}]", flush=True)
+      records.append(report.RunRecord(
+          policy, seed, result,
+          _read_history(os.path.join(model_dir, "history.csv"))))
   command = " ".join(["kqreg-sweep"] + sys.argv[1:])
   summary = report.write_report(FLAGS.output_dir, records, policies,
                                 title=FLAGS.title, command=command,
