@@ -134,3 +134,23 @@ def test_sigterm_stops_with_one_line_and_the_run_resumes(tmp_path):
   assert "rerun the same command to resume" in lines[0]
   done = len(_epochs(model_dir))
   assert 2 <= done < 40 and os.path.isdir(os.path.join(model_dir, "backup"))
+
+
+def test_deterministic_runs_are_bit_identical(tmp_path):
+  histories, weights = [], []
+  for name in ("a", "b"):
+    model_dir = tmp_path / name
+    result = _run("trainers.classify", *TINY, "--bits=w4a8", "--epochs=2", "--seed=3",
+                  "--deterministic", "--noise_analysis=false", f"--model_dir={model_dir}")
+    assert result.returncode == 0, result.stderr
+    histories.append((model_dir / "history.csv").read_text())
+    weights.append(_weights_digest(model_dir / "model.keras"))
+  assert histories[0] == histories[1]
+  assert weights[0] == weights[1]
+
+
+def _weights_digest(path):
+  import hashlib
+  import zipfile
+  with zipfile.ZipFile(path) as archive:
+    return hashlib.sha256(archive.read("model.weights.h5")).hexdigest()
