@@ -326,9 +326,14 @@ def run(config: TrainConfig) -> Dict[str, Any]:
   steps_per_epoch = math.ceil(n_train / batch)
 
   with strategy.scope():
-    float_model = models_lib.build(config.model, info.image_shape,
-                                   info.num_classes, seed=config.seed,
-                                   **config.model_kwargs)
+    try:
+      float_model = models_lib.build(config.model, info.image_shape,
+                                     info.num_classes, seed=config.seed,
+                                     **config.model_kwargs)
+    except (TypeError, ValueError) as e:
+      if isinstance(e, models_lib.UnknownModelError):
+        raise
+      raise ConfigError(f"--model_args: {e}") from e
     model = quantize(float_model, config.bits,
                                   per_channel=config.per_channel)
     model.compile(

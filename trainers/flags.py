@@ -6,6 +6,7 @@ command line, later ones winning. Each entry point marks what it requires.
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
 
@@ -63,6 +64,11 @@ def define_flags() -> None:
   flags.DEFINE_enum("model", "cnn", list(models.MODELS),
                     "Model from the kqreg zoo.")
   flags.DEFINE_string(
+      "model_args", "{}",
+      "Overrides of the model preset as a Python dict literal, e.g. "
+      "\"{'widths': (16, 32, 64), 'dropout': 0.1}\" (keys per model in "
+      "kqreg.models.MODELS).")
+  flags.DEFINE_string(
       "bits", "fp",
       "Bit policy: fp, w8, w4 (weight-only), w4a8, "
       "'w4,first=w8,last=w8', 'w4a8,conv2d_3=w2,Dense=w8', ...")
@@ -101,13 +107,35 @@ def define_flags() -> None:
                        "Keras fit verbosity: 0 silent, 1 bar, 2 line/epoch.")
   flags.register_validator("bits", _valid_policy,
                            message="--bits is not a valid bit policy.")
+  flags.register_validator("model_args", _valid_model_args,
+                           message="--model_args is not a dict literal.")
+
+
+def _valid_model_args(text: str) -> bool:
+  model_args(text)
+  return True
+
+
+def model_args(text: str) -> dict:
+  """Parses --model_args with `ast.literal_eval` (never eval)."""
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError) as e:
+    raise flags.ValidationError(
+        f"{text!r} is not a Python literal ({e}); write e.g. "
+        "\"{'widths': (16, 32, 64)}\"") from e
+  if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+    raise flags.ValidationError(
+        f"{text!r} must be a dict with string keys, e.g. \"{{'dropout': 0.1}}\"")
+  return value
 
 
 def train_config(model_dir: str, **overrides) -> training.TrainConfig:
   """A `TrainConfig` from the parsed flags, with `overrides` on top."""
   values = dict(
       model_dir=model_dir, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
-      model=FLAGS.model, bits=FLAGS.bits, epochs=FLAGS.epochs,
+      model=FLAGS.model, model_kwargs=model_args(FLAGS.model_args),
+      bits=FLAGS.bits, epochs=FLAGS.epochs,
       batch_size=FLAGS.batch_size, optimizer=FLAGS.optimizer,
       learning_rate=FLAGS.learning_rate, lr_schedule=FLAGS.lr_schedule,
       weight_decay=FLAGS.weight_decay, augment=FLAGS.augment,
