@@ -15,12 +15,25 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Union
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras
+# tfmot's public API has no scheme/registry/transform bases: use its modules.
+from tensorflow_model_optimization.python.core.quantization.keras import (
+    quantize_annotate as _annotate_mod,
+    quantize_layer as _quantize_layer_mod,
+    quantize_layout_transform as _layout_mod,
+    quantize_registry as _registry_mod,
+    quantize_scheme as _scheme_mod,
+    quantize_wrapper as _wrapper_mod,
+)
+from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import (
+    model_transformer as _model_transformer,
+    transforms as _transforms,
+)
 
 from kqreg import configs as configs_lib
 from kqreg import policy as policy_lib
@@ -37,20 +50,6 @@ __all__ = [
     "is_quantized",
     "QuantizeError",
 ]
-
-# tfmot's public API has no scheme/registry/transform bases: use its modules.
-from tensorflow_model_optimization.python.core.quantization.keras import (
-    quantize_annotate as _annotate_mod,
-    quantize_layer as _quantize_layer_mod,
-    quantize_layout_transform as _layout_mod,
-    quantize_registry as _registry_mod,
-    quantize_scheme as _scheme_mod,
-    quantize_wrapper as _wrapper_mod,
-)
-from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import (
-    model_transformer as _model_transformer,
-    transforms as _transforms,
-)
 
 _tfmot_keras = tfmot.quantization.keras
 _QuantizeAnnotate = _annotate_mod.QuantizeAnnotate

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import signal
+import tempfile
 import threading
 import time
 from typing import Any, Dict, Optional
@@ -109,6 +110,9 @@ class TrainConfig:
     strategy: one of `STRATEGIES`.
     jit_compile: XLA-compile the train step.
     deterministic: TensorFlow op determinism (bit-identical reruns on CPU).
+    virtual_cpus: split the CPU into this many logical devices (0: don't), so
+      `mirrored` can be tried on one machine; must come before TensorFlow
+      sets up its devices.
     verbose: Keras fit verbosity (0 silent, 1 progress bar, 2 one line/epoch).
   """
   model_dir: str
@@ -132,6 +136,7 @@ class TrainConfig:
   strategy: str = "default"
   jit_compile: bool = False
   deterministic: bool = False
+  virtual_cpus: int = 0
   verbose: int = 2
 
   def validate(self) -> "TrainConfig":
@@ -304,10 +309,16 @@ def run(config: TrainConfig) -> Dict[str, Any]:
     result["skipped"] = True
     return result
   start = time.time()
+  if config.virtual_cpus:
+    _split_cpu(config.virtual_cpus)
   tf_keras.utils.set_random_seed(config.seed)
   if config.deterministic:
     tf.config.experimental.enable_op_determinism()
   strategy = make_strategy(config.strategy)
+  # Only the chief writes the run's files; other workers write to a scratch
+  # folder (they must still save, as saving runs collective ops).
+  out_dir = (config.model_dir if _is_chief(strategy) else
+             tempfile.mkdtemp(prefix="kqreg-worker-"))
 
   train_raw, val_raw, test_raw, info = _load_splits(config)
   n_train = _count(train_raw)
@@ -323,6 +334,8 @@ def run(config: TrainConfig) -> Dict[str, Any]:
   train_eval_ds = data_lib.pipeline(train_raw, batch_size=batch,
                                     training=False, take=config.train_examples)
   val_ds = data_lib.pipeline(val_raw, batch_size=batch, training=False)
+  train_ds, train_eval_ds, val_ds = (_shard_by_example(ds, strategy)
+                                     for ds in (train_ds, train_eval_ds, val_ds))
   steps_per_epoch = math.ceil(n_train / batch)
 
   with strategy.scope():
@@ -334,15 +347,15 @@ def run(config: TrainConfig) -> Dict[str, Any]:
       if isinstance(e, models_lib.UnknownModelError):
         raise
       raise ConfigError(f"--model_args: {e}") from e
-    model = quantize(float_model, config.bits,
-                                  per_channel=config.per_channel)
+    model = quantize(float_model, config.bits, per_channel=config.per_channel)
     model.compile(
         optimizer=_optimizer(config, steps_per_epoch),
         loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
         jit_compile=config.jit_compile)
 
-  _write_params(config)
+  if out_dir == config.model_dir:
+    _write_params(config)
   callbacks = []
   noise_callback = None
   if config.noise_analysis:
@@ -351,17 +364,18 @@ def run(config: TrainConfig) -> Dict[str, Any]:
     probe_ds = data_lib.pipeline(val_raw, batch_size=64, training=False,
                                  cache=False)
     probe = next(iter(probe_ds))[0]
-    noise_callback = NoiseAnalysisCallback(config.model_dir,
+    noise_callback = NoiseAnalysisCallback(out_dir,
                                            every_n_epochs=config.noise_every,
                                            probe_data=probe)
     callbacks.append(noise_callback)
   callbacks += [
-      EpochCSVLogger(os.path.join(config.model_dir, "history.csv")),
+      EpochCSVLogger(os.path.join(out_dir, "history.csv")),
+      # Keras gives non-chief workers their own backup folders itself.
       tf_keras.callbacks.BackupAndRestore(
           os.path.join(config.model_dir, "backup")),
       StopOnNaN(noise_callback),
       tf_keras.callbacks.TensorBoard(
-          os.path.join(config.model_dir, "tensorboard"), profile_batch=0),
+          os.path.join(out_dir, "tensorboard"), profile_batch=0),
   ]
   resumed = os.path.isdir(os.path.join(config.model_dir, "backup"))
   try:
@@ -369,7 +383,7 @@ def run(config: TrainConfig) -> Dict[str, Any]:
       model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
                 callbacks=callbacks, verbose=config.verbose)
   except KeyboardInterrupt as e:
-    done = len(_read_history(os.path.join(config.model_dir, "history.csv")))
+    done = len(_read_history(os.path.join(out_dir, "history.csv")))
     raise TrainingInterrupted(
         f"interrupted ({e or 'SIGINT'}) after {done} of {config.epochs} "
         f"epochs; the checkpoint of epoch {done} is kept in "
@@ -383,12 +397,13 @@ def run(config: TrainConfig) -> Dict[str, Any]:
     for key, value in _evaluate(model, ds).items():
       result[f"{prefix}_{key}"] = value
   if test_raw is not None:
-    test_ds = data_lib.pipeline(test_raw, batch_size=batch, training=False)
+    test_ds = _shard_by_example(
+        data_lib.pipeline(test_raw, batch_size=batch, training=False), strategy)
     for key, value in _evaluate(model, test_ds).items():
       result[f"test_{key}"] = value
   result["gap_accuracy"] = result["train_accuracy"] - result["val_accuracy"]
   result["gap_loss"] = result["val_loss"] - result["train_loss"]
-  history = _read_history(os.path.join(config.model_dir, "history.csv"))
+  history = _read_history(os.path.join(out_dir, "history.csv"))
   if history:
     best = min(history, key=lambda row: float(row["val_loss"]))
     result["best_val_loss"] = float(best["val_loss"])
@@ -398,11 +413,50 @@ def run(config: TrainConfig) -> Dict[str, Any]:
   result.update(params=prof.params, quantized_params=prof.quantized_params,
                 weight_bytes=prof.weight_bytes,
                 noise=_noise_summary(model), resumed=resumed,
+                replicas=strategy.num_replicas_in_sync,
                 wall_time_s=round(time.time() - start, 2))
   with quantize_scope():
-    model.save(os.path.join(config.model_dir, "model.keras"))
-  atomic_write_json(os.path.join(config.model_dir, "result.json"), result)
+    model.save(os.path.join(out_dir, "model.keras"))
+  atomic_write_json(os.path.join(out_dir, "result.json"), result)
   return result
+
+
+def _shard_by_example(ds: tf.data.Dataset,
+                      strategy: tf.distribute.Strategy) -> tf.data.Dataset:
+  """Multi-worker: shard by example (offline TFDS sets are a single file)."""
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return ds
+  options = tf.data.Options()
+  options.experimental_distribute.auto_shard_policy = (
+      tf.data.experimental.AutoShardPolicy.DATA)
+  return ds.with_options(options)
+
+
+def _split_cpu(n: int) -> None:
+  """Splits the CPU into `n` logical devices (for `mirrored` on one host)."""
+  cpus = tf.config.list_physical_devices("CPU")
+  try:
+    tf.config.set_logical_device_configuration(
+        cpus[0], [tf.config.LogicalDeviceConfiguration()] * n)
+  except RuntimeError as e:
+    current = len(tf.config.list_logical_devices("CPU"))
+    if current == n:
+      return
+    raise ConfigError(
+        f"--virtual_cpus={n}: TensorFlow already set up {current} CPU "
+        "device(s) in this process; pass it on the command line of a fresh "
+        "process.") from e
+
+
+def _is_chief(strategy: tf.distribute.Strategy) -> bool:
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return True
+  resolver = strategy.cluster_resolver
+  task_type, task_id = resolver.task_type, resolver.task_id
+  if task_type in (None, "chief"):
+    return True
+  has_chief = "chief" in resolver.cluster_spec().as_dict()
+  return task_type == "worker" and task_id == 0 and not has_chief
 
 
 def _load_splits(config: TrainConfig):

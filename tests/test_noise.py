@@ -8,7 +8,6 @@ import tf_keras
 
 import kqreg
 from kqreg import noise
-from conftest import small_cnn
 
 
 def _np_range(w, bits, symmetric, axis):

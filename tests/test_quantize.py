@@ -9,7 +9,6 @@ import tensorflow as tf
 import tf_keras
 
 import kqreg
-from conftest import small_cnn
 
 
 def _kernels_as_used(qat_model):

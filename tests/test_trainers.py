@@ -154,3 +154,63 @@ def _weights_digest(path):
   import zipfile
   with zipfile.ZipFile(path) as archive:
     return hashlib.sha256(archive.read("model.weights.h5")).hexdigest()
+
+
+MLP = ["--dataset=kqreg_digits", "--model=mlp", "--model_args={'hidden': (64,)}",
+       "--train_examples=128", "--batch_size=32", "--epochs=3", "--bits=w4", "--verbose=0"]
+
+
+def _final(model_dir):
+  import json
+  with open(os.path.join(model_dir, "result.json")) as f:
+    return json.load(f)
+
+
+def test_mirrored_on_two_virtual_cpus_matches_one_device(tmp_path):
+  single = _run("trainers.classify", *MLP, f"--model_dir={tmp_path / 'one'}")
+  mirrored = _run("trainers.classify", *MLP, "--strategy=mirrored", "--virtual_cpus=2",
+                  f"--model_dir={tmp_path / 'two'}")
+  assert single.returncode == 0 and mirrored.returncode == 0, mirrored.stderr
+  one, two = _final(tmp_path / "one"), _final(tmp_path / "two")
+  assert one["replicas"] == 1 and two["replicas"] == 2
+  for key in ("train_loss", "val_loss", "val_accuracy"):
+    assert two[key] == pytest.approx(one[key], rel=1e-3, abs=1e-4), key
+  assert (tmp_path / "two" / "noise.csv").exists()
+
+
+def _free_ports(n):
+  import socket
+  sockets = [socket.socket() for _ in range(n)]
+  for s in sockets:
+    s.bind(("127.0.0.1", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+def test_multi_worker_two_processes_train_and_chief_writes_outputs(tmp_path):
+  import json
+  ports = _free_ports(2)
+  cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+  model_dir = tmp_path / "run"
+  procs = []
+  start = time.time()
+  for index in range(2):
+    env = dict(os.environ, PYTHONPATH=ROOT,
+               TF_CONFIG=json.dumps({"cluster": cluster,
+                                     "task": {"type": "worker", "index": index}}))
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "trainers.classify", *MLP, "--strategy=multi_worker",
+         f"--model_dir={model_dir}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True))
+  outputs = [p.communicate(timeout=400) for p in procs]
+  elapsed = time.time() - start
+  for proc, (_, err) in zip(procs, outputs):
+    assert proc.returncode == 0, err[-2000:]
+  result = _final(model_dir)
+  assert result["replicas"] == 2 and result["epochs"] == 3
+  assert _epochs(model_dir) == ["0", "1", "2"]
+  for name in ("history.csv", "model.keras", "noise.csv", "params.json", "result.json"):
+    assert (model_dir / name).exists(), name
+  print(f"multi-worker run: {elapsed:.1f}s")

@@ -103,6 +103,10 @@ def define_flags() -> None:
   flags.DEFINE_bool("jit_compile", False, "XLA-compile the training step.")
   flags.DEFINE_bool("deterministic", False,
                     "TensorFlow op determinism: bit-identical reruns on CPU.")
+  flags.DEFINE_integer(
+      "virtual_cpus", 0,
+      "Split the CPU into n logical devices, e.g. to try --strategy=mirrored "
+      "on one machine (0: off).", lower_bound=0)
   flags.DEFINE_integer("verbose", 2,
                        "Keras fit verbosity: 0 silent, 1 bar, 2 line/epoch.")
   flags.register_validator("bits", _valid_policy,
@@ -142,7 +146,8 @@ def train_config(model_dir: str, **overrides) -> training.TrainConfig:
       train_examples=FLAGS.train_examples, seed=FLAGS.seed,
       noise_analysis=FLAGS.noise_analysis, noise_every=FLAGS.noise_every,
       strategy=FLAGS.strategy, jit_compile=FLAGS.jit_compile,
-      deterministic=FLAGS.deterministic, verbose=FLAGS.verbose)
+      deterministic=FLAGS.deterministic, virtual_cpus=FLAGS.virtual_cpus,
+      verbose=FLAGS.verbose)
   values.update(overrides)
   return training.TrainConfig(**values)
 
