@@ -72,6 +72,10 @@ def define_flags() -> None:
       "bits", "fp",
       "Bit policy: fp, w8, w4 (weight-only), w4a8, "
       "'w4,first=w8,last=w8', 'w4a8,conv2d_3=w2,Dense=w8', ...")
+  flags.DEFINE_enum(
+      "per_channel", "auto", ["auto", "true", "false"],
+      "Weight ranges per output channel: auto = per channel for conv layers, "
+      "per tensor for Dense.")
   flags.DEFINE_integer("epochs", 30, "Training epochs.", lower_bound=1)
   flags.DEFINE_integer("batch_size", 64,
                        "Global batch size (split across replicas).",
@@ -139,7 +143,9 @@ def train_config(model_dir: str, **overrides) -> training.TrainConfig:
   values = dict(
       model_dir=model_dir, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
       model=FLAGS.model, model_kwargs=model_args(FLAGS.model_args),
-      bits=FLAGS.bits, epochs=FLAGS.epochs,
+      bits=FLAGS.bits,
+      per_channel={"auto": None, "true": True, "false": False}[
+          FLAGS.per_channel], epochs=FLAGS.epochs,
       batch_size=FLAGS.batch_size, optimizer=FLAGS.optimizer,
       learning_rate=FLAGS.learning_rate, lr_schedule=FLAGS.lr_schedule,
       weight_decay=FLAGS.weight_decay, augment=FLAGS.augment,
