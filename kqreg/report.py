@@ -195,7 +195,8 @@ def _plots(records, rows, bits_order, output_dir) -> List[str]:
       std = curves.std(axis=0, ddof=1)
       ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2)
   ax.set_xlabel("epoch")
-  ax.set_ylabel("validation loss")
+  ax.set_yscale("log")  # early BN warm-up spikes would flatten the rest
+  ax.set_ylabel("validation loss (log)")
   ax.set_title("Validation loss per epoch (mean ± std over seeds)")
   ax.legend(title="bits")
   ax.grid(alpha=0.3)
