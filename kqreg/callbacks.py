@@ -31,7 +31,8 @@ from kqreg import noise
 from kqreg.io_utils import atomic_write_text
 
 __all__ = ["NoiseAnalysisCallback", "EpochCSVLogger", "StopOnNaN",
-           "TrainingDiverged", "NOISE_CSV_COLUMNS"]
+           "TrainingDiverged", "CheckedBackupAndRestore", "CheckpointError",
+           "NOISE_CSV_COLUMNS"]
 
 NOISE_CSV_COLUMNS = (("epoch",) + noise.WEIGHT_NOISE_KEYS +
                      ("prop_measured", "prop_measured_local", "prop_predicted"))
@@ -99,6 +100,8 @@ class StopOnNaN(tf_keras.callbacks.Callback):
     super().__init__()
     self._noise = noise_callback
     self._epoch = 0
+    # Take the loss as a tensor: Keras then converts no other batch logs.
+    self._supports_tf_logs = True
 
   def on_epoch_begin(self, epoch, logs=None):
     self._epoch = epoch
@@ -114,6 +117,30 @@ class StopOnNaN(tf_keras.callbacks.Callback):
         f"loss became {float(loss)} at epoch {self._epoch + 1}, step "
         f"{batch + 1}; training stopped, the checkpoint of the last finished "
         "epoch is kept. Lower --learning_rate (or raise the bits) and rerun.")
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be restored (corrupt, or of another model)."""
+
+
+class CheckedBackupAndRestore(tf_keras.callbacks.BackupAndRestore):
+  """Keras' BackupAndRestore that refuses a broken backup in one sentence.
+
+  Restoring happens in `on_train_begin`; a truncated file or a checkpoint of
+  another architecture raises deep inside TensorFlow. Nothing is deleted:
+  the message says which folder to remove to start over.
+  """
+
+  def on_train_begin(self, logs=None):
+    try:
+      super().on_train_begin(logs)
+    except (tf.errors.OpError, ValueError, IndexError, AssertionError,
+            KeyError) as e:
+      raise CheckpointError(
+          f"the checkpoint in {self.backup_dir} cannot be restored "
+          f"({type(e).__name__}: {str(e).splitlines()[0][:160]}). It is "
+          "corrupt or from other settings: delete that folder to train from "
+          "scratch, or use a new --model_dir.") from e
 
 
 class EpochCSVLogger(tf_keras.callbacks.Callback):

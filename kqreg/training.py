@@ -37,14 +37,15 @@ from kqreg import data as data_lib
 from kqreg import models as models_lib
 from kqreg import noise as noise_lib
 from kqreg import policy as policy_lib
-from kqreg.callbacks import (EpochCSVLogger, NoiseAnalysisCallback, StopOnNaN,
+from kqreg.callbacks import (CheckedBackupAndRestore, CheckpointError,
+                             EpochCSVLogger, NoiseAnalysisCallback, StopOnNaN,
                              TrainingDiverged)
 from kqreg.io_utils import atomic_write_json
 from kqreg.quantize import quantize, quantize_scope
 from kqreg.summary import profile
 
 __all__ = ["TrainConfig", "ConfigError", "TrainingInterrupted",
-           "TrainingDiverged", "run", "make_strategy",
+           "TrainingDiverged", "CheckpointError", "run", "make_strategy",
            "OPTIMIZERS", "LR_SCHEDULES", "STRATEGIES"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -371,15 +372,14 @@ def run(config: TrainConfig) -> Dict[str, Any]:
   callbacks += [
       EpochCSVLogger(os.path.join(out_dir, "history.csv")),
       # Keras gives non-chief workers their own backup folders itself.
-      tf_keras.callbacks.BackupAndRestore(
-          os.path.join(config.model_dir, "backup")),
+      CheckedBackupAndRestore(os.path.join(config.model_dir, "backup")),
       StopOnNaN(noise_callback),
       tf_keras.callbacks.TensorBoard(
           os.path.join(out_dir, "tensorboard"), profile_batch=0),
   ]
   resumed = os.path.isdir(os.path.join(config.model_dir, "backup"))
   try:
-    with _interrupt_on_sigterm():
+    with _interrupt_on_sigterm(), _corrupt_data_errors(config):
       model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
                 callbacks=callbacks, verbose=config.verbose)
   except KeyboardInterrupt as e:
@@ -393,14 +393,16 @@ def run(config: TrainConfig) -> Dict[str, Any]:
   result: Dict[str, Any] = {"bits": config.bits, "dataset": config.dataset,
                             "model": config.model, "seed": config.seed,
                             "epochs": config.epochs, "train_examples": n_train}
-  for prefix, ds in (("train", train_eval_ds), ("val", val_ds)):
-    for key, value in _evaluate(model, ds).items():
-      result[f"{prefix}_{key}"] = value
-  if test_raw is not None:
-    test_ds = _shard_by_example(
-        data_lib.pipeline(test_raw, batch_size=batch, training=False), strategy)
-    for key, value in _evaluate(model, test_ds).items():
-      result[f"test_{key}"] = value
+  with _corrupt_data_errors(config):
+    for prefix, ds in (("train", train_eval_ds), ("val", val_ds)):
+      for key, value in _evaluate(model, ds).items():
+        result[f"{prefix}_{key}"] = value
+    if test_raw is not None:
+      test_ds = _shard_by_example(
+          data_lib.pipeline(test_raw, batch_size=batch, training=False),
+          strategy)
+      for key, value in _evaluate(model, test_ds).items():
+        result[f"test_{key}"] = value
   result["gap_accuracy"] = result["train_accuracy"] - result["val_accuracy"]
   result["gap_loss"] = result["val_loss"] - result["train_loss"]
   history = _read_history(os.path.join(out_dir, "history.csv"))
@@ -419,6 +421,21 @@ def run(config: TrainConfig) -> Dict[str, Any]:
     model.save(os.path.join(out_dir, "model.keras"))
   atomic_write_json(os.path.join(out_dir, "result.json"), result)
   return result
+
+
+@contextlib.contextmanager
+def _corrupt_data_errors(config: TrainConfig):
+  """Turns tf.data's DataLossError (truncated TFRecord) into a DatasetError."""
+  try:
+    yield
+  except tf.errors.DataLossError as e:
+    detail = next((l.strip() for l in str(e).splitlines()
+                   if "record" in l.lower()), str(e).splitlines()[0])
+    where = config.data_dir or "the TFDS data dir"
+    raise data_lib.DatasetError(
+        f"a data file of {config.dataset} in {where} is corrupt ({detail}); "
+        f"delete its folder {config.dataset}/ there and prepare it again "
+        "(offline kqreg_* sets regenerate on the next run).") from e
 
 
 def _shard_by_example(ds: tf.data.Dataset,

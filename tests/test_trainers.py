@@ -214,3 +214,40 @@ def test_multi_worker_two_processes_train_and_chief_writes_outputs(tmp_path):
   for name in ("history.csv", "model.keras", "noise.csv", "params.json", "result.json"):
     assert (model_dir / name).exists(), name
   print(f"multi-worker run: {elapsed:.1f}s")
+
+
+def test_corrupt_checkpoint_is_refused_in_one_line(tmp_path):
+  model_dir = tmp_path / "run"
+  args = [*MLP[:-2], "--epochs=30", "--verbose=0", "--noise_analysis=false",
+          f"--model_dir={model_dir}"]
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  proc = subprocess.Popen([sys.executable, "-m", "trainers.classify", *args], cwd=ROOT,
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while len(_epochs(model_dir)) < 3 and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  data_files = list((model_dir / "backup").rglob("*.data-*"))
+  assert data_files
+  for path in data_files:
+    path.write_bytes(path.read_bytes()[:100])
+  result = _run("trainers.classify", *args)
+  assert result.returncode == 2
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and "cannot be restored" in lines[0], result.stderr
+  assert "delete that folder" in lines[0]
+  assert data_files[0].exists()  # nothing deleted behind the user's back
+
+
+def test_truncated_tfrecord_gives_one_line(tmp_path):
+  data_dir = tmp_path / "tfds"
+  args = [*MLP, "--epochs=1", "--noise_analysis=false", f"--data_dir={data_dir}"]
+  assert _run("trainers.classify", *args, f"--model_dir={tmp_path / 'a'}").returncode == 0
+  (record,) = data_dir.glob("kqreg_digits/*/kqreg_digits-train.tfrecord*")
+  record.write_bytes(record.read_bytes()[:20000])
+  result = _run("trainers.classify", *[a for a in args if not a.startswith("--train_examples")],
+                f"--model_dir={tmp_path / 'b'}")
+  assert result.returncode == 2
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and "is corrupt (truncated record" in lines[0], result.stderr

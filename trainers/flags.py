@@ -189,8 +189,8 @@ def run_guarded(prog: str, fn):
   from kqreg.policy import PolicyError  # pylint: disable=g-import-not-at-top
   try:
     return fn()
-  except (training.ConfigError, DatasetError, UnknownModelError,
-          PolicyError) as e:
+  except (training.ConfigError, training.CheckpointError, DatasetError,
+          UnknownModelError, PolicyError) as e:
     fail(prog, e, EXIT_BAD_INPUT)
   except training.TrainingDiverged as e:
     fail(prog, e, EXIT_DIVERGED)
