@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -372,7 +373,10 @@ def run(config: TrainConfig) -> Dict[str, Any]:
   callbacks += [
       EpochCSVLogger(os.path.join(out_dir, "history.csv")),
       # Keras gives non-chief workers their own backup folders itself.
-      CheckedBackupAndRestore(os.path.join(config.model_dir, "backup")),
+      # Kept until result.json is written, so a kill during the final
+      # evaluation resumes there instead of training again from scratch.
+      CheckedBackupAndRestore(os.path.join(config.model_dir, "backup"),
+                              delete_checkpoint=False),
       StopOnNaN(noise_callback),
       tf_keras.callbacks.TensorBoard(
           os.path.join(out_dir, "tensorboard"), profile_batch=0),
@@ -417,9 +421,15 @@ def run(config: TrainConfig) -> Dict[str, Any]:
                 noise=_noise_summary(model), resumed=resumed,
                 replicas=strategy.num_replicas_in_sync,
                 wall_time_s=round(time.time() - start, 2))
+  # Keras writes in place: save beside, then rename, so a kill leaves no
+  # truncated model.keras.
+  partial = os.path.join(out_dir, ".partial-model.keras")
   with quantize_scope():
-    model.save(os.path.join(out_dir, "model.keras"))
+    model.save(partial)
+  os.replace(partial, os.path.join(out_dir, "model.keras"))
   atomic_write_json(os.path.join(out_dir, "result.json"), result)
+  if out_dir == config.model_dir:
+    shutil.rmtree(os.path.join(config.model_dir, "backup"), ignore_errors=True)
   return result
 
 
