@@ -1,0 +1,41 @@
+"""Every flagfile in configs/ parses; the offline ones run (shrunk)."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.cfg")))
+NEEDS_DATA = {"cifar10_resnet20.cfg": "cifar10", "mnist_cnn.cfg": "mnist"}
+
+
+def _run(*args):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  return subprocess.run([sys.executable, "-m", "trainers.sweep", *args], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_configs_exist():
+  names = {os.path.basename(c) for c in CONFIGS}
+  assert {"digits_sweep.cfg", "cifar10_resnet20.cfg", "mnist_cnn.cfg"} <= names
+
+
+@pytest.mark.parametrize("name, dataset", sorted(NEEDS_DATA.items()))
+def test_dataset_configs_parse_and_ask_for_data_dir(name, dataset, tmp_path):
+  result = _run(f"--flagfile={os.path.join(ROOT, 'configs', name)}",
+                f"--data_dir={tmp_path}", f"--output_dir={tmp_path / 'out'}")
+  assert result.returncode == 2
+  assert f"Dataset '{dataset}' is not prepared" in result.stderr
+  assert "--data_dir" in result.stderr
+
+
+def test_main_config_runs_shrunk(tmp_path):
+  result = _run(f"--flagfile={os.path.join(ROOT, 'configs', 'digits_sweep.cfg')}",
+                "--epochs=1", "--seeds=0", "--sweep_bits=fp,w4", "--train_examples=32",
+                "--noise_analysis=false", f"--output_dir={tmp_path}")
+  assert result.returncode == 0, result.stderr
+  assert (tmp_path / "report.md").exists()
+  assert "Verdict:" in result.stdout
