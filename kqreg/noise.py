@@ -113,7 +113,8 @@ def _wrappers(model) -> Iterator:
       yield from _wrappers(layer)
 
 
-def _stats(qw: QuantizedWeight) -> Dict[str, object]:
+def _stat_tensors(qw: QuantizedWeight) -> Dict[str, tf.Tensor]:
+  """The statistics of one tensor as TF scalars (traced into one graph)."""
   w = qw.channels_last(tf.convert_to_tensor(qw.weight))
   wq = qw.channels_last(qw.quantized())
   channels = w.shape[-1] if getattr(qw.quantizer, "per_axis", False) else None
@@ -122,32 +123,51 @@ def _stats(qw: QuantizedWeight) -> Dict[str, object]:
   nmin, nmax, step = qw.grid()
   step = tf.reshape(step, (-1,))
   delta = wq - w
-  # Channels hold equally many weights, so the pooled variance of the uniform
-  # model is the mean of the per-channel variances Δ_c²/12.
-  model_std = float(tf.sqrt(tf.reduce_mean(tf.square(step)))) / _SQRT12
-  delta_std = float(tf.math.reduce_std(delta))
-  w_norm = float(tf.norm(w))
-  d_norm = float(tf.norm(delta))
-  clipped = tf.logical_or(w < tf.reshape(nmin, (1, -1)),
-                          w > tf.reshape(nmax, (1, -1)))
+  # Clipped = beyond the range by more than rounding: weights that set the
+  # range sit on its ends, where float32 nudging may land either side.
+  slack = tf.reshape(step, (1, -1)) * 1e-3
+  clipped = tf.logical_or(w < tf.reshape(nmin, (1, -1)) - slack,
+                          w > tf.reshape(nmax, (1, -1)) + slack)
+  return {
+      "step": tf.reduce_mean(step),
+      "step_min": tf.reduce_min(step),
+      "step_max": tf.reduce_max(step),
+      # Channels hold equally many weights, so the pooled variance of the
+      # uniform model is the mean of the per-channel variances Δ_c²/12.
+      "model_std": tf.sqrt(tf.reduce_mean(tf.square(step))) / _SQRT12,
+      "delta_mean": tf.reduce_mean(delta),
+      "delta_std": tf.math.reduce_std(delta),
+      "delta_max_abs": tf.reduce_max(tf.abs(delta)),
+      "w_norm": tf.norm(w),
+      "d_norm": tf.norm(delta),
+      "clip_fraction": tf.reduce_mean(tf.cast(clipped, tf.float32)),
+  }
+
+
+def _record(qw: QuantizedWeight, t: Dict[str, float]) -> Dict[str, object]:
+  w_norm, d_norm = t.pop("w_norm"), t.pop("d_norm")
+  model_std, delta_std = t["model_std"], t["delta_std"]
   return {
       "layer": qw.layer_name,
       "layer_type": type(qw.wrapper.layer).__name__,
       "weight": qw.weight.name.split("/")[-1].split(":")[0],
       "weight_bits": qw.bits,
-      "step": float(tf.reduce_mean(step)),
-      "step_min": float(tf.reduce_min(step)),
-      "step_max": float(tf.reduce_max(step)),
-      "delta_mean": float(tf.reduce_mean(delta)),
-      "delta_std": delta_std,
-      "delta_max_abs": float(tf.reduce_max(tf.abs(delta))),
-      "model_std": model_std,
+      **{k: t[k] for k in ("step", "step_min", "step_max", "delta_mean",
+                           "delta_std", "delta_max_abs", "model_std")},
       "std_ratio": delta_std / model_std if model_std > 0 else float("nan"),
       "rel_norm": d_norm / w_norm if w_norm > 0 else float("nan"),
       "sqnr_db": (20.0 * math.log10(w_norm / d_norm)
                   if d_norm > 0 and w_norm > 0 else float("inf")),
-      "clip_fraction": float(tf.reduce_mean(tf.cast(clipped, tf.float32))),
+      "clip_fraction": t["clip_fraction"],
   }
+
+
+def _compiled(model, key: str, build):
+  """A per-model cache of traced functions (rebuilt if the model changes)."""
+  cache = model.__dict__.setdefault("_kqreg_noise_cache", {})
+  if key not in cache:
+    cache[key] = build()
+  return cache[key]
 
 
 def weight_noise(qat_model: tf_keras.Model) -> List[Dict[str, object]]:
@@ -164,7 +184,17 @@ def weight_noise(qat_model: tf_keras.Model) -> List[Dict[str, object]]:
     20·log10(‖w‖/‖δ‖), `clip_fraction` the share of weights outside the range.
     Empty for a float model.
   """
-  return [_stats(qw) for qw in quantized_weights(qat_model)]
+  qws = quantized_weights(qat_model)
+  if not qws:
+    return []
+  # One graph for all tensors: eager op-by-op statistics cost more than the
+  # arithmetic on small models, which matters for a per-epoch callback.
+  def _all_stats():
+    return [_stat_tensors(qw) for qw in qws]
+
+  fn = _compiled(qat_model, "weight_noise", lambda: tf.function(_all_stats))
+  values = [{k: float(v) for k, v in t.items()} for t in fn()]
+  return [_record(qw, t) for qw, t in zip(qws, values)]
 
 
 def delta_values(qat_model: tf_keras.Model) -> Dict[str, np.ndarray]:
@@ -202,11 +232,6 @@ def float_weights(qat_model: tf_keras.Model):
   finally:
     for layer, weight_vars in saved:
       layer._weight_vars = weight_vars  # pylint: disable=protected-access
-
-
-def _rel(diff: tf.Tensor, ref: tf.Tensor) -> float:
-  ref_norm = float(tf.norm(tf.cast(ref, tf.float32)))
-  return float(tf.norm(tf.cast(diff, tf.float32))) / ref_norm if ref_norm else float("nan")
 
 
 def _receptive_energy(layer, x: tf.Tensor) -> tf.Tensor:
@@ -258,6 +283,72 @@ def _check_probe(model: tf_keras.Model, x) -> List[tf.Tensor]:
   return tensors
 
 
+class _PropagationProbe:
+  """The float-weight and quantized-weight runs, traced once per model.
+
+  The float run is traced inside `float_weights`: a traced graph keeps what
+  the wrappers multiplied by at trace time, so both runs then execute at
+  graph speed every epoch, and only scalars come back to Python. A retrace (a
+  new probe shape) happens inside the same context, so it cannot mix them.
+  """
+
+  def __init__(self, model, wrappers):
+    self.model = model
+    self.wrappers = wrappers
+    noise_by_layer = {}
+    for qw in quantized_weights(model):
+      noise_by_layer.setdefault(qw.wrapper.name, []).append(qw)
+    # The first-order model covers layers with one quantized kernel.
+    self.noisy = {name: qws[0] for name, qws in noise_by_layer.items()
+                  if len(qws) == 1}
+    self.weighted = [w for w in wrappers if w.name in noise_by_layer]
+    self._probe = tf_keras.Model(
+        model.inputs,
+        [w.input for w in self.weighted] + [w.output for w in wrappers] +
+        list(model.outputs))
+    self._float_fn = tf.function(
+        lambda x: self._probe(x, training=False), reduce_retracing=True)
+    self._quant_fn = tf.function(self._compare, reduce_retracing=True)
+
+  def _compare(self, x, float_run):
+    """Norms of the perturbations and the first-order predictions."""
+    k, n = len(self.weighted), len(self.wrappers)
+    quant_run = self._probe(x, training=False)
+    norm = lambda t: tf.norm(tf.cast(t, tf.float32))  # noqa: E731
+    out = {}
+    for i, wrapper in enumerate(self.wrappers):
+      y_f = float_run[k + i]
+      out[wrapper.name] = {"diff": norm(quant_run[k + i] - y_f),
+                           "ref": norm(y_f)}
+    for x_in, wrapper in zip(float_run[:k], self.weighted):
+      y_f = float_run[k + self.wrappers.index(wrapper)]
+      # With float weights, this layer's output on its float-run input is the
+      # float run's own output y_f: only the quantized side is recomputed.
+      out[wrapper.name]["local"] = norm(wrapper(x_in, training=False) - y_f)
+      qw = self.noisy.get(wrapper.name)
+      energy = _receptive_energy(wrapper.layer, x_in) if qw else None
+      if energy is not None:
+        _, _, step = qw.grid()
+        variance = tf.reshape(tf.square(step) / 12.0, (-1,))
+        variance = tf.broadcast_to(variance, energy.shape)
+        out[wrapper.name]["predicted"] = tf.sqrt(
+            tf.reduce_sum(variance * energy))
+    outputs_q = tf.nest.flatten(quant_run[k + n:])
+    outputs_f = tf.nest.flatten(float_run[k + n:])
+    diff = tf.concat([tf.reshape(a - b, (-1,))
+                      for a, b in zip(outputs_q, outputs_f)], 0)
+    ref = tf.concat([tf.reshape(b, (-1,)) for b in outputs_f], 0)
+    out["__output__"] = {"diff": norm(diff), "ref": norm(ref)}
+    return out
+
+  def __call__(self, x) -> Dict[str, Dict[str, float]]:
+    with float_weights(self.model):
+      float_run = self._float_fn(x)
+    result = self._quant_fn(x, float_run)
+    return {name: {k: float(v) for k, v in values.items()}
+            for name, values in result.items()}
+
+
 def propagation(qat_model: tf_keras.Model, x) -> List[Dict[str, object]]:
   """How much of the weight noise reaches each quantized layer and the output.
 
@@ -284,47 +375,26 @@ def propagation(qat_model: tf_keras.Model, x) -> List[Dict[str, object]]:
     return []
   inputs = _check_probe(qat_model, x)
   inputs = inputs[0] if len(inputs) == 1 else inputs
-  noise_by_layer = {}
-  for qw in quantized_weights(qat_model):
-    _, _, step = qw.grid()
-    noise_by_layer.setdefault(qw.wrapper.name, []).append(
-        tf.reshape(tf.square(step) / 12.0, (-1,)))
-  weighted = [w for w in wrappers if w.name in noise_by_layer]
-  probe = tf_keras.Model(
-      qat_model.inputs,
-      [w.input for w in weighted] + [w.output for w in wrappers] +
-      list(qat_model.outputs))
-  k, n = len(weighted), len(wrappers)
-  quant_run = probe(inputs, training=False)
-  with float_weights(qat_model):
-    float_run = probe(inputs, training=False)
-  inputs_by_layer = {w.name: float_run[i] for i, w in enumerate(weighted)}
+  probe = _compiled(qat_model, "propagation",
+                    lambda: _PropagationProbe(qat_model, wrappers))
+  norms = probe(inputs)
+
+  def _ratio(num, den):
+    return num / den if den else float("nan")
+
   rows = []
-  for i, wrapper in enumerate(wrappers):
-    y_q, y_f = quant_run[k + i], float_run[k + i]
-    row = {"layer": wrapper.layer.name, "measured": _rel(y_q - y_f, y_f),
+  for wrapper in wrappers:
+    values = norms[wrapper.name]
+    row = {"layer": wrapper.layer.name,
+           "measured": _ratio(values["diff"], values["ref"]),
            "measured_local": None, "predicted": None}
-    if wrapper.name in inputs_by_layer:
-      x_in = inputs_by_layer[wrapper.name]
-      local_q = wrapper(x_in, training=False)
-      with float_weights(qat_model):
-        local_f = wrapper(x_in, training=False)
-      row["measured_local"] = _rel(local_q - local_f, local_f)
-      variances = noise_by_layer[wrapper.name]
-      energy = _receptive_energy(wrapper.layer, x_in)
-      if energy is not None and len(variances) == 1:
-        variance = variances[0]
-        if variance.shape[0] == 1:
-          variance = tf.fill(energy.shape, variance[0])
-        predicted = float(tf.sqrt(tf.reduce_sum(variance * energy)))
-        norm = float(tf.norm(local_f))
-        row["predicted"] = predicted / norm if norm else float("nan")
+    if "local" in values:
+      row["measured_local"] = _ratio(values["local"], values["ref"])
+    if "predicted" in values:
+      row["predicted"] = _ratio(values["predicted"], values["ref"])
     rows.append(row)
-  outputs_q = tf.nest.flatten(quant_run[k + n:])
-  outputs_f = tf.nest.flatten(float_run[k + n:])
-  diff = tf.concat([tf.reshape(a - b, (-1,))
-                    for a, b in zip(outputs_q, outputs_f)], 0)
-  ref = tf.concat([tf.reshape(b, (-1,)) for b in outputs_f], 0)
-  rows.append({"layer": "output", "measured": _rel(diff, ref),
+  output = norms["__output__"]
+  rows.append({"layer": "output",
+               "measured": _ratio(output["diff"], output["ref"]),
                "measured_local": None, "predicted": None})
   return rows

@@ -50,6 +50,7 @@ __all__ = ["TrainConfig", "ConfigError", "TrainingInterrupted",
            "OPTIMIZERS", "LR_SCHEDULES", "STRATEGIES"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+PROBE_EXAMPLES = 16  # validation images `noise.propagation` runs each epoch
 LR_SCHEDULES = ("constant", "cosine", "step")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
@@ -363,8 +364,10 @@ def run(config: TrainConfig) -> Dict[str, Any]:
   if config.noise_analysis:
     # From an uncached pipeline: a partial read of a cached dataset leaves
     # tf.data's memory cache truncated, and validation would see 64 images.
-    probe_ds = data_lib.pipeline(val_raw, batch_size=64, training=False,
-                                 cache=False)
+    # 16 images: thousands of activations per layer for the norms, at a
+    # fraction of an epoch's cost.
+    probe_ds = data_lib.pipeline(val_raw, batch_size=PROBE_EXAMPLES,
+                                 training=False, cache=False)
     probe = next(iter(probe_ds))[0]
     noise_callback = NoiseAnalysisCallback(out_dir,
                                            every_n_epochs=config.noise_every,
