@@ -311,7 +311,11 @@ def _histogram(tag: str, values: np.ndarray, step: int, bins: int = 30) -> None:
   tf.summary.histogram buckets in eager TensorFlow ops, several ms a tensor;
   NumPy does it in microseconds, and the callback runs every epoch.
   """
-  counts, edges = np.histogram(values.ravel(), bins=bins)
+  values = values.ravel()
+  values = values[np.isfinite(values)]  # a diverged run has NaN weights
+  if values.size == 0:
+    return
+  counts, edges = np.histogram(values, bins=bins)
   buckets = np.stack([edges[:-1], edges[1:], counts], axis=1).astype(np.float64)
   tf.summary.write(tag, tf.constant(buckets), step=step,
                    metadata=_histogram_metadata())
