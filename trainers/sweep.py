@@ -127,6 +127,8 @@ def _sweep() -> None:
 def main() -> None:
   kqreg_flags.define_flags()
   _define_sweep_flags()
+  # One line per finished run; --verbose=2 brings back a line per epoch.
+  FLAGS.set_default("verbose", 0)
   app.run(_main, flags_parser=kqreg_flags.parser("kqreg-sweep"))
 
 
