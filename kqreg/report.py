@@ -193,7 +193,10 @@ def _plots(records, rows, bits_order, output_dir) -> List[str]:
     ax.plot(epochs, mean, label=bits, color=color)
     if len(curves) > 1:
       std = curves.std(axis=0, ddof=1)
-      ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2)
+      # On the log axis mean − std can go below zero: floor the band at the
+      # lowest seed's curve.
+      lower = np.maximum(mean - std, curves.min(axis=0))
+      ax.fill_between(epochs, lower, mean + std, color=color, alpha=0.2)
   ax.set_xlabel("epoch")
   ax.set_yscale("log")  # early BN warm-up spikes would flatten the rest
   ax.set_ylabel("validation loss (log)")
