@@ -17,6 +17,7 @@ from kqreg.quantize import (QuantizeError, annotate, flatten_nested,
                             quantize_annotate_layer, quantize_scope)
 from kqreg.quantizers import ActivationQuantizer, WeightQuantizer
 from kqreg.callbacks import NoiseAnalysisCallback
+from kqreg.export import ExportError, export_tflite, verify_tflite
 from kqreg.summary import ModelProfile, LayerProfile, profile, summary
 
 __version__ = "0.1.0"
@@ -41,7 +42,10 @@ __all__ = [
     "quantize_annotate_layer",
     "quantize_scope",
     "quantizers",
+    "ExportError",
     "LayerProfile",
+    "export_tflite",
+    "verify_tflite",
     "NoiseAnalysisCallback",
     "noise",
     "ModelProfile",

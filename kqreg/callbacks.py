@@ -89,34 +89,46 @@ class TrainingDiverged(ArithmeticError):
 
 
 class StopOnNaN(tf_keras.callbacks.Callback):
-  """Raises `TrainingDiverged` at the first NaN/Inf batch loss.
+  """Raises `TrainingDiverged` at the end of an epoch whose loss went NaN/Inf.
 
-  Raising, instead of Keras' TerminateOnNaN `stop_training`, ends `fit`
-  before the epoch's end: no checkpoint of the broken weights is written and
-  the last good one stays. The noise callback, if given, records the state.
+  Batch losses are kept as tensors and looked at once per epoch: reading
+  each one would stall every step on the host. Raising in `on_epoch_end`,
+  placed before the logging and checkpoint callbacks, keeps the broken epoch
+  out of history.csv and the backup: the last good checkpoint stays. The
+  message names the first bad step; the noise callback, if given, records
+  the state.
   """
 
   def __init__(self, noise_callback: Optional["NoiseAnalysisCallback"] = None):
     super().__init__()
     self._noise = noise_callback
-    self._epoch = 0
-    # Take the loss as a tensor: Keras then converts no other batch logs.
-    self._supports_tf_logs = True
+    self._losses: List[tf.Tensor] = []
+    self._supports_tf_logs = True  # tensors in, no per-batch conversion
 
   def on_epoch_begin(self, epoch, logs=None):
-    self._epoch = epoch
+    self._losses = []
 
   def on_train_batch_end(self, batch, logs=None):
     loss = (logs or {}).get("loss")
-    if loss is None or math.isfinite(float(loss)):
+    if loss is not None:
+      self._losses.append(loss)
+
+  def on_epoch_end(self, epoch, logs=None):
+    if not self._losses:
       return
+    losses = np.asarray([float(l) for l in tf.stack(self._losses).numpy()])
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if not bad.size:
+      return
+    step = int(bad[0])
     if self._noise is not None:
-      self._noise._record(self._epoch, {"loss": float(loss), "nan_step": batch})  # pylint: disable=protected-access
+      self._noise._record(epoch, {"loss": float(losses[step]),  # pylint: disable=protected-access
+                                  "nan_step": step})
     raise TrainingDiverged(
-        self._epoch, batch,
-        f"loss became {float(loss)} at epoch {self._epoch + 1}, step "
-        f"{batch + 1}; training stopped, the checkpoint of the last finished "
-        "epoch is kept. Lower --learning_rate (or raise the bits) and rerun.")
+        epoch, step,
+        f"loss became {losses[step]} at epoch {epoch + 1}, step {step + 1}; "
+        "training stopped, the checkpoint of the last finished epoch is "
+        "kept. Lower --learning_rate (or raise the bits) and rerun.")
 
 
 class CheckpointError(ValueError):

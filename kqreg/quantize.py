@@ -411,6 +411,10 @@ class _LayoutTransform(_layout_mod.QuantizeLayoutTransform):
   def apply(self, model, layer_quantize_map):
     if self._input_bits is None:
       return model, layer_quantize_map
+    # tfmot lists an input only when its first consumer is annotated; an input
+    # feeding a Flatten (an MLP) would stay float, so list every input.
+    for input_layer in model._input_layers:  # pylint: disable=protected-access
+      layer_quantize_map.setdefault(input_layer.name, {})
     return _model_transformer.ModelTransformer(
         model, [_InputQuantize(self._input_bits)],
         set(layer_quantize_map.keys()), layer_quantize_map).transform()

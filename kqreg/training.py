@@ -42,7 +42,8 @@ from kqreg.callbacks import (CheckedBackupAndRestore, CheckpointError,
                              EpochCSVLogger, NoiseAnalysisCallback, StopOnNaN,
                              TrainingDiverged)
 from kqreg.io_utils import atomic_write_json
-from kqreg.quantize import quantize, quantize_scope
+from kqreg.export import export_tflite, verify_tflite
+from kqreg.quantize import is_quantized, quantize, quantize_scope
 from kqreg.summary import profile
 
 __all__ = ["TrainConfig", "ConfigError", "TrainingInterrupted",
@@ -113,6 +114,8 @@ class TrainConfig:
     strategy: one of `STRATEGIES`.
     jit_compile: XLA-compile the train step.
     deterministic: TensorFlow op determinism (bit-identical reruns on CPU).
+    export_tflite: write model.tflite after training and verify it in LiteRT
+      on up to 256 validation images (figures under `tflite` in result.json).
     virtual_cpus: split the CPU into this many logical devices (0: don't), so
       `mirrored` can be tried on one machine; must come before TensorFlow
       sets up its devices.
@@ -140,6 +143,7 @@ class TrainConfig:
   jit_compile: bool = False
   deterministic: bool = False
   virtual_cpus: int = 0
+  export_tflite: bool = False
   verbose: int = 2
 
   def validate(self) -> "TrainConfig":
@@ -373,6 +377,8 @@ def run(config: TrainConfig) -> Dict[str, Any]:
                                            every_n_epochs=config.noise_every,
                                            probe_data=probe)
     callbacks.append(noise_callback)
+  # First, so a diverged epoch is refused before anything logs or saves it.
+  callbacks.insert(0, StopOnNaN(noise_callback))
   callbacks += [
       EpochCSVLogger(os.path.join(out_dir, "history.csv")),
       # Keras gives non-chief workers their own backup folders itself.
@@ -380,7 +386,6 @@ def run(config: TrainConfig) -> Dict[str, Any]:
       # evaluation resumes there instead of training again from scratch.
       CheckedBackupAndRestore(os.path.join(config.model_dir, "backup"),
                               delete_checkpoint=False),
-      StopOnNaN(noise_callback),
       tf_keras.callbacks.TensorBoard(
           os.path.join(out_dir, "tensorboard"), profile_batch=0),
   ]
@@ -430,6 +435,8 @@ def run(config: TrainConfig) -> Dict[str, Any]:
   with quantize_scope():
     model.save(partial)
   os.replace(partial, os.path.join(out_dir, "model.keras"))
+  if config.export_tflite:
+    result["tflite"] = _export(model, out_dir, train_eval_ds, val_ds)
   atomic_write_json(os.path.join(out_dir, "result.json"), result)
   if out_dir == config.model_dir:
     shutil.rmtree(os.path.join(config.model_dir, "backup"), ignore_errors=True)
@@ -487,6 +494,27 @@ def _is_chief(strategy: tf.distribute.Strategy) -> bool:
     return True
   has_chief = "chief" in resolver.cluster_spec().as_dict()
   return task_type == "worker" and task_id == 0 and not has_chief
+
+
+def _export(model, out_dir: str, train_ds, val_ds) -> Dict[str, Any]:
+  """model.tflite from the trained model, verified against it in LiteRT."""
+  calibration = next(iter(train_ds.unbatch().batch(256).take(1)))[0].numpy()
+  x_val, y_val = next(iter(val_ds.unbatch().batch(256).take(1)))
+  path = os.path.join(out_dir, "model.tflite")
+  report = export_tflite(model, path, representative_data=calibration,
+                         allow_float=not is_quantized(model))
+  check = verify_tflite(path, model, x_val.numpy(), labels=y_val.numpy())
+  return {
+      "path": path,
+      "size_bytes": report["size_bytes"],
+      "ratio_to_float": report["ratio_to_float"],
+      "weight_types": sorted({w["type"] for w in report["weights"]
+                              if w["role"] == "weights"}),
+      **{k: check[k] for k in ("top1_agreement", "tflite_accuracy",
+                               "keras_accuracy", "max_abs_diff",
+                               "mean_abs_diff", "latency_ms_per_example",
+                               "examples") if k in check},
+  }
 
 
 def _load_splits(config: TrainConfig):

@@ -212,3 +212,13 @@ def test_import_after_keras3_tensorflow_fails_with_fix():
   assert result.returncode != 0
   assert "kqreg needs Keras 2 (tf_keras)" in result.stderr
   assert "Import kqreg before tensorflow" in result.stderr
+
+
+def test_input_feeding_a_flatten_is_quantized_too():
+  model = tf_keras.Sequential([tf_keras.Input((4, 4, 1)), tf_keras.layers.Flatten(),
+                               tf_keras.layers.Dense(3)])
+  qat = kqreg.quantize(model, "w4a8")
+  assert type(qat.layers[1]).__name__ == "QuantizeLayer"
+  assert qat.layers[1].quantizer.num_bits == 8
+  assert not any(type(l).__name__ == "QuantizeLayer"
+                 for l in kqreg.quantize(model, "w4").layers)

@@ -30,7 +30,6 @@ def _run(module, *args, timeout=600):
     (["--dataset=nosuch"], "Unknown dataset 'nosuch'"),
     (["--dataset=cifar10", "--data_dir=/nonexistent/tfds"], "not prepared in /nonexistent/tfds"),
     (["--train_examples=5000"], "--train_examples=5000 is larger than the training split"),
-    (["--export_tflite"], "--export_tflite: TFLite export is not implemented"),
 ])
 def test_classify_bad_input_exits_with_one_line(args, message, tmp_path):
   result = _run("trainers.classify", f"--model_dir={tmp_path / 'run'}", *args)
@@ -251,3 +250,23 @@ def test_truncated_tfrecord_gives_one_line(tmp_path):
   assert result.returncode == 2
   lines = [l for l in result.stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and "is corrupt (truncated record" in lines[0], result.stderr
+
+
+def test_export_tflite_flag_writes_and_verifies_the_file(tmp_path):
+  model_dir = tmp_path / "run"
+  result = _run("trainers.classify", *MLP, "--bits=w8a8", "--export_tflite",
+                "--noise_analysis=false", f"--model_dir={model_dir}")
+  assert result.returncode == 0, result.stderr
+  assert "model.tflite:" in result.stdout and "top-1 agreement" in result.stdout
+  tflite = _final(model_dir)["tflite"]
+  assert (model_dir / "model.tflite").exists()
+  assert tflite["weight_types"] == ["INT8"] and tflite["ratio_to_float"] < 0.35
+  assert tflite["top1_agreement"] >= 0.9 and tflite["examples"] == 256
+
+
+def test_export_of_sub_8_bit_activations_is_refused_in_one_line(tmp_path):
+  result = _run("trainers.classify", *MLP, "--bits=w4a4", "--export_tflite",
+                "--noise_analysis=false", f"--model_dir={tmp_path / 'run'}")
+  assert result.returncode == 2
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith("kqreg-classify: error: "), result.stderr

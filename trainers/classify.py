@@ -23,12 +23,9 @@ FLAGS = flags.FLAGS
 
 
 def _main(argv) -> None:
-  logging.set_verbosity(logging.WARNING)  # TFDS logs every file it reads
+  logging.set_verbosity(logging.ERROR)  # TF/TFDS info and timing notes; kqreg warns via `warnings`
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  if FLAGS.export_tflite:
-    kqreg_flags.fail("kqreg-classify", training.ConfigError(
-        "--export_tflite: TFLite export is not implemented in this version."))
   result = kqreg_flags.run_guarded(
       "kqreg-classify",
       lambda: training.run(kqreg_flags.train_config(FLAGS.model_dir)))
@@ -37,6 +34,12 @@ def _main(argv) -> None:
         f"train acc {result['train_accuracy']:.3f}, val acc "
         f"{result['val_accuracy']:.3f}, gap {result['gap_accuracy']:+.3f}; "
         f"results in {FLAGS.model_dir}/result.json")
+  if "tflite" in result:
+    t = result["tflite"]
+    print(f"model.tflite: {t['size_bytes']:,} bytes "
+          f"({t['ratio_to_float']:.2f}x float), top-1 agreement "
+          f"{t['top1_agreement']:.3f}, {t['latency_ms_per_example']:.3f} "
+          "ms/image")
   print(json.dumps(result, indent=2, sort_keys=True))
 
 

@@ -100,8 +100,10 @@ def define_flags() -> None:
                     "Record per-layer weight noise every epoch.")
   flags.DEFINE_integer("noise_every", 1, "Epochs between noise records.",
                        lower_bound=1)
-  flags.DEFINE_bool("export_tflite", False,
-                    "Write model.tflite after training (not available yet).")
+  flags.DEFINE_bool(
+      "export_tflite", False,
+      "Write model.tflite after training and verify it in LiteRT on the "
+      "validation split (figures in result.json).")
   flags.DEFINE_enum("strategy", "default", list(training.STRATEGIES),
                     "tf.distribute strategy.")
   flags.DEFINE_bool("jit_compile", False, "XLA-compile the training step.")
@@ -153,6 +155,7 @@ def train_config(model_dir: str, **overrides) -> training.TrainConfig:
       noise_analysis=FLAGS.noise_analysis, noise_every=FLAGS.noise_every,
       strategy=FLAGS.strategy, jit_compile=FLAGS.jit_compile,
       deterministic=FLAGS.deterministic, virtual_cpus=FLAGS.virtual_cpus,
+      export_tflite=FLAGS.export_tflite,
       verbose=FLAGS.verbose)
   values.update(overrides)
   return training.TrainConfig(**values)
@@ -185,12 +188,13 @@ EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 def run_guarded(prog: str, fn):
   """Calls `fn()`, turning kqreg's user-facing errors into one-line exits."""
   from kqreg.data import DatasetError  # pylint: disable=g-import-not-at-top
+  from kqreg.export import ExportError  # pylint: disable=g-import-not-at-top
   from kqreg.models import UnknownModelError  # pylint: disable=g-import-not-at-top
   from kqreg.policy import PolicyError  # pylint: disable=g-import-not-at-top
   try:
     return fn()
   except (training.ConfigError, training.CheckpointError, DatasetError,
-          UnknownModelError, PolicyError) as e:
+          UnknownModelError, PolicyError, ExportError) as e:
     fail(prog, e, EXIT_BAD_INPUT)
   except training.TrainingDiverged as e:
     fail(prog, e, EXIT_DIVERGED)

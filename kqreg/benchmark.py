@@ -1,0 +1,216 @@
+"""What QAT, noise analysis and export cost: measurements as plain dicts.
+
+Every figure is measured in the calling process after warm-up and reported as
+the median of several repetitions, next to a ratio against the float model
+measured the same way in the same run. `trainers/benchmark.py` formats them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, Dict, List, Optional
+
+from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
+import numpy as np
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras
+
+from kqreg import models as models_lib
+from kqreg import noise as noise_lib
+from kqreg.callbacks import NoiseAnalysisCallback
+from kqreg.quantize import quantize
+
+__all__ = ["machine", "build_variant", "step_time", "callback_overhead",
+           "noise_cost", "peak_memory", "VARIANTS"]
+
+# Training variants compared per model: (label, how to build it).
+VARIANTS = ("float", "tfmot_8bit", "kqreg_w8a8", "kqreg_w4a8", "kqreg_w4")
+
+
+def machine() -> Dict[str, object]:
+  """CPU model, core count and library versions, recorded with the numbers."""
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          cpu = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+          "tensorflow": tf.__version__, "tf_keras": tf_keras.__version__,
+          "tfmot": tfmot.__version__}
+
+
+def build_variant(model_name: str, variant: str, input_shape, classes: int = 10,
+                  **model_kwargs) -> tf_keras.Model:
+  """The float model, stock tfmot's 8-bit QAT, or a kqreg policy of it."""
+  model = models_lib.build(model_name, input_shape, classes, seed=0,
+                           **model_kwargs)
+  if variant == "float":
+    return model
+  if variant == "tfmot_8bit":
+    return tfmot.quantization.keras.quantize_model(model)
+  if variant.startswith("kqreg_"):
+    return quantize(model, variant[len("kqreg_"):])
+  raise ValueError(f"Unknown variant {variant!r}; use one of {VARIANTS}.")
+
+
+def _median_time(fn: Callable[[], None], repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def step_time(model: tf_keras.Model, input_shape, *, batch_size: int = 64,
+              steps: int = 10, repeats: int = 5, warmup: int = 3,
+              jit_compile: bool = False) -> float:
+  """Median seconds per training step (fixed random batch, Adam)."""
+  rng = np.random.default_rng(0)
+  x = tf.constant(rng.random((batch_size, *input_shape), dtype=np.float32))
+  y = tf.constant(rng.integers(0, 10, batch_size))
+  model.compile(tf_keras.optimizers.Adam(1e-3),
+                tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                jit_compile=jit_compile)
+  for _ in range(warmup):
+    model.train_on_batch(x, y)
+
+  def _steps():
+    for _ in range(steps):
+      model.train_on_batch(x, y)
+
+  return _median_time(_steps, repeats) / steps
+
+
+class _EpochTimer(tf_keras.callbacks.Callback):
+
+  def __init__(self):
+    super().__init__()
+    self.times: List[float] = []
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._start = time.perf_counter()
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.times.append(time.perf_counter() - self._start)
+
+
+class _TimedCallback(tf_keras.callbacks.Callback):
+  """Runs `inner` and adds up the time its epoch-end work takes."""
+
+  def __init__(self, inner: tf_keras.callbacks.Callback):
+    super().__init__()
+    self.inner = inner
+    self.seconds: List[float] = []
+
+  def set_model(self, model):
+    super().set_model(model)
+    self.inner.set_model(model)
+
+  def on_train_begin(self, logs=None):
+    self.inner.on_train_begin(logs)
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.inner.on_epoch_begin(epoch, logs)
+
+  def on_epoch_end(self, epoch, logs=None):
+    start = time.perf_counter()
+    self.inner.on_epoch_end(epoch, logs)
+    self.seconds.append(time.perf_counter() - start)
+
+  def on_train_end(self, logs=None):
+    self.inner.on_train_end(logs)
+
+
+def callback_overhead(*, dataset: str = "kqreg_digits", model_name: str = "cnn",
+                      bits: str = "w4", epochs: int = 4, batch_size: int = 64,
+                      data_dir: Optional[str] = None,
+                      **model_kwargs) -> Dict[str, float]:
+  """Epoch time with and without `NoiseAnalysisCallback` (probe included).
+
+  Both fits train the same QAT model on the dataset's full training split;
+  the first epoch (tracing) is dropped. Also reports the callback's own time
+  per epoch, which is what the ratio should reflect.
+  """
+  from kqreg import data as data_lib  # pylint: disable=g-import-not-at-top
+  raw, info = data_lib.load(dataset, "train", data_dir=data_dir)
+  val_raw, _ = data_lib.load(dataset, data_lib.validation_split(info),
+                             data_dir=data_dir)
+  train = data_lib.pipeline(raw, batch_size=batch_size, training=True)
+  val = data_lib.pipeline(val_raw, batch_size=batch_size, training=False)
+  probe = next(iter(data_lib.pipeline(val_raw, batch_size=16, training=False,
+                                      cache=False)))[0]
+  figures = {}
+  for with_callback in (False, True):
+    model = quantize(models_lib.build(model_name, info.image_shape,
+                                      info.num_classes, seed=0, **model_kwargs),
+                     bits)
+    model.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True), metrics=["accuracy"])
+    timer = _EpochTimer()
+    callbacks = [timer]
+    timed = None
+    if with_callback:
+      timed = _TimedCallback(NoiseAnalysisCallback(
+          tempfile.mkdtemp(prefix="kqreg-bench-"), probe_data=probe))
+      callbacks.insert(0, timed)
+    model.fit(train, validation_data=val, epochs=epochs, verbose=0,
+              callbacks=callbacks)
+    key = "with" if with_callback else "without"
+    figures[f"epoch_s_{key}"] = statistics.median(timer.times[1:])
+    if timed is not None:
+      figures["callback_s_per_epoch"] = statistics.median(timed.seconds[1:])
+  figures["ratio"] = figures["epoch_s_with"] / figures["epoch_s_without"]
+  figures["callback_share"] = (figures["callback_s_per_epoch"] /
+                               figures["epoch_s_with"])
+  return figures
+
+
+def noise_cost(model: tf_keras.Model, x: np.ndarray,
+               repeats: int = 5) -> Dict[str, float]:
+  """Seconds per `weight_noise` and `propagation` call on `model`."""
+  noise_lib.weight_noise(model)
+  noise_lib.propagation(model, x)
+  return {
+      "params": int(model.count_params()),
+      "weight_noise_s": _median_time(lambda: noise_lib.weight_noise(model),
+                                     repeats),
+      "propagation_s": _median_time(lambda: noise_lib.propagation(model, x),
+                                    repeats),
+  }
+
+
+_MEMORY_CHILD = """
+import json, resource, sys
+import kqreg
+from kqreg import benchmark
+model = benchmark.build_variant({model!r}, {variant!r}, {shape!r})
+benchmark.step_time(model, {shape!r}, steps={steps}, repeats=1, warmup=1)
+print(json.dumps({{"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
+"""
+
+
+def peak_memory(model_name: str, variant: str, input_shape,
+                steps: int = 20) -> float:
+  """Peak resident memory (MiB) of a fresh process training `steps` steps."""
+  code = _MEMORY_CHILD.format(model=model_name, variant=variant,
+                              shape=tuple(input_shape), steps=steps)
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+  out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                       capture_output=True, text=True, timeout=900)
+  line = [l for l in out.stdout.splitlines() if l.startswith("{")][-1]
+  return json.loads(line)["maxrss_kb"] / 1024.0

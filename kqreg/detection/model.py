@@ -1,0 +1,186 @@
+"""A quantization-aware keras-cv YOLOv8 detector built from explicit sizes.
+
+`build_detector` builds keras-cv's float `YOLOV8Detector` on a
+`YOLOV8Backbone` of the chosen size (no presets: nothing can be downloaded),
+takes the Functional graph from its input to the head's concatenated output,
+and quantizes that whole graph with `kqreg.quantize` — every Conv2D of the
+backbone, the path-aggregation FPN and the head follows the bit policy. The
+result is wrapped back into `QuantizedYOLOV8Detector`, a `YOLOV8Detector`
+that keeps keras-cv's own loss (`compute_loss`, the task-aligned label
+encoder), box decoding and non-max suppression.
+
+Left out of the quantized graph on purpose: the head's final `box_outputs`
+Activation and the `box`/`class` no-op Concatenates. Under an `aN` policy kqreg
+would put an N-bit output quantizer on `box_outputs`, which concatenates box
+logits (range ~±20) with class probabilities (range [0, 1]) and would crush
+the probabilities to a handful of levels; the sigmoid `*_classifier`
+activations before it are still quantized. The tf ops keras-cv builds the FPN
+from (repeat, concat, split, add) have no weights and stay float.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Dict, Optional, Tuple
+
+from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
+import tf_keras
+import keras_cv
+from keras_cv.src.models.object_detection.yolo_v8 import (
+    yolo_v8_detector as _yolo)
+from keras_cv.src.models.task import Task
+
+from kqreg import policy as policy_lib
+from kqreg.quantize import quantize
+
+__all__ = ["BACKBONES", "DetectorError", "QuantizedYOLOV8Detector",
+           "build_detector", "build_backbone"]
+
+# stackwise_channels, stackwise_depth per size (keras-cv's xs/s/m presets).
+BACKBONES: Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...]]] = {
+    "xs": ((16, 32, 64, 128), (1, 1, 1, 1)),
+    "s": ((32, 64, 128, 256), (1, 2, 2, 1)),
+    "m": ((48, 96, 192, 384), (2, 4, 4, 2)),
+}
+# The backbone's P5 is 1/32 of the input.
+SIZE_MULTIPLE = 32
+_LEVELS = ("P3", "P4", "P5")
+
+
+class DetectorError(ValueError):
+  """A detector that cannot be built as asked, with the argument to fix."""
+
+
+def build_backbone(backbone: str, image_size: int) -> tf_keras.Model:
+  """keras-cv's YOLOV8Backbone of size `backbone` (xs, s, m), weights=None."""
+  if backbone not in BACKBONES:
+    raise DetectorError(f"--backbone={backbone!r}: unknown size; use one of "
+                        f"{', '.join(BACKBONES)}.")
+  if (isinstance(image_size, bool) or not isinstance(image_size, int)
+      or image_size < SIZE_MULTIPLE or image_size % SIZE_MULTIPLE):
+    raise DetectorError(
+        f"--image_size={image_size!r}: YOLOv8 needs a multiple of "
+        f"{SIZE_MULTIPLE} (>= {SIZE_MULTIPLE}), e.g. 64 or 96.")
+  channels, depth = BACKBONES[backbone]
+  return keras_cv.models.YOLOV8Backbone(
+      stackwise_channels=list(channels), stackwise_depth=list(depth),
+      include_rescaling=True, activation="swish",
+      input_shape=(image_size, image_size, 3))
+
+
+class QuantizedYOLOV8Detector(_yolo.YOLOV8Detector):
+  """keras-cv's YOLOV8Detector over a prebuilt (quantized) Functional graph.
+
+  Skips `YOLOV8Detector.__init__` (which builds the FPN and head itself) and
+  initializes the Functional model from `inputs`/`outputs` directly; loss,
+  label assignment, decoding and NMS are keras-cv's. Not serializable with
+  `get_config`: save weights and rebuild with `build_detector`.
+  """
+
+  def __init__(self, inputs, outputs, *, backbone, num_classes: int,
+               bounding_box_format: str, fpn_depth: int,
+               prediction_decoder=None, **kwargs):
+    Task.__init__(self, inputs=inputs, outputs=outputs, **kwargs)  # pylint: disable=non-parent-init-called
+    self.bounding_box_format = bounding_box_format
+    self._prediction_decoder = prediction_decoder or (
+        keras_cv.layers.NonMaxSuppression(
+            bounding_box_format=bounding_box_format, from_logits=False,
+            confidence_threshold=0.2, iou_threshold=0.7))
+    self.backbone = backbone
+    self.fpn_depth = fpn_depth
+    self.num_classes = num_classes
+    self.label_encoder = _yolo.YOLOV8LabelEncoder(num_classes=num_classes)
+
+  def get_config(self):
+    raise NotImplementedError(
+        "QuantizedYOLOV8Detector is rebuilt with "
+        "kqreg.detection.build_detector; save and load its weights.")
+
+
+def _quantized_name(model: tf_keras.Model, name: str) -> str:
+  """The name layer `name` got in `model` (tfmot prefixes wrapped ones)."""
+  for candidate in (name, f"quant_{name}"):
+    try:
+      model.get_layer(candidate)
+      return candidate
+    except ValueError:
+      continue
+  raise DetectorError(f"layer {name!r} vanished while quantizing the "
+                      "detector; this is a kqreg bug, please report it.")
+
+
+def build_detector(num_classes: int, backbone: str = "xs",
+                   bits: str = "w4a8", image_size: int = 64, *,
+                   fpn_depth: int = 1, per_channel: Optional[bool] = None,
+                   confidence_threshold: float = 0.05,
+                   iou_threshold: float = 0.6,
+                   max_detections: int = 100) -> tf_keras.Model:
+  """Builds a YOLOv8 detector whose every Conv2D follows `bits`.
+
+  Args:
+    num_classes: object classes (no background class).
+    backbone: "xs", "s" or "m" (see `BACKBONES`).
+    bits: kqreg bit policy, e.g. "fp", "w8", "w4", "w4a8,first=w8".
+    image_size: square input size, a multiple of 32.
+    fpn_depth: depth of the FPN's CSP blocks.
+    per_channel: weight ranges per output channel (None: kqreg's default,
+      per channel for convolutions).
+    confidence_threshold, iou_threshold, max_detections: of the NMS used by
+      `predict` (a low threshold, so mAP sees the whole precision curve).
+
+  Returns:
+    A `YOLOV8Detector` (float when `bits` is "fp", else a
+    `QuantizedYOLOV8Detector`); `bounding_box_format` is "xyxy" pixels.
+    Its `backbone` attribute is a Functional view onto the (quantized)
+    backbone layers with `pyramid_level_inputs` naming them.
+
+  Raises:
+    DetectorError: bad size, image size or class count.
+    PolicyError: malformed policy.
+  """
+  if isinstance(num_classes, bool) or not isinstance(num_classes, int) \
+      or num_classes < 1:
+    raise DetectorError(f"num_classes={num_classes!r}: pass a positive "
+                        "integer (the dataset's number of classes).")
+  policy = policy_lib.BitPolicy.parse(bits)
+  float_backbone = build_backbone(backbone, image_size)
+  decoder = keras_cv.layers.NonMaxSuppression(
+      bounding_box_format="xyxy", from_logits=False,
+      confidence_threshold=confidence_threshold, iou_threshold=iou_threshold,
+      max_detections=max_detections)
+  detector = keras_cv.models.YOLOV8Detector(
+      num_classes=num_classes, bounding_box_format="xyxy",
+      backbone=float_backbone, fpn_depth=fpn_depth,
+      prediction_decoder=decoder)
+  if policy.is_float:
+    return detector
+
+  head = detector.get_layer("box_outputs")
+  graph = tf_keras.Model(detector.inputs, head.input, name="yolo_v8_graph")
+  with warnings.catch_warnings():
+    # keras-cv's FPN is built from tf ops (repeat, concat, split, add) that
+    # have no weights; kqreg warns that they stay float, which is intended.
+    warnings.filterwarnings("ignore", message="kqreg has no quantization")
+    qat = quantize(graph, policy, per_channel=per_channel)
+
+  # Rebuild the head's tail float, as keras-cv does (see module docstring).
+  outputs = tf_keras.layers.Activation("linear", dtype="float32",
+                                       name="box_outputs")(qat.output)
+  channels = _yolo.BOX_REGRESSION_CHANNELS
+  boxes = tf_keras.layers.Concatenate(axis=1, name="box")(
+      [outputs[:, :, :channels]])
+  scores = tf_keras.layers.Concatenate(axis=1, name="class")(
+      [outputs[:, :, channels:]])
+
+  levels = {level: _quantized_name(
+      qat, float_backbone.pyramid_level_inputs[level]) for level in _LEVELS}
+  backbone_view = tf_keras.Model(
+      qat.inputs, [qat.get_layer(levels[l]).output for l in _LEVELS],
+      name=f"yolo_v8_{backbone}_backbone")
+  backbone_view.pyramid_level_inputs = levels
+  return QuantizedYOLOV8Detector(
+      qat.inputs, {"boxes": boxes, "classes": scores},
+      backbone=backbone_view, num_classes=num_classes,
+      bounding_box_format="xyxy", fpn_depth=fpn_depth,
+      prediction_decoder=decoder, name=f"yolo_v8_{backbone}_" + re.sub(r"\W", "_", str(policy)))

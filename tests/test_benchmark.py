@@ -1,0 +1,35 @@
+"""The benchmark's --quick run writes its files with their columns (no timing asserts)."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_quick_benchmark_writes_json_and_markdown(tmp_path):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  result = subprocess.run([sys.executable, "-m", "trainers.benchmark", "--quick",
+                           f"--output_dir={tmp_path}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  data = json.loads((tmp_path / "benchmark.json").read_text())
+  assert data["quick"] is True
+  assert {"cpu", "cores", "tensorflow", "tfmot"} <= set(data["machine"])
+  variants = [row["variant"] for row in data["step_time"]]
+  assert variants == ["float", "tfmot_8bit", "kqreg_w8a8", "kqreg_w4a8", "kqreg_w4"]
+  assert all(row["step_ms"] > 0 and row["ratio"] > 0 for row in data["step_time"])
+  assert {"epoch_s_without", "epoch_s_with", "ratio", "callback_s_per_epoch",
+          "callback_share"} <= set(data["callback"])
+  assert all({"params", "weight_noise_s", "propagation_s"} <= set(r) for r in data["noise_cost"])
+  formats = [row["format"] for row in data["tflite"]]
+  assert formats == ["float32", "int8 (w8a8)", "int4 (w4a8)"]
+  sizes = [row["file_bytes"] for row in data["tflite"]]
+  assert sizes[2] < sizes[1] < sizes[0]
+  assert [row["variant"] for row in data["memory"]] == ["float", "tfmot_8bit", "kqreg_w4a8"]
+  text = (tmp_path / "benchmark.md").read_text()
+  for heading in ("Training step time", "NoiseAnalysisCallback", "Noise analysis cost",
+                  "TFLite", "Peak resident memory"):
+    assert heading in text
+  assert text in result.stdout
