@@ -47,6 +47,7 @@ from kqreg.quantize import is_quantized, quantize, quantize_scope
 from kqreg.summary import profile
 
 __all__ = ["TrainConfig", "ConfigError", "TrainingInterrupted",
+           "interrupt_on_sigterm",
            "TrainingDiverged", "CheckpointError", "run", "make_strategy",
            "OPTIMIZERS", "LR_SCHEDULES", "STRATEGIES"]
 
@@ -72,8 +73,8 @@ class TrainingInterrupted(RuntimeError):
 
 
 @contextlib.contextmanager
-def _interrupt_on_sigterm():
-  """Turns SIGTERM into KeyboardInterrupt (as SIGINT) while training."""
+def interrupt_on_sigterm():
+  """Turns SIGTERM into KeyboardInterrupt (as SIGINT) within the block."""
   if threading.current_thread() is not threading.main_thread():
     yield
     return
@@ -391,7 +392,7 @@ def run(config: TrainConfig) -> Dict[str, Any]:
   ]
   resumed = os.path.isdir(os.path.join(config.model_dir, "backup"))
   try:
-    with _interrupt_on_sigterm(), _corrupt_data_errors(config):
+    with interrupt_on_sigterm(), _corrupt_data_errors(config):
       model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
                 callbacks=callbacks, verbose=config.verbose)
   except KeyboardInterrupt as e:

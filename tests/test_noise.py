@@ -70,7 +70,7 @@ def test_weight_noise_matches_numpy_reference(bits, per_channel, symmetric, trai
   got = qw.quantized().numpy()
   # Same level for every weight; values equal up to float32 rounding.
   np.testing.assert_array_equal(np.round((got - nmin) / scale), np.round((wq - nmin) / scale))
-  ulp = 4 * np.finfo(np.float32).eps * np.abs(w_now).max()
+  ulp = float(4 * np.finfo(np.float32).eps * np.abs(w_now).max())
   np.testing.assert_allclose(got, wq, rtol=0, atol=ulp)
   delta = (wq - w_now).astype(np.float32)
   step = np.atleast_1d(scale)

@@ -162,7 +162,9 @@ def _letterbox(example, size: int):
                     x[:, 1] * new_f[1] + off_f[1], y[:, 1] * new_f[0] + off_f[0]],
                    axis=-1)
   classes = tf.cast(tf.reshape(example["objects"]["label"], (-1,)), tf.float32)
-  return image, boxes, classes
+  # Real data pairs them one to one; mocked data may not.
+  n = tf.minimum(tf.shape(boxes)[0], tf.shape(classes)[0])
+  return image, boxes[:n], classes[:n]
 
 
 def _keep_visible(boxes, classes, before=None):

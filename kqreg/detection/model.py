@@ -110,10 +110,24 @@ def _quantized_name(model: tf_keras.Model, name: str) -> str:
                       "detector; this is a kqreg bug, please report it.")
 
 
+def _output_in(model: tf_keras.Model, name: str):
+  """The output of layer `name` in `model`'s own graph.
+
+  Layers tfmot does not wrap are shared with the float detector, where they
+  were called first, so `layer.output` would point into the float graph.
+  """
+  layer = model.get_layer(name)
+  for index, node in enumerate(layer._inbound_nodes):  # pylint: disable=protected-access
+    if f"{layer.name}_ib-{index}" in model._network_nodes:  # pylint: disable=protected-access
+      return node.outputs
+  raise DetectorError(f"layer {name!r} is not in {model.name!r}; this is a "
+                      "kqreg bug, please report it.")
+
+
 def build_detector(num_classes: int, backbone: str = "xs",
                    bits: str = "w4a8", image_size: int = 64, *,
                    fpn_depth: int = 1, per_channel: Optional[bool] = None,
-                   confidence_threshold: float = 0.05,
+                   confidence_threshold: float = 0.001,
                    iou_threshold: float = 0.6,
                    max_detections: int = 100) -> tf_keras.Model:
   """Builds a YOLOv8 detector whose every Conv2D follows `bits`.
@@ -127,7 +141,8 @@ def build_detector(num_classes: int, backbone: str = "xs",
     per_channel: weight ranges per output channel (None: kqreg's default,
       per channel for convolutions).
     confidence_threshold, iou_threshold, max_detections: of the NMS used by
-      `predict` (a low threshold, so mAP sees the whole precision curve).
+      `predict`; 0.001 as in COCO evaluation, so mAP sees the whole
+      precision curve.
 
   Returns:
     A `YOLOV8Detector` (float when `bits` is "fp", else a
@@ -176,7 +191,7 @@ def build_detector(num_classes: int, backbone: str = "xs",
   levels = {level: _quantized_name(
       qat, float_backbone.pyramid_level_inputs[level]) for level in _LEVELS}
   backbone_view = tf_keras.Model(
-      qat.inputs, [qat.get_layer(levels[l]).output for l in _LEVELS],
+      qat.inputs, [_output_in(qat, levels[l]) for l in _LEVELS],
       name=f"yolo_v8_{backbone}_backbone")
   backbone_view.pyramid_level_inputs = levels
   return QuantizedYOLOV8Detector(

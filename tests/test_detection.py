@@ -1,0 +1,201 @@
+"""Detection: kqreg_shapes, pipelines, quantized YOLOv8, mAP, run, trainer."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+import tf_keras
+
+import kqreg
+from kqreg import detection
+from kqreg.data import DatasetError
+from kqreg.detection import metrics, shapes
+from kqreg.detection import training as detect_training
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  detection.load_detection("kqreg_shapes", "train", data_dir)
+  return data_dir
+
+
+# mAP on hand-made boxes -----------------------------------------------------
+
+def _one_image(boxes, classes):
+  return [np.array(boxes, np.float32)], [np.array(classes)]
+
+
+def test_map_perfect_predictions_score_one():
+  gt_b, gt_c = _one_image([[0, 0, 10, 10], [20, 20, 40, 30]], [0, 1])
+  result = metrics.mean_average_precision(
+      gt_b, gt_c, gt_b, [np.array([0.9, 0.8])], gt_c, num_classes=3)
+  assert result["map50"] == pytest.approx(1.0)
+  assert result["map"] == pytest.approx(1.0)
+  assert result["classes_with_gt"] == 2
+
+
+def test_map_wrong_class_scores_zero():
+  gt_b, gt_c = _one_image([[0, 0, 10, 10], [20, 20, 40, 30]], [0, 1])
+  result = metrics.mean_average_precision(
+      gt_b, gt_c, gt_b, [np.array([0.9, 0.8])], [np.array([1, 0])],
+      num_classes=2)
+  assert result["map50"] == 0.0 and result["map"] == 0.0
+
+
+def test_map_half_recall_and_iou_thresholds():
+  # Two objects, one found: precision 1 up to recall 0.5 -> 51 of 101 points.
+  gt_b, gt_c = _one_image([[0, 0, 10, 10], [50, 50, 60, 60]], [0, 0])
+  pred = [np.array([[0, 0, 10, 10]], np.float32)]
+  result = metrics.mean_average_precision(
+      gt_b, gt_c, pred, [np.array([0.5])], [np.array([0])], num_classes=1)
+  assert result["map50"] == pytest.approx(51 / 101)
+  # IoU 0.58 box: a hit at thresholds 0.50 and 0.55 only (2 of 10).
+  shifted = [np.array([[0, 0, 10, 5.8]], np.float32)]
+  one, one_c = _one_image([[0, 0, 10, 10]], [0])
+  result = metrics.mean_average_precision(
+      one, one_c, shifted, [np.array([0.5])], [np.array([0])], num_classes=1)
+  assert result["map50"] == pytest.approx(1.0)
+  assert result["map"] == pytest.approx(0.2)
+  # A duplicate detection is a false positive after the hit: AP unchanged.
+  dup = [np.array([[0, 0, 10, 10], [0, 0, 10, 10]], np.float32)]
+  result = metrics.mean_average_precision(
+      one, one_c, dup, [np.array([0.9, 0.8])], [np.array([0, 0])], 1)
+  assert result["map"] == pytest.approx(1.0)
+
+
+# Data --------------------------------------------------------------------
+
+def test_shapes_generation_is_deterministic_and_valid():
+  a = list(shapes.generate(20, seed=3))
+  b = list(shapes.generate(20, seed=3))
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x["image"], y["image"])
+    np.testing.assert_array_equal(x["objects"]["bbox"], y["objects"]["bbox"])
+  counts = [len(e["objects"]["label"]) for e in a]
+  assert 1 <= min(counts) and max(counts) <= shapes.MAX_OBJECTS
+  boxes = np.concatenate([e["objects"]["bbox"] for e in a])
+  assert boxes.min() >= 0 and boxes.max() <= 1
+  assert np.all(boxes[:, 2] > boxes[:, 0]) and np.all(boxes[:, 3] > boxes[:, 1])
+
+
+def test_shapes_pipeline_gives_dense_keras_cv_boxes(shapes_dir):
+  ds, info = detection.load_detection("kqreg_shapes", "validation", shapes_dir)
+  assert info.num_classes == shapes.NUM_CLASSES
+  assert info.splits == shapes.SPLIT_SIZES
+  batch = next(iter(detection.pipeline(ds, image_size=64, batch_size=4,
+                                       training=True, max_boxes=8, take=8,
+                                       cache=False)))
+  assert batch["images"].shape == (4, 64, 64, 3)
+  assert batch["images"].dtype == tf.float32
+  boxes = batch["bounding_boxes"]["boxes"].numpy()
+  classes = batch["bounding_boxes"]["classes"].numpy()
+  assert boxes.shape == (4, 8, 4) and classes.shape == (4, 8)
+  real = classes >= 0
+  assert real.any(axis=1).all()  # every image keeps an object
+  assert np.all(boxes[~real] == -1)
+  kept = boxes[real]
+  assert np.all(kept >= 0) and np.all(kept <= 64)
+  assert np.all(kept[:, 2] > kept[:, 0]) and np.all(kept[:, 3] > kept[:, 1])
+
+
+def test_unknown_and_unprepared_datasets_name_the_fix(tmp_path):
+  with pytest.raises(DatasetError, match="kqreg_shapes"):
+    detection.load_detection("no_such_dataset", "train", str(tmp_path))
+  with pytest.raises(DatasetError, match="--data_dir"):
+    detection.load_detection("voc/2007", "train", str(tmp_path))
+  with pytest.raises(DatasetError, match="not an object-detection"):
+    detection.load_detection("mnist", "train", str(tmp_path))
+
+
+# Model -------------------------------------------------------------------
+
+def _convs(model):
+  for layer in model.layers:
+    if isinstance(layer, tf_keras.Model):
+      yield from _convs(layer)
+    elif isinstance(layer, tf_keras.layers.Conv2D):
+      yield layer
+
+
+def test_w4_detector_quantizes_every_conv_to_16_levels():
+  model = detection.build_detector(3, "xs", "w4", image_size=32)
+  float_model = detection.build_detector(3, "xs", "fp", image_size=32)
+  n_conv = len(list(_convs(float_model)))
+  weights = kqreg.noise.quantized_weights(model)
+  assert len(weights) == n_conv > 60  # backbone, FPN and head
+  for qw in weights:
+    assert qw.bits == 4
+    kernel = qw.quantizer.to_channels_last(qw.quantized()).numpy()
+    per_channel = kernel.reshape(-1, kernel.shape[-1])
+    for c in range(per_channel.shape[-1]):
+      assert len(np.unique(per_channel[:, c])) <= 2**4, qw.layer_name
+  # keras-cv's pyramid levels name layers of the quantized graph (unwrapped
+  # activations at w4, "quant_*" wrappers under an aN policy).
+  for name in model.backbone.pyramid_level_inputs.values():
+    model.get_layer(name)
+  assert model.backbone.inputs[0] is model.inputs[0]
+  out = model(np.zeros((1, 32, 32, 3), np.float32))
+  assert out["boxes"].shape[-1] == 64 and out["classes"].shape[-1] == 3
+
+
+# Training ------------------------------------------------------------------
+
+def test_run_on_shapes_loss_falls_and_reports_map(shapes_dir, tmp_path):
+  config = detect_training.DetectConfig(
+      model_dir=str(tmp_path / "run"), data_dir=shapes_dir, bits="w4a8",
+      image_size=32, epochs=3, batch_size=8, train_examples=16,
+      val_examples=8, map_examples=8, learning_rate=2e-3,
+      noise_analysis=False, verbose=0)
+  result = detect_training.run(config)
+  losses = [row["loss"] for row in result["history"]]
+  assert losses[-1] < losses[0]
+  for key in ("val_map50", "val_map"):
+    assert 0.0 <= result[key] <= 1.0
+    assert all(0.0 <= row[key] <= 1.0 for row in result["history"])
+  assert {"val_box_loss", "val_class_loss", "train_loss"} <= set(result)
+  assert result["quantized_params"] > 0.9 * result["params"]
+  for name in ("params.json", "history.csv", "result.json", "weights.h5"):
+    assert os.path.exists(tmp_path / "run" / name)
+  assert detect_training.run(config)["skipped"]  # finished: not retrained
+  config.bits = "w8"
+  with pytest.raises(detect_training.ConfigError, match="--bits"):
+    detect_training.run(config)
+
+
+def test_voc_runs_on_mock_data(tmp_path):
+  with tfds.testing.mock_data(num_examples=4):
+    ds, info = detection.load_detection("voc/2007", "train")
+    assert info.num_classes == 20
+    result = detect_training.run(detect_training.DetectConfig(
+        model_dir=str(tmp_path / "voc"), dataset="voc/2007", bits="w8",
+        image_size=32, epochs=1, batch_size=4, map_examples=0,
+        noise_analysis=False, verbose=0))
+  assert np.isfinite(result["val_loss"])
+  assert result["train_examples"] == 4
+
+
+# Trainer -------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [
+    ["--bits=w9x"],
+    ["--image_size=50"],
+    ["--export_tflite"],
+])
+def test_trainer_bad_flags_exit_with_one_line(args, tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "trainers.detect",
+       f"--model_dir={tmp_path / 'x'}", *args],
+      cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, capture_output=True,
+      text=True, timeout=300)
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("kqreg-detect: error:"), (
+      proc.stderr)
+  assert not os.path.exists(tmp_path / "x" / "params.json")
