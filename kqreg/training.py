@@ -47,7 +47,7 @@ from kqreg.quantize import is_quantized, quantize, quantize_scope
 from kqreg.summary import profile
 
 __all__ = ["TrainConfig", "ConfigError", "TrainingInterrupted",
-           "interrupt_on_sigterm",
+           "interrupt_on_sigterm", "check_model_dir",
            "TrainingDiverged", "CheckpointError", "run", "make_strategy",
            "OPTIMIZERS", "LR_SCHEDULES", "STRATEGIES"]
 
@@ -244,15 +244,15 @@ def _optimizer(config: TrainConfig, steps_per_epoch: int):
   return tf_keras.optimizers.Adam(lr, weight_decay=decay)
 
 
-def _check_model_dir(config: TrainConfig) -> bool:
-  """Checks params.json against `config`; True if the run already finished.
+def check_model_dir(model_dir: str, identity: Dict[str, Any]) -> bool:
+  """Checks model_dir/params.json against `identity`; True if finished.
 
-  params.json itself is written by `_write_params` once data and model are
+  Raises `ConfigError` naming every flag that differs from the run already
+  in `model_dir`. params.json itself is written once data and model are
   built, so a run refused for bad input leaves nothing that blocks a fixed
   rerun.
   """
-  params_path = os.path.join(config.model_dir, "params.json")
-  identity = config.identity()
+  params_path = os.path.join(model_dir, "params.json")
   if os.path.exists(params_path):
     try:
       with open(params_path) as f:
@@ -266,9 +266,9 @@ def _check_model_dir(config: TrainConfig) -> bool:
       details = ", ".join(f"--{k}={saved.get(k)!r} there, {identity[k]!r} now"
                           for k in differ)
       raise ConfigError(
-          f"--model_dir {config.model_dir} holds a run with other settings "
+          f"--model_dir {model_dir} holds a run with other settings "
           f"({details}); use a new --model_dir or the same flags.")
-  return os.path.exists(os.path.join(config.model_dir, "result.json"))
+  return os.path.exists(os.path.join(model_dir, "result.json"))
 
 
 def _write_params(config: TrainConfig) -> None:
@@ -311,7 +311,7 @@ def run(config: TrainConfig) -> Dict[str, Any]:
     ConfigError, DatasetError, PolicyError, UnknownModelError: bad settings.
   """
   config.validate()
-  if _check_model_dir(config):
+  if check_model_dir(config.model_dir, config.identity()):
     with open(os.path.join(config.model_dir, "result.json")) as f:
       result = json.load(f)
     result["skipped"] = True

@@ -40,7 +40,8 @@ from kqreg.detection import model as model_lib
 from kqreg.io_utils import atomic_write_json
 from kqreg.summary import profile
 from kqreg.training import (ConfigError, TrainingInterrupted,
-                            interrupt_on_sigterm, make_strategy)
+                            interrupt_on_sigterm, make_strategy,
+                            check_model_dir)
 
 __all__ = ["DetectConfig", "ConfigError", "TrainingInterrupted", "MapCallback",
            "evaluate_map", "run"]
@@ -215,28 +216,6 @@ class MapCallback(tf_keras.callbacks.Callback):
     logs["val_map"] = values["map"]
 
 
-def _check_model_dir(config: DetectConfig) -> bool:
-  """Checks params.json against `config`; True if the run already finished."""
-  params_path = os.path.join(config.model_dir, "params.json")
-  identity = config.identity()
-  if os.path.exists(params_path):
-    try:
-      with open(params_path) as f:
-        saved = json.load(f)["identity"]
-    except (OSError, ValueError, KeyError) as e:
-      raise ConfigError(
-          f"--model_dir: {params_path} is unreadable ({e}); use a new "
-          "--model_dir or delete it.") from e
-    differ = [k for k in identity if saved.get(k) != identity[k]]
-    if differ:
-      details = ", ".join(f"--{k}={saved.get(k)!r} there, {identity[k]!r} now"
-                          for k in differ)
-      raise ConfigError(
-          f"--model_dir {config.model_dir} holds a run with other settings "
-          f"({details}); use a new --model_dir or the same flags.")
-  return os.path.exists(os.path.join(config.model_dir, "result.json"))
-
-
 def _splits(config: DetectConfig):
   train, info = data_lib.load_detection(config.dataset, "train",
                                         config.data_dir)
@@ -283,7 +262,7 @@ def run(config: DetectConfig) -> Dict[str, Any]:
     TrainingInterrupted, TrainingDiverged, CheckpointError.
   """
   config.validate()
-  if _check_model_dir(config):
+  if check_model_dir(config.model_dir, config.identity()):
     with open(os.path.join(config.model_dir, "result.json")) as f:
       result = json.load(f)
     result["skipped"] = True
