@@ -99,6 +99,9 @@ LAYER_FAMILIES: Tuple[LayerFamily, ...] = (
     _output_only(layers.GlobalAveragePooling2D),
     _output_only(layers.GlobalMaxPooling2D),
     _output_only(layers.BatchNormalization),
+    # Input scaling (keras-cv's include_rescaling): without a range after it
+    # the converter keeps everything up to the next range float.
+    _output_only(layers.Rescaling),
 )
 
 _FAMILY_BY_TYPE = {family.layer_type: family for family in LAYER_FAMILIES}

@@ -64,6 +64,7 @@ __all__ = [
     "REPORT_SUFFIX",
     "export_tflite",
     "verify_tflite",
+    "tflite_predict",
     "inspect_tflite",
 ]
 
@@ -734,53 +735,52 @@ def _output_step(info: Dict[str, Any], output_index: int) -> Optional[float]:
   return None
 
 
-def verify_tflite(path: str, qat_model: tf_keras.Model, x, *,
-                  num_threads: int = 1, labels=None) -> Dict[str, Any]:
-  """Runs the .tflite file and the Keras model on `x` and compares them.
-
-  The interpreter (ai-edge-litert, default kernels) runs one example at a
-  time, as a device would; int8 inputs and outputs are quantized and
-  dequantized with the tensors' own scale and zero point.
-
-  Args:
-    path: the .tflite file.
-    qat_model: the Keras model it was exported from.
-    x: a numpy batch of inputs.
-    num_threads: interpreter threads (1 for comparable latency).
-    labels: optional integer labels of `x`, to report both accuracies.
-
-  Returns:
-    `top1_agreement` (fraction of examples whose argmax matches; None for a
-    single output unit), `max_abs_diff` and `mean_abs_diff` of the outputs in
-    units of the output's quantization step (`diff_units` "output_step"; "raw"
-    when the file has no output scale, e.g. a float file), `output_step`,
-    `latency_ms_per_example` (median after warm-up), `examples`, and with
-    `labels` `tflite_accuracy` and `keras_accuracy`.
-
-  Raises:
-    ExportError: `path` is missing or not a TFLite file, or the model has
-      other than one input and one output.
-  """
-  # Imported here: only verification needs the runtime.
-  from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+def _interpreter(path: str, num_threads: int):
+  # Imported here: only running a file needs the runtime.
+  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
   try:
     with open(path, "rb") as f:
       data = f.read()
-    interpreter = Interpreter(model_content=data, num_threads=num_threads)
+    return data, Interpreter(model_content=data, num_threads=num_threads)
   except (OSError, ValueError, RuntimeError) as e:
     raise ExportError(f"path={path!r}: cannot load it as a TFLite file "
                       f"({e}); pass a file written by export_tflite.") from e
+
+
+def tflite_predict(path: str, x, *,
+                   num_threads: int = 1) -> Tuple[np.ndarray, List[float]]:
+  """Runs a single-input, single-output .tflite file on `x`, one example at a time.
+
+  As a device would: ai-edge-litert's interpreter with its default kernels,
+  int8 inputs and outputs quantized and dequantized with the tensors' own
+  scale and zero point, a few warm-up invokes first.
+
+  Args:
+    path: the .tflite file.
+    x: a numpy batch of inputs (or one example without the batch axis).
+    num_threads: interpreter threads (1 for comparable latency).
+
+  Returns:
+    (outputs as float64 with the batch axis, seconds per invoke).
+
+  Raises:
+    ExportError: `path` is missing or not a TFLite file, has other than one
+      input and one output, or `x` is empty.
+  """
+  return _predict(_interpreter(path, num_threads)[1], path, x)
+
+
+def _predict(interpreter, path: str, x) -> Tuple[np.ndarray, List[float]]:
   inputs, outputs = (interpreter.get_input_details(),
                      interpreter.get_output_details())
   if len(inputs) != 1 or len(outputs) != 1:
     raise ExportError(
         f"{path!r} has {len(inputs)} inputs and {len(outputs)} outputs; "
-        "verify_tflite compares single-input, single-output models.")
+        "kqreg runs single-input, single-output models.")
   x = np.asarray(x)
   if x.ndim == len(inputs[0]["shape"]) - 1:
     x = x[np.newaxis]
-  n = len(x)
-  if n == 0:
+  if len(x) == 0:
     raise ExportError("x is empty: pass at least one example.")
   in_detail, out_detail = inputs[0], outputs[0]
   shape = [1] + list(x.shape[1:])
@@ -809,14 +809,51 @@ def verify_tflite(path: str, qat_model: tf_keras.Model, x, *,
       out = (out - out_zero) * out_scale
     return out[0], elapsed
 
-  for _ in range(min(5, n)):  # warm-up: first invokes allocate and pack
+  for _ in range(min(5, len(x))):  # warm-up: first invokes allocate and pack
     _run(x[0])
-  tfl, times = [], []
+  outs, times = [], []
   for example in x:
     out, elapsed = _run(example)
-    tfl.append(out)
+    outs.append(out)
     times.append(elapsed)
-  tfl = np.stack(tfl)
+  return np.stack(outs), times
+
+
+def verify_tflite(path: str, qat_model: tf_keras.Model, x, *,
+                  num_threads: int = 1, labels=None) -> Dict[str, Any]:
+  """Runs the .tflite file and the Keras model on `x` and compares them.
+
+  The file runs through `tflite_predict` (one example at a time, as on a
+  device).
+
+  Args:
+    path: the .tflite file.
+    qat_model: the Keras model it was exported from.
+    x: a numpy batch of inputs.
+    num_threads: interpreter threads (1 for comparable latency).
+    labels: optional integer labels of `x`, to report both accuracies.
+
+  Returns:
+    `top1_agreement` (fraction of examples whose argmax matches; None for a
+    single output unit), `max_abs_diff` and `mean_abs_diff` of the outputs in
+    units of the output's quantization step (`diff_units` "output_step"; "raw"
+    when the file has no output scale, e.g. a float file), `output_step`,
+    `latency_ms_per_example` (median after warm-up), `examples`, and with
+    `labels` `tflite_accuracy` and `keras_accuracy`.
+
+  Raises:
+    ExportError: `path` is missing or not a TFLite file, or the model has
+      other than one input and one output.
+  """
+  data, interpreter = _interpreter(path, num_threads)
+  x = np.asarray(x)
+  if x.ndim == len(interpreter.get_input_details()[0]["shape"]) - 1:
+    x = x[np.newaxis]
+  tfl, times = _predict(interpreter, path, x)
+  n = len(x)
+  out_detail = interpreter.get_output_details()[0]
+  out_scale = out_detail["quantization"][0]
+  int_out = np.issubdtype(out_detail["dtype"], np.integer)
   keras_out = np.concatenate([
       np.asarray(qat_model(x[i:i + 256], training=False), np.float64)
       for i in range(0, n, 256)]).reshape(tfl.shape)

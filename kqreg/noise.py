@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
@@ -41,6 +41,7 @@ __all__ = [
     "QuantizedWeight",
     "quantized_weights",
     "weight_noise",
+    "weight_noise_means",
     "propagation",
     "float_weights",
 ]
@@ -195,6 +196,19 @@ def weight_noise(qat_model: tf_keras.Model) -> List[Dict[str, object]]:
   fn = _compiled(qat_model, "weight_noise", lambda: tf.function(_all_stats))
   values = [{k: float(v) for k, v in t.items()} for t in fn()]
   return [_record(qw, t) for qw, t in zip(qws, values)]
+
+
+def weight_noise_means(qat_model: tf_keras.Model
+                       ) -> Dict[str, Optional[float]]:
+  """`delta_std`, `model_std`, `std_ratio`, `rel_norm` averaged over tensors.
+
+  The one-line summary a run's result.json keeps; all None for a float model.
+  """
+  keys = ("delta_std", "model_std", "std_ratio", "rel_norm")
+  stats = weight_noise(qat_model)
+  if not stats:
+    return {k: None for k in keys}
+  return {k: float(np.mean([s[k] for s in stats])) for k in keys}
 
 
 def delta_values(qat_model: tf_keras.Model) -> Dict[str, np.ndarray]:

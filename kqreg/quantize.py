@@ -66,8 +66,11 @@ _GRID_PRESERVING = (
     tf_keras.layers.GaussianDropout, tf_keras.layers.ActivityRegularization,
 )
 # Ops TFLite fuses into the preceding Conv/Dense/BN: no quantizer in between.
+# Other activations (swish, sigmoid, ...) are ops of their own whose integer
+# kernels need a range on their input.
 _FUSABLE = (tf_keras.layers.BatchNormalization, tf_keras.layers.ReLU,
             tf_keras.layers.Activation)
+_FUSED_ACTIVATIONS = frozenset({"linear", "relu", "relu6"})
 
 
 class QuantizeError(ValueError):
@@ -247,6 +250,10 @@ def _fuses_into_next(layer, consumers) -> bool:
   following = consumers.get(layer.name, [])
   if len(following) != 1 or not isinstance(following[0], _FUSABLE):
     return False
+  if isinstance(following[0], tf_keras.layers.Activation):
+    name = getattr(following[0].activation, "__name__", "")
+    if name not in _FUSED_ACTIVATIONS:
+      return False
   if isinstance(layer, tf_keras.layers.BatchNormalization):
     return not isinstance(following[0], tf_keras.layers.BatchNormalization)
   return True

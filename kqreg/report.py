@@ -3,11 +3,15 @@
 Input: the result.json and history.csv of each run of a sweep. Output, in
 one folder: `runs.csv` (one row per run), `results.csv` (per bit setting:
 mean and std over seeds), `report.md` (the table, the verdict, the plots) and
-three PNGs:
+PNGs:
 
   val_loss.png   validation loss per epoch per bit setting (QReg Figure 1)
+  val_map50.png  detection only: validation mAP@0.5 per epoch
   gap.png        generalization gap against bits
   noise.png      measured std(δ) and the Δ/√12 model against bits (log)
+
+What is aggregated, compared and drawn depends on the task: `CLASSIFICATION`
+or `DETECTION` (a `SweepTask`).
 
 The verdict is computed from the numbers: a bit setting's gap differs from
 full precision only if the difference of the means exceeds the seed-to-seed
@@ -22,16 +26,18 @@ import dataclasses
 import io
 import math
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from kqreg.io_utils import atomic_write_text
 
-__all__ = ["RunRecord", "aggregate", "verdict", "markdown_table",
-           "write_report", "METRICS"]
+__all__ = ["RunRecord", "SweepTask", "val_loss_rise", "CLASSIFICATION", "DETECTION", "TASKS",
+           "aggregate", "verdict", "markdown_table", "write_report",
+           "METRICS", "DETECTION_METRICS"]
 
-# (result key, column label) of the figures aggregated per bit setting.
+# (result key, column label) of the figures a classification sweep aggregates
+# per bit setting.
 METRICS = (
     ("train_accuracy", "train acc"),
     ("val_accuracy", "val acc"),
@@ -44,6 +50,84 @@ METRICS = (
     ("noise_std", "std(δ)"),
     ("noise_model_std", "Δ/√12"),
 )
+
+
+DETECTION_METRICS = (
+    ("train_loss", "train loss"),
+    ("val_loss", "val loss"),
+    ("gap_loss", "gap loss (val-train)"),
+    ("val_loss_rise", "val loss rise"),
+    ("val_map50", "val mAP@0.5"),
+    ("val_map", "val mAP@[.5:.95]"),
+    ("noise_std", "std(δ)"),
+    ("noise_model_std", "Δ/√12"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepTask:
+  """What a sweep of one task reports.
+
+  Attributes:
+    name: the `--task` it belongs to.
+    metrics: (result key, column label) aggregated per bit setting.
+    quality: (key, label) of the headline validation figure, higher better.
+    gaps: (key, name in the verdict, axis label) of the generalization gaps
+      compared with full precision and plotted in gap.png.
+    curves: (history key, axis label, log scale) drawn per epoch, one PNG
+      each, named after the key.
+    legend: what the table's columns mean, for report.md.
+  """
+  name: str
+  metrics: Tuple[Tuple[str, str], ...]
+  quality: Tuple[str, str]
+  gaps: Tuple[Tuple[str, str, str], ...]
+  curves: Tuple[Tuple[str, str, bool], ...]
+  legend: str
+
+
+_LOSS_GAP = ("gap_loss", "loss gap", "val loss − train loss")
+_COMMON_LEGEND = ("gap loss = validation − train loss; val loss rise = final "
+                  "minus minimum of the validation loss's moving average over "
+                  "a tenth of the epochs (overfitting); std(δ) and "
+                  "Δ/√12 are means over quantized layers at the end of "
+                  "training.")
+CLASSIFICATION = SweepTask(
+    "classify", METRICS, ("val_accuracy", "val acc"),
+    (_LOSS_GAP, ("gap_accuracy", "accuracy gap", "train acc − val acc")),
+    (("val_loss", "validation loss (log)", True),),
+    "Mean ± std over seeds. gap acc = train − validation accuracy; "
+    + _COMMON_LEGEND)
+DETECTION = SweepTask(
+    "detect", DETECTION_METRICS, ("val_map50", "val mAP@0.5"), (_LOSS_GAP,),
+    (("val_loss", "validation loss (log)", True),
+     ("val_map50", "validation mAP@0.5", False)),
+    "Mean ± std over seeds. Losses are keras-cv's YOLOv8 loss (box CIoU + "
+    "class BCE); mAP is COCO-style on the validation split; " + _COMMON_LEGEND)
+TASKS = {task.name: task for task in (CLASSIFICATION, DETECTION)}
+
+
+def val_loss_rise(curve: Sequence[float]):
+  """How far validation loss ends above its minimum, and the noise on that.
+
+  Validation loss jitters from epoch to epoch (detection losses by several
+  percent), so both ends are read from its trailing moving average over
+  `window` = max(3, epochs // 10) epochs: rise = last average − lowest
+  average. The noise is the standard error of the difference of two such
+  averages, estimated from the epoch-to-epoch jitter of the last `window`
+  epochs. Overfitting is called only when the rise exceeds twice that.
+
+  Returns:
+    (rise, noise, window), or None for fewer than 2 * window epochs.
+  """
+  curve = np.asarray([v for v in curve if math.isfinite(v)], np.float64)
+  window = max(3, len(curve) // 10)
+  if len(curve) < 2 * window:
+    return None
+  smooth = np.convolve(curve, np.ones(window) / window, mode="valid")
+  jitter = float(np.std(np.diff(curve[-window:]), ddof=1)) / math.sqrt(2)
+  noise = jitter * math.sqrt(2.0 / window)
+  return float(smooth[-1] - smooth.min()), noise, window
 
 
 @dataclasses.dataclass
@@ -59,10 +143,12 @@ class RunRecord:
       return (self.result.get("noise") or {}).get("delta_std")
     if key == "noise_model_std":
       return (self.result.get("noise") or {}).get("model_std")
-    if key == "val_loss_rise":
-      if "last_epoch_val_loss" in self.result:
-        return self.result["last_epoch_val_loss"] - self.result["best_val_loss"]
-      return None
+    if key in ("val_loss_rise", "val_loss_rise_noise"):
+      rise = val_loss_rise([h["val_loss"] for h in self.history
+                            if "val_loss" in h])
+      if rise is None:
+        return None
+      return rise[0] if key == "val_loss_rise" else rise[1]
     value = self.result.get(key)
     return None if value is None else float(value)
 
@@ -75,16 +161,16 @@ def _mean_std(values: Sequence[Optional[float]]):
   return float(np.mean(values)), std, len(values)
 
 
-def aggregate(records: Sequence[RunRecord],
-              bits_order: Sequence[str]) -> List[Dict]:
-  """Per bit setting (in `bits_order`): mean/std/n of every `METRICS` key."""
+def aggregate(records: Sequence[RunRecord], bits_order: Sequence[str],
+              task: SweepTask = CLASSIFICATION) -> List[Dict]:
+  """Per bit setting (in `bits_order`): mean/std of every `task.metrics` key."""
   rows = []
   for bits in bits_order:
     runs = [r for r in records if r.bits == bits]
     if not runs:
       continue
     row = {"bits": bits, "seeds": len(runs)}
-    for key, _ in METRICS:
+    for key in [k for k, _ in task.metrics] + ["val_loss_rise_noise"]:
       mean, std, _ = _mean_std([r.value(key) for r in runs])
       row[f"{key}_mean"], row[f"{key}_std"] = mean, std
     rows.append(row)
@@ -99,14 +185,15 @@ def _fmt(mean, std, digits=3):
   return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def markdown_table(rows: Sequence[Dict]) -> str:
+def markdown_table(rows: Sequence[Dict],
+                   task: SweepTask = CLASSIFICATION) -> str:
   """The aggregated rows as a Markdown table (mean ± std over seeds)."""
-  header = ["bits", "seeds"] + [label for _, label in METRICS]
+  header = ["bits", "seeds"] + [label for _, label in task.metrics]
   lines = ["| " + " | ".join(header) + " |",
            "|" + "---|" * len(header)]
   for row in rows:
     cells = [row["bits"], str(row["seeds"])]
-    for key, _ in METRICS:
+    for key, _ in task.metrics:
       digits = 5 if key.startswith("noise") else 3
       cells.append(_fmt(row[f"{key}_mean"], row[f"{key}_std"], digits))
     lines.append("| " + " | ".join(cells) + " |")
@@ -125,24 +212,27 @@ def _compare(row, ref, key):
   return diff, spread, abs(diff) > spread
 
 
-def verdict(rows: Sequence[Dict], reference: str = "fp") -> List[str]:
+def verdict(rows: Sequence[Dict], reference: str = "fp",
+            task: SweepTask = CLASSIFICATION) -> List[str]:
   """Plain-language lines comparing each bit setting's gap with `reference`."""
   by_bits = {row["bits"]: row for row in rows}
   if reference not in by_bits:
     return [f"No `{reference}` run in the sweep: nothing to compare against."]
   ref = by_bits[reference]
   lines = []
-  rise = ref["val_loss_rise_mean"]
+  rise, noise = ref["val_loss_rise_mean"], ref["val_loss_rise_noise_mean"]
   if rise is not None:
+    overfits = rise > 2 * noise
     lines.append(
-        f"- {reference}: validation loss ends {rise:.3f} above its minimum "
-        f"({'it overfits' if rise > 0.01 else 'no visible overfitting'}).")
+        f"- {reference}: validation loss (moving average) ends {rise:.3f} "
+        f"above its minimum, {'beyond' if overfits else 'within'} twice its "
+        f"epoch-to-epoch noise ({2 * noise:.3f}): "
+        f"{'it overfits' if overfits else 'no overfitting shown'}.")
   for row in rows:
     if row["bits"] == reference:
       continue
     parts = []
-    for key, name in (("gap_loss", "loss gap"), ("gap_accuracy",
-                                                 "accuracy gap")):
+    for key, name, _ in task.gaps:
       diff, spread, beyond = _compare(row, ref, key)
       if diff is None:
         continue
@@ -156,11 +246,12 @@ def verdict(rows: Sequence[Dict], reference: str = "fp") -> List[str]:
       else:
         parts.append(f"{name} {diff:+.3f} vs {reference}, within the seed "
                      f"spread ({spread:.3f}): no difference shown")
-    diff, spread, beyond = _compare(row, ref, "val_accuracy")
-    if diff is not None:
-      judged = ("" if spread is None else
-                (" (beyond spread)" if beyond else " (within spread)"))
-      parts.append(f"val acc {diff:+.3f}{judged}")
+    for key, name in (("val_loss_rise", "val loss rise"), task.quality):
+      diff, spread, beyond = _compare(row, ref, key)
+      if diff is not None:
+        judged = ("" if spread is None else
+                  (" (beyond spread)" if beyond else " (within spread)"))
+        parts.append(f"{name} {diff:+.3f}{judged}")
     lines.append(f"- {row['bits']}: " + "; ".join(parts) + ".")
   return lines
 
@@ -173,16 +264,12 @@ def _bits_value(bits: str) -> float:
   return 32.0
 
 
-def _plots(records, rows, bits_order, output_dir) -> List[str]:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  paths = []
+def _curve_plot(plt, records, bits_order, key, label, log, path) -> None:
+  """`key` of history.csv per epoch, one line (mean ± std) per bit setting."""
   fig, ax = plt.subplots(figsize=(7, 4.5))
   colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(bits_order), 1)))
   for color, bits in zip(colors, bits_order):
-    curves = [[float(h["val_loss"]) for h in r.history]
+    curves = [[float(h.get(key, math.nan)) for h in r.history]
               for r in records if r.bits == bits and r.history]
     if not curves:
       continue
@@ -193,30 +280,42 @@ def _plots(records, rows, bits_order, output_dir) -> List[str]:
     ax.plot(epochs, mean, label=bits, color=color)
     if len(curves) > 1:
       std = curves.std(axis=0, ddof=1)
-      # On the log axis mean − std can go below zero: floor the band at the
+      # On a log axis mean − std can go below zero: floor the band at the
       # lowest seed's curve.
       lower = np.maximum(mean - std, curves.min(axis=0))
       ax.fill_between(epochs, lower, mean + std, color=color, alpha=0.2)
   ax.set_xlabel("epoch")
-  ax.set_yscale("log")  # early BN warm-up spikes would flatten the rest
-  ax.set_ylabel("validation loss (log)")
-  ax.set_title("Validation loss per epoch (mean ± std over seeds)")
+  if log:
+    ax.set_yscale("log")  # early warm-up spikes would flatten the rest
+  ax.set_ylabel(label)
+  ax.set_title(f"{label[0].upper()}{label[1:]} per epoch "
+               "(mean ± std over seeds)")
   ax.legend(title="bits")
   ax.grid(alpha=0.3)
-  paths.append(os.path.join(output_dir, "val_loss.png"))
   fig.tight_layout()
-  fig.savefig(paths[-1], dpi=120)
+  fig.savefig(path, dpi=120)
   plt.close(fig)
 
-  x = [_bits_value(r["bits"]) for r in rows]
+
+def _plots(records, rows, bits_order, output_dir,
+           task: SweepTask) -> List[str]:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  paths = []
+  for key, label, log in task.curves:
+    paths.append(os.path.join(output_dir, f"{key}.png"))
+    _curve_plot(plt, records, bits_order, key, label, log, paths[-1])
+
   labels = [r["bits"] for r in rows]
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-  for ax, key, label in ((axes[0], "gap_loss", "val loss − train loss"),
-                         (axes[1], "gap_accuracy", "train acc − val acc")):
+  fig, axes = plt.subplots(1, len(task.gaps), squeeze=False,
+                           figsize=(5 * len(task.gaps), 4))
+  for ax, (key, _, label) in zip(axes[0], task.gaps):
     means = [r[f"{key}_mean"] for r in rows]
     stds = [r[f"{key}_std"] or 0.0 for r in rows]
-    ax.errorbar(range(len(x)), means, yerr=stds, marker="o", capsize=4)
-    ax.set_xticks(range(len(x)), labels)
+    ax.errorbar(range(len(labels)), means, yerr=stds, marker="o", capsize=4)
+    ax.set_xticks(range(len(labels)), labels)
     ax.set_xlabel("bits")
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
@@ -261,7 +360,8 @@ def _csv_text(rows: Sequence[Dict]) -> str:
 
 def write_report(output_dir: str, records: Sequence[RunRecord],
                  bits_order: Sequence[str], *, title: str = "Bit-width sweep",
-                 command: str = "", wall_time_s: Optional[float] = None) -> Dict:
+                 command: str = "", wall_time_s: Optional[float] = None,
+                 task: SweepTask = CLASSIFICATION) -> Dict:
   """Writes runs.csv, results.csv, report.md and the PNGs; returns a summary.
 
   Returns:
@@ -269,29 +369,26 @@ def write_report(output_dir: str, records: Sequence[RunRecord],
     "paths": written files}`.
   """
   os.makedirs(output_dir, exist_ok=True)
-  rows = aggregate(records, bits_order)
-  table = markdown_table(rows)
-  lines = verdict(rows)
+  rows = aggregate(records, bits_order, task)
+  table = markdown_table(rows, task)
+  lines = verdict(rows, task=task)
   run_rows = []
   for r in records:
     run_row = {"bits": r.bits, "seed": r.seed}
-    run_row.update({key: r.value(key) for key, _ in METRICS})
+    run_row.update({key: r.value(key) for key, _ in task.metrics})
     run_row["best_epoch"] = r.result.get("best_epoch")
     run_row["wall_time_s"] = r.result.get("wall_time_s")
     run_rows.append(run_row)
   atomic_write_text(os.path.join(output_dir, "runs.csv"), _csv_text(run_rows))
   atomic_write_text(os.path.join(output_dir, "results.csv"), _csv_text(rows))
-  plots = _plots(records, rows, bits_order, output_dir)
+  plots = _plots(records, rows, bits_order, output_dir, task)
   md = [f"# {title}", ""]
   if command:
     md += ["Command:", "", "```", command, "```", ""]
   if wall_time_s is not None:
     md += [f"Wall time: {wall_time_s / 60:.1f} min for {len(records)} runs.",
            ""]
-  md += ["Mean ± std over seeds. gap acc = train − validation accuracy; gap "
-         "loss = validation − train loss; val loss rise = final minus minimum "
-         "validation loss (overfitting); std(δ) and Δ/√12 are means over "
-         "quantized layers at the end of training.", "", table, "",
+  md += [task.legend, "", table, "",
          "## Verdict (computed from the numbers above)", "", *lines, "",
          "## Plots", ""]
   md += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]

@@ -27,10 +27,9 @@ import signal
 import tempfile
 import threading
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
-import numpy as np
 import tensorflow as tf
 import tf_keras
 
@@ -49,6 +48,7 @@ from kqreg.summary import profile
 __all__ = ["TrainConfig", "ConfigError", "TrainingInterrupted",
            "interrupt_on_sigterm", "check_model_dir",
            "TrainingDiverged", "CheckpointError", "run", "make_strategy",
+           "val_loss_summary", "learning_rate_schedule",
            "OPTIMIZERS", "LR_SCHEDULES", "STRATEGIES"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -217,21 +217,25 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
                     f"{', '.join(STRATEGIES)}")
 
 
-def _learning_rate(config: TrainConfig, steps_per_epoch: int):
-  total = config.epochs * steps_per_epoch
-  if config.lr_schedule == "cosine":
-    return tf_keras.optimizers.schedules.CosineDecay(config.learning_rate,
-                                                     decay_steps=total)
-  if config.lr_schedule == "step":
+def learning_rate_schedule(name: str, learning_rate: float,
+                           total_steps: int):
+  """`LR_SCHEDULES[name]` over `total_steps` (a float for "constant").
+
+  "step" divides by 10 at half and three quarters of the run.
+  """
+  if name == "cosine":
+    return tf_keras.optimizers.schedules.CosineDecay(learning_rate,
+                                                     decay_steps=total_steps)
+  if name == "step":
     return tf_keras.optimizers.schedules.PiecewiseConstantDecay(
-        [int(total * 0.5), int(total * 0.75)],
-        [config.learning_rate, config.learning_rate * 0.1,
-         config.learning_rate * 0.01])
-  return config.learning_rate
+        [int(total_steps * 0.5), int(total_steps * 0.75)],
+        [learning_rate, learning_rate * 0.1, learning_rate * 0.01])
+  return learning_rate
 
 
 def _optimizer(config: TrainConfig, steps_per_epoch: int):
-  lr = _learning_rate(config, steps_per_epoch)
+  lr = learning_rate_schedule(config.lr_schedule, config.learning_rate,
+                              config.epochs * steps_per_epoch)
   decay = config.weight_decay or None
   if config.optimizer == "sgd":
     return tf_keras.optimizers.SGD(lr, momentum=0.9, nesterov=True,
@@ -281,19 +285,6 @@ def _write_params(config: TrainConfig) -> None:
 def _evaluate(model, ds) -> Dict[str, float]:
   values = model.evaluate(ds, verbose=0, return_dict=True)
   return {k: float(v) for k, v in values.items()}
-
-
-def _noise_summary(model) -> Dict[str, Optional[float]]:
-  stats = noise_lib.weight_noise(model)
-  if not stats:
-    return {"delta_std": None, "model_std": None, "std_ratio": None,
-            "rel_norm": None}
-  return {
-      "delta_std": float(np.mean([s["delta_std"] for s in stats])),
-      "model_std": float(np.mean([s["model_std"] for s in stats])),
-      "std_ratio": float(np.mean([s["std_ratio"] for s in stats])),
-      "rel_norm": float(np.mean([s["rel_norm"] for s in stats])),
-  }
 
 
 def run(config: TrainConfig) -> Dict[str, Any]:
@@ -418,16 +409,12 @@ def run(config: TrainConfig) -> Dict[str, Any]:
         result[f"test_{key}"] = value
   result["gap_accuracy"] = result["train_accuracy"] - result["val_accuracy"]
   result["gap_loss"] = result["val_loss"] - result["train_loss"]
-  history = _read_history(os.path.join(out_dir, "history.csv"))
-  if history:
-    best = min(history, key=lambda row: float(row["val_loss"]))
-    result["best_val_loss"] = float(best["val_loss"])
-    result["best_epoch"] = int(best["epoch"])
-    result["last_epoch_val_loss"] = float(history[-1]["val_loss"])
+  result.update(val_loss_summary(
+      _read_history(os.path.join(out_dir, "history.csv"))))
   prof = profile(model)
   result.update(params=prof.params, quantized_params=prof.quantized_params,
                 weight_bytes=prof.weight_bytes,
-                noise=_noise_summary(model), resumed=resumed,
+                noise=noise_lib.weight_noise_means(model), resumed=resumed,
                 replicas=strategy.num_replicas_in_sync,
                 wall_time_s=round(time.time() - start, 2))
   # Keras writes in place: save beside, then rename, so a kill leaves no
@@ -544,6 +531,20 @@ def _count(ds: tf.data.Dataset) -> int:
   if n >= 0:
     return n
   return int(ds.reduce(0, lambda count, _: count + 1))
+
+
+def val_loss_summary(history: List[Dict[str, str]]) -> Dict[str, Any]:
+  """`best_val_loss`, `best_epoch`, `last_epoch_val_loss` of history.csv rows.
+
+  Their difference is the overfitting a sweep compares across bit widths.
+  Empty when there is no history.
+  """
+  if not history:
+    return {}
+  best = min(history, key=lambda row: float(row["val_loss"]))
+  return {"best_val_loss": float(best["val_loss"]),
+          "best_epoch": int(float(best["epoch"])),
+          "last_epoch_val_loss": float(history[-1]["val_loss"])}
 
 
 def _read_history(path: str):

@@ -1,6 +1,7 @@
 """Every flagfile in configs/ parses; the offline ones run (shrunk)."""
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +10,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.cfg")))
-NEEDS_DATA = {"cifar10_resnet20.cfg": "cifar10", "mnist_cnn.cfg": "mnist"}
+NEEDS_DATA = {"cifar10_resnet20.cfg": "cifar10", "mnist_cnn.cfg": "mnist",
+              "voc_yolov8.cfg": "voc/2007"}
+DETECTION = {"shapes_yolov8.cfg", "voc_yolov8.cfg", "shapes_sweep.cfg"}
 
 
 def _run(*args):
@@ -20,15 +23,16 @@ def _run(*args):
 
 def test_configs_exist():
   names = {os.path.basename(c) for c in CONFIGS}
-  assert {"digits_sweep.cfg", "cifar10_resnet20.cfg", "mnist_cnn.cfg"} <= names
+  assert {"digits_sweep.cfg", "cifar10_resnet20.cfg", "mnist_cnn.cfg"} | DETECTION <= names
 
 
 @pytest.mark.parametrize("name, dataset", sorted(NEEDS_DATA.items()))
 def test_dataset_configs_parse_and_ask_for_data_dir(name, dataset, tmp_path):
-  result = _run(f"--flagfile={os.path.join(ROOT, 'configs', name)}",
+  task = ["--task=detect"] if name in DETECTION else []
+  result = _run(f"--flagfile={os.path.join(ROOT, 'configs', name)}", *task,
                 f"--data_dir={tmp_path}", f"--output_dir={tmp_path / 'out'}")
   assert result.returncode == 2
-  assert f"Dataset '{dataset}' is not prepared" in result.stderr
+  assert f"'{dataset}' is not prepared" in result.stderr
   assert "--data_dir" in result.stderr
 
 
@@ -39,3 +43,58 @@ def test_main_config_runs_shrunk(tmp_path):
   assert result.returncode == 0, result.stderr
   assert (tmp_path / "report.md").exists()
   assert "Verdict:" in result.stdout
+
+
+def test_detect_flagfile_parses_for_a_detection_sweep(tmp_path):
+  # Asking for more images than the split has stops before any training.
+  result = _run(f"--flagfile={os.path.join(ROOT, 'configs', 'shapes_yolov8.cfg')}",
+                "--task=detect", "--sweep_bits=fp", "--seeds=0", "--train_examples=99999",
+                f"--output_dir={tmp_path}")
+  assert result.returncode == 2
+  assert "--train_examples=99999 is larger than the training split of kqreg_shapes" in (
+      result.stderr)
+
+
+def test_detection_sweep_config_runs_shrunk_exports_and_resumes(tmp_path):
+  args = [f"--flagfile={os.path.join(ROOT, 'configs', 'shapes_sweep.cfg')}",
+          "--epochs=2", "--seeds=0", "--sweep_bits=fp,w4", "--train_examples=16",
+          "--val_examples=8", "--map_examples=8", "--image_size=32",
+          "--noise_analysis=false", "--export_tflite", f"--output_dir={tmp_path}"]
+  result = _run(*args)
+  assert result.returncode == 0, result.stderr
+  assert "[2/2] bits=w4 seed=0: train loss" in result.stdout and "mAP@0.5" in result.stdout
+  exports = {}
+  for bits in ("fp", "w4"):
+    with open(tmp_path / "runs" / f"{bits}_seed0" / "result.json") as f:
+      exports[bits] = json.load(f)["tflite"]
+    assert (tmp_path / "runs" / f"{bits}_seed0" / "model.tflite").exists()
+  assert exports["fp"]["weight_types"] == ["FLOAT32"]
+  # Weight-only QAT: activations calibrated to 8 bits, kernels stored as INT8
+  # on their 4-bit grid; all-integer, about a quarter of float, and LiteRT's
+  # raw outputs stay within a few output steps of Keras on average.
+  w4 = exports["w4"]
+  assert w4["weight_types"] == ["INT8"] and w4["float_ops"] == []
+  assert w4["ratio_to_float"] < 0.35
+  assert w4["diff_units"] == "output_step" and w4["mean_abs_diff"] <= 3
+  assert w4["examples"] == 8 and w4["latency_ms_per_example"] > 0
+  for key in ("tflite_map50", "keras_map50", "tflite_map", "keras_map"):
+    assert 0.0 <= w4[key] <= 1.0
+  for name in ("report.md", "results.csv", "runs.csv", "val_loss.png", "val_map50.png",
+               "gap.png"):
+    assert (tmp_path / name).stat().st_size > 0, name
+  report = (tmp_path / "report.md").read_text()
+  assert "val mAP@0.5" in report and "- w4: loss gap" in report
+  again = _run(*args)
+  assert again.returncode == 0, again.stderr
+  assert again.stdout.count("skipped (done)") == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task=detect", "--model=resnet20"], "--model applies to --task=classify only"),
+    (["--task=classify", "--image_size=64"], "--image_size applies to --task=detect only"),
+])
+def test_sweep_refuses_flags_of_the_other_task(args, message, tmp_path):
+  result = _run(*args, f"--output_dir={tmp_path}")
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and message in lines[0], result.stderr

@@ -147,9 +147,9 @@ def test_w4_detector_quantizes_every_conv_to_16_levels():
 
 # Training ------------------------------------------------------------------
 
-def test_run_on_shapes_loss_falls_and_reports_map(shapes_dir, tmp_path):
+def test_run_on_shapes_loss_falls_reports_map_and_saves(shapes_dir, tmp_path):
   config = detect_training.DetectConfig(
-      model_dir=str(tmp_path / "run"), data_dir=shapes_dir, bits="w4a8",
+      model_dir=str(tmp_path / "run"), data_dir=shapes_dir, bits="w4",
       image_size=32, epochs=3, batch_size=8, train_examples=16,
       val_examples=8, map_examples=8, learning_rate=2e-3,
       noise_analysis=False, verbose=0)
@@ -161,8 +161,21 @@ def test_run_on_shapes_loss_falls_and_reports_map(shapes_dir, tmp_path):
     assert all(0.0 <= row[key] <= 1.0 for row in result["history"])
   assert {"val_box_loss", "val_class_loss", "train_loss"} <= set(result)
   assert result["quantized_params"] > 0.9 * result["params"]
-  for name in ("params.json", "history.csv", "result.json", "weights.h5"):
+  assert result["gap_loss"] == pytest.approx(result["val_loss"] - result["train_loss"])
+  assert result["last_epoch_val_loss"] == result["history"][-1]["val_loss"]
+  for name in ("params.json", "history.csv", "result.json", "model.keras"):
     assert os.path.exists(tmp_path / "run" / name)
+
+  # model.keras restores the trained detector: same validation loss.
+  loaded = tf_keras.models.load_model(str(tmp_path / "run" / "model.keras"))
+  assert isinstance(loaded, detection.QuantizedYOLOV8Detector)
+  loaded.compile(box_loss="ciou", classification_loss="binary_crossentropy",
+                 optimizer="adam")
+  val_raw, _ = detection.load_detection("kqreg_shapes", "validation", shapes_dir)
+  val = detection.pipeline(val_raw, image_size=32, batch_size=8, training=False,
+                           max_boxes=32, take=8)
+  assert loaded.evaluate(val, verbose=0)[0] == pytest.approx(result["val_loss"], rel=1e-4)
+
   assert detect_training.run(config)["skipped"]  # finished: not retrained
   config.bits = "w8"
   with pytest.raises(detect_training.ConfigError, match="--bits"):
@@ -186,7 +199,7 @@ def test_voc_runs_on_mock_data(tmp_path):
 @pytest.mark.parametrize("args", [
     ["--bits=w9x"],
     ["--image_size=50"],
-    ["--export_tflite"],
+    ["--batch_size=0"],
 ])
 def test_trainer_bad_flags_exit_with_one_line(args, tmp_path):
   proc = subprocess.run(

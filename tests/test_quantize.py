@@ -100,6 +100,25 @@ def test_activation_quantizer_sits_after_conv_bn_relu_chain(cnn):
   assert any(type(l).__name__ == "QuantizeLayer" for l in qat.layers)
 
 
+@pytest.mark.parametrize("activation, bn_quantized", [("relu", False), ("relu6", False),
+                                                      ("swish", True), ("sigmoid", True)])
+def test_bn_before_unfused_activation_keeps_its_range(activation, bn_quantized):
+  # TFLite fuses relu/relu6 into the conv; swish and sigmoid are ops of their own
+  # whose integer kernels need their input's range (else the converter leaves the
+  # whole chain float).
+  inputs = tf_keras.Input((8, 8, 3))
+  x = tf_keras.layers.Conv2D(4, 3, name="conv")(inputs)
+  x = tf_keras.layers.BatchNormalization(name="bn")(x)
+  x = tf_keras.layers.Activation(activation, name="act")(x)
+  outputs = tf_keras.layers.Dense(2, name="head")(tf_keras.layers.Flatten()(x))
+  qat = kqreg.quantize(tf_keras.Model(inputs, outputs), "w4a8")
+  out = {l.layer.name: bool(l.quantize_config.get_output_quantizers(l.layer))
+         for l in qat.layers if hasattr(l, "quantize_config")}
+  assert out["conv"] is False
+  assert out["bn"] is bn_quantized
+  assert out["act"] is True
+
+
 @pytest.mark.parametrize("filename", ["model.keras", "model.h5", "saved_model"])
 def test_save_load_round_trip_predicts_identically(filename, cnn, batch, tmp_path):
   qat = kqreg.quantize(cnn, "w4a8,first=w8a8")

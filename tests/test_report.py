@@ -1,16 +1,20 @@
 import csv
 
+import numpy as np
 import pytest
 
 from kqreg import report
 
 
-def _record(bits, seed, gap_loss, val_acc, history_len=3, noise=None):
+def _record(bits, seed, gap_loss, val_acc, history_len=30, noise=None):
   result = {"train_accuracy": 1.0, "val_accuracy": val_acc, "test_accuracy": val_acc,
             "train_loss": 0.01, "val_loss": 0.01 + gap_loss, "gap_accuracy": 1.0 - val_acc,
             "gap_loss": gap_loss, "best_val_loss": 0.01 + gap_loss - 0.05,
             "last_epoch_val_loss": 0.01 + gap_loss, "noise": noise}
-  history = [{"epoch": e, "val_loss": 1.0 / (e + 1) + gap_loss} for e in range(history_len)]
+  # Falls to a minimum at epoch 15, then climbs 0.01 per epoch (overfitting),
+  # with a ±0.001 jitter.
+  history = [{"epoch": e, "val_loss": gap_loss + 0.01 * abs(e - 15) + 0.001 * (-1) ** e}
+             for e in range(history_len)]
   return report.RunRecord(bits, seed, result, history)
 
 
@@ -40,7 +44,21 @@ def test_verdict_separates_real_differences_from_seed_noise():
   assert "loss gap -0.300 vs fp, smaller beyond the seed spread" in w4
   assert "loss gap +0.010 vs fp, within the seed spread" in w8
   assert "no difference shown" in w8
-  assert lines[0].startswith("- fp: validation loss ends 0.050 above its minimum")
+  assert lines[0].startswith("- fp: validation loss (moving average) ends 0.123 above its "
+                             "minimum, beyond twice")
+  assert lines[0].endswith("it overfits.")
+
+
+def test_val_loss_rise_reads_through_epoch_jitter():
+  rng = np.random.default_rng(0)
+  epochs = np.arange(60)
+  falling = 1.0 / (1 + 0.1 * epochs) + rng.normal(0, 0.05, 60)  # noisy, no overfit
+  rise, noise, window = report.val_loss_rise(falling)
+  assert window == 6 and rise < 2 * noise
+  u_shaped = 0.5 + 0.01 * np.abs(epochs - 20) + rng.normal(0, 0.02, 60)
+  rise, noise, _ = report.val_loss_rise(u_shaped)
+  assert rise == pytest.approx(0.37, abs=0.05) and rise > 2 * noise
+  assert report.val_loss_rise([1.0, 0.9, 0.8]) is None  # too short to tell
 
 
 def test_verdict_with_one_seed_says_it_cannot_judge():

@@ -44,7 +44,7 @@ def _main(argv) -> None:
 
 
 def main() -> None:
-  kqreg_flags.define_flags()
+  kqreg_flags.define_flags("classify")
   flags.mark_flag_as_required("model_dir")
   app.run(_main, flags_parser=kqreg_flags.parser("kqreg-classify"))
 

@@ -1,4 +1,4 @@
-"""Flags shared by the kqreg trainers: one `define_flags()`, all optional.
+"""Flags of the kqreg trainers: `define_flags(task...)`, all optional.
 
 Override order: defaults here < a `--flagfile` (absl's own) < flags on the
 command line, later ones winning. Each entry point marks what it requires.
@@ -7,6 +7,8 @@ command line, later ones winning. Each entry point marks what it requires.
 from __future__ import annotations
 
 import ast
+import contextlib
+import io
 import os
 import sys
 
@@ -50,24 +52,63 @@ def _valid_policy(text: str) -> bool:
   return True
 
 
-def define_flags() -> None:
-  """Defines the classification flags (idempotent)."""
+# Flags whose default differs between the tasks (classification first).
+TASK_DEFAULTS = {
+    "classify": {"dataset": "kqreg_digits", "epochs": 30, "batch_size": 64,
+                 "augment": False},
+    "detect": {"dataset": "kqreg_shapes", "epochs": 10, "batch_size": 16,
+               "augment": True},
+}
+# Flags that mean something to one task only.
+TASK_FLAGS = {
+    "classify": ("model", "model_args", "optimizer", "weight_decay",
+                 "jit_compile", "deterministic", "virtual_cpus"),
+    "detect": ("backbone", "image_size", "max_boxes", "val_examples",
+               "map_examples"),
+}
+
+
+def define_flags(*tasks: str) -> None:
+  """Defines the flags of `tasks` ("classify", "detect"; idempotent).
+
+  Flags both tasks share are defined once with the same name and meaning;
+  each entry point then calls `use_task_defaults`.
+  """
+  _define_common_flags()
+  for task in tasks or ("classify",):
+    {"classify": _define_classify_flags,
+     "detect": _define_detect_flags}[task]()
+
+
+def use_task_defaults(task: str) -> None:
+  """Sets `task`'s defaults on the flags not given on the command line."""
+  for name, value in TASK_DEFAULTS[task].items():
+    FLAGS.set_default(name, value)
+
+
+def check_task_flags(task: str) -> None:
+  """Raises `ConfigError` for a flag given that only the other task uses."""
+  for other, names in TASK_FLAGS.items():
+    if other == task:
+      continue
+    for name in names:
+      if name in FLAGS and FLAGS[name].present:
+        raise training.ConfigError(
+            f"--{name} applies to --task={other} only; drop it or switch "
+            "--task.")
+
+
+def _define_common_flags() -> None:
   if "bits" in FLAGS:
     return
   flags.DEFINE_string(
-      "dataset", "kqreg_digits",
-      "TFDS image-classification dataset (mnist, fashion_mnist, cifar10, "
-      "cifar100, imagenette, ...) prepared in --data_dir, or an offline one: "
-      "kqreg_digits, kqreg_textures.")
+      "dataset", TASK_DEFAULTS["classify"]["dataset"],
+      "TFDS dataset prepared in --data_dir, or an offline one. "
+      "Classification: mnist, fashion_mnist, cifar10, cifar100, imagenette, "
+      "..., offline kqreg_digits, kqreg_textures. Detection: voc/2007, "
+      "voc/2012, coco/2017, offline kqreg_shapes.")
   flags.DEFINE_string("data_dir", None,
                       "TFDS data dir holding prepared real datasets.")
-  flags.DEFINE_enum("model", "cnn", list(models.MODELS),
-                    "Model from the kqreg zoo.")
-  flags.DEFINE_string(
-      "model_args", "{}",
-      "Overrides of the model preset as a Python dict literal, e.g. "
-      "\"{'widths': (16, 32, 64), 'dropout': 0.1}\" (keys per model in "
-      "kqreg.models.MODELS).")
   flags.DEFINE_string(
       "bits", "fp",
       "Bit policy: fp, w8, w4 (weight-only), w4a8, "
@@ -76,19 +117,19 @@ def define_flags() -> None:
       "per_channel", "auto", ["auto", "true", "false"],
       "Weight ranges per output channel: auto = per channel for conv layers, "
       "per tensor for Dense.")
-  flags.DEFINE_integer("epochs", 30, "Training epochs.", lower_bound=1)
-  flags.DEFINE_integer("batch_size", 64,
+  flags.DEFINE_integer("epochs", TASK_DEFAULTS["classify"]["epochs"],
+                       "Training epochs.", lower_bound=1)
+  flags.DEFINE_integer("batch_size", TASK_DEFAULTS["classify"]["batch_size"],
                        "Global batch size (split across replicas).",
                        lower_bound=1)
-  flags.DEFINE_enum("optimizer", "adam", list(training.OPTIMIZERS),
-                    "Optimizer.")
   flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.",
                      lower_bound=0.0)
   flags.DEFINE_enum("lr_schedule", "constant", list(training.LR_SCHEDULES),
                     "Learning-rate schedule over the whole run.")
-  flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay.",
-                     lower_bound=0.0)
-  flags.DEFINE_bool("augment", False, "Random flip + pad-and-crop.")
+  flags.DEFINE_bool(
+      "augment", TASK_DEFAULTS["classify"]["augment"],
+      "Random flip + pad-and-crop (classification) or flip + translation "
+      "(detection).")
   flags.DEFINE_integer(
       "train_examples", None,
       "Train on the first n examples only (small sets make overfitting, and "
@@ -106,6 +147,26 @@ def define_flags() -> None:
       "validation split (figures in result.json).")
   flags.DEFINE_enum("strategy", "default", list(training.STRATEGIES),
                     "tf.distribute strategy.")
+  flags.DEFINE_integer("verbose", 2,
+                       "Keras fit verbosity: 0 silent, 1 bar, 2 line/epoch.")
+  flags.register_validator("bits", _valid_policy,
+                           message="--bits is not a valid bit policy.")
+
+
+def _define_classify_flags() -> None:
+  if "model" in FLAGS:
+    return
+  flags.DEFINE_enum("model", "cnn", list(models.MODELS),
+                    "Model from the kqreg zoo.")
+  flags.DEFINE_string(
+      "model_args", "{}",
+      "Overrides of the model preset as a Python dict literal, e.g. "
+      "\"{'widths': (16, 32, 64), 'dropout': 0.1}\" (keys per model in "
+      "kqreg.models.MODELS).")
+  flags.DEFINE_enum("optimizer", "adam", list(training.OPTIMIZERS),
+                    "Optimizer.")
+  flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay.",
+                     lower_bound=0.0)
   flags.DEFINE_bool("jit_compile", False, "XLA-compile the training step.")
   flags.DEFINE_bool("deterministic", False,
                     "TensorFlow op determinism: bit-identical reruns on CPU.")
@@ -113,12 +174,38 @@ def define_flags() -> None:
       "virtual_cpus", 0,
       "Split the CPU into n logical devices, e.g. to try --strategy=mirrored "
       "on one machine (0: off).", lower_bound=0)
-  flags.DEFINE_integer("verbose", 2,
-                       "Keras fit verbosity: 0 silent, 1 bar, 2 line/epoch.")
-  flags.register_validator("bits", _valid_policy,
-                           message="--bits is not a valid bit policy.")
   flags.register_validator("model_args", _valid_model_args,
                            message="--model_args is not a dict literal.")
+
+
+def _detection_model_lib():
+  # keras-cv's import prints "Using TensorFlow backend" on stdout; keep the
+  # trainer's output its own.
+  with contextlib.redirect_stdout(io.StringIO()):
+    from kqreg.detection import model as model_lib  # pylint: disable=g-import-not-at-top
+  return model_lib
+
+
+def _define_detect_flags() -> None:
+  if "backbone" in FLAGS:
+    return
+  model_lib = _detection_model_lib()
+  flags.DEFINE_enum("backbone", "xs", list(model_lib.BACKBONES),
+                    "YOLOv8 backbone size.")
+  flags.DEFINE_integer("image_size", 64,
+                       "Square input size, a multiple of 32.", lower_bound=32)
+  flags.DEFINE_integer("max_boxes", 32, "Boxes kept per image.",
+                       lower_bound=1)
+  flags.DEFINE_integer("val_examples", None,
+                       "Evaluate on the first n validation examples only.",
+                       lower_bound=1)
+  flags.DEFINE_integer("map_examples", 64,
+                       "Validation images for the per-epoch mAP (0: off).",
+                       lower_bound=0)
+  flags.register_validator(
+      "image_size", lambda v: v % model_lib.SIZE_MULTIPLE == 0,
+      message=f"--image_size must be a multiple of {model_lib.SIZE_MULTIPLE}, "
+      "e.g. 64 or 96.")
 
 
 def _valid_model_args(text: str) -> bool:
@@ -159,6 +246,26 @@ def train_config(model_dir: str, **overrides) -> training.TrainConfig:
       verbose=FLAGS.verbose)
   values.update(overrides)
   return training.TrainConfig(**values)
+
+
+def detect_config(model_dir: str, **overrides):
+  """A `kqreg.detection.DetectConfig` from the parsed flags + `overrides`."""
+  from kqreg.detection import training as detect_training  # pylint: disable=g-import-not-at-top
+  values = dict(
+      model_dir=model_dir, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
+      backbone=FLAGS.backbone, bits=FLAGS.bits,
+      per_channel={"auto": None, "true": True, "false": False}[
+          FLAGS.per_channel], image_size=FLAGS.image_size,
+      max_boxes=FLAGS.max_boxes, epochs=FLAGS.epochs,
+      batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
+      lr_schedule=FLAGS.lr_schedule, augment=FLAGS.augment,
+      train_examples=FLAGS.train_examples, val_examples=FLAGS.val_examples,
+      map_examples=FLAGS.map_examples, seed=FLAGS.seed,
+      noise_analysis=FLAGS.noise_analysis, noise_every=FLAGS.noise_every,
+      export_tflite=FLAGS.export_tflite, strategy=FLAGS.strategy,
+      verbose=FLAGS.verbose)
+  values.update(overrides)
+  return detect_training.DetectConfig(**values)
 
 
 def parser(prog: str):

@@ -1,6 +1,11 @@
 """Trains one configuration over bit settings and seeds, then reports.
 
   kqreg-sweep --flagfile=configs/digits_sweep.cfg
+  kqreg-sweep --task=detect --flagfile=configs/shapes_yolov8.cfg \
+      --sweep_bits=fp,w8,w4 --output_dir=runs/shapes_sweep
+
+--task=classify trains classifiers (kqreg-classify's flags), --task=detect
+YOLOv8 detectors (kqreg-detect's flags).
 
 Each run goes to --output_dir/runs/<bits>_seed<seed> (finished runs are
 skipped on rerun, interrupted ones resume). Writes report.md, results.csv,
@@ -30,6 +35,8 @@ FLAGS = flags.FLAGS
 
 
 def _define_sweep_flags() -> None:
+  flags.DEFINE_enum("task", "classify", list(report.TASKS),
+                    "What to train: classifiers or detectors.")
   flags.DEFINE_string(
       "sweep_bits", "fp,w8,w6,w4,w3,w2",
       "Bit policies to sweep, comma separated; use ';' to separate policies "
@@ -87,8 +94,12 @@ def _main(argv) -> None:
 
 def _sweep() -> None:
   """Runs every (policy, seed), then writes and prints the report."""
+  task = report.TASKS[FLAGS.task]
+  kqreg_flags.check_task_flags(task.name)
+  kqreg_flags.use_task_defaults(task.name)
   policies = parse_sweep_bits(FLAGS.sweep_bits)
   seeds = parse_seeds(FLAGS.seeds)
+  run_fn = _classify_run if task is report.CLASSIFICATION else _detect_run
   start = time.time()
   records = []
   total = len(policies) * len(seeds)
@@ -96,22 +107,19 @@ def _sweep() -> None:
     for seed in seeds:
       model_dir = os.path.join(FLAGS.output_dir, "runs",
                                run_dir_name(policy, seed))
-      config = kqreg_flags.train_config(model_dir, bits=policy, seed=seed)
-      result = training.run(config)
+      result, figures = run_fn(model_dir, policy, seed)
       tf_keras.backend.clear_session()
       state = "skipped (done)" if result.get("skipped") else (
           f"{result['wall_time_s']:.0f}s")
       print(f"[{len(records) + 1}/{total}] bits={policy} seed={seed}: "
-            f"train acc {result['train_accuracy']:.3f}  val acc "
-            f"{result['val_accuracy']:.3f}  val loss {result['val_loss']:.3f}"
-            f"  gap {result['gap_accuracy']:+.3f}  [{state}]", flush=True)
+            f"{figures}  [{state}]", flush=True)
       records.append(report.RunRecord(
           policy, seed, result,
           _read_history(os.path.join(model_dir, "history.csv"))))
   command = " ".join(["kqreg-sweep"] + sys.argv[1:])
   summary = report.write_report(FLAGS.output_dir, records, policies,
                                 title=FLAGS.title, command=command,
-                                wall_time_s=time.time() - start)
+                                wall_time_s=time.time() - start, task=task)
   print()
   print(summary["table"])
   print()
@@ -121,8 +129,27 @@ def _sweep() -> None:
         f"(plots and CSVs beside it)")
 
 
+def _classify_run(model_dir: str, policy: str, seed: int):
+  result = training.run(kqreg_flags.train_config(model_dir, bits=policy,
+                                                 seed=seed))
+  return result, (f"train acc {result['train_accuracy']:.3f}  val acc "
+                  f"{result['val_accuracy']:.3f}  val loss "
+                  f"{result['val_loss']:.3f}  gap "
+                  f"{result['gap_accuracy']:+.3f}")
+
+
+def _detect_run(model_dir: str, policy: str, seed: int):
+  from kqreg.detection import training as detect_training  # pylint: disable=g-import-not-at-top
+  result = detect_training.run(kqreg_flags.detect_config(
+      model_dir, bits=policy, seed=seed))
+  return result, (f"train loss {result['train_loss']:.3f}  val loss "
+                  f"{result['val_loss']:.3f}  mAP@0.5 "
+                  f"{result['val_map50']:.3f}  mAP@[.5:.95] "
+                  f"{result['val_map']:.3f}")
+
+
 def main() -> None:
-  kqreg_flags.define_flags()
+  kqreg_flags.define_flags("classify", "detect")
   _define_sweep_flags()
   # One line per finished run; --verbose=2 brings back a line per epoch.
   FLAGS.set_default("verbose", 0)

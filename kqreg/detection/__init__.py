@@ -5,7 +5,8 @@ Importing this package registers the offline TFDS builder `kqreg_shapes`
 
   data      `load_detection`, `pipeline`: TFDS -> keras-cv box dicts
   model     `build_detector`: YOLOv8 with every Conv2D under a bit policy
-  metrics   `mean_average_precision`: COCO-style mAP in NumPy
+  metrics   `mean_average_precision`, `evaluate_map`: COCO-style mAP
+  export    `export_detector`: the network as TFLite, mAP checked in LiteRT
   training  `DetectConfig`, `run`: train, checkpoint, evaluate, result.json
 """
 
@@ -14,7 +15,8 @@ from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 from kqreg.detection import shapes  # noqa: F401  (registers kqreg_shapes)
 from kqreg.detection.data import (OFFLINE_DETECTION_DATASETS, DetectionInfo,
                                   load_detection, pipeline)
-from kqreg.detection.metrics import mean_average_precision
+from kqreg.detection.export import export_detector, head_model
+from kqreg.detection.metrics import evaluate_map, mean_average_precision
 from kqreg.detection.model import (BACKBONES, DetectorError,
                                    QuantizedYOLOV8Detector, build_detector)
 
@@ -25,6 +27,9 @@ __all__ = [
     "OFFLINE_DETECTION_DATASETS",
     "QuantizedYOLOV8Detector",
     "build_detector",
+    "evaluate_map",
+    "export_detector",
+    "head_model",
     "load_detection",
     "mean_average_precision",
     "pipeline",

@@ -14,16 +14,19 @@ areas, up to 100 detections" setting:
 
 mAP@0.5 uses IoU 0.5; mAP@[0.5:0.95] averages over 0.50, 0.55, ..., 0.95.
 Boxes are xyxy in any consistent unit; crowd regions are not modelled.
+`evaluate_map` runs a detector (or its TFLite file) over a dataset and
+scores its keras-cv NMS output this way.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
+import tensorflow as tf
 
 __all__ = ["COCO_IOU_THRESHOLDS", "iou_matrix", "average_precision",
-           "mean_average_precision"]
+           "mean_average_precision", "evaluate_map"]
 
 COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 _RECALL_POINTS = np.linspace(0.0, 1.0, 101)
@@ -133,3 +136,57 @@ def mean_average_precision(gt_boxes: Sequence[np.ndarray],
   return {"map50": float(np.mean(ap[has_gt, 0])),
           "map": float(np.mean(ap[has_gt])),
           "classes_with_gt": int(has_gt.sum())}
+
+
+def _unpad(boxes: np.ndarray, classes: np.ndarray):
+  keep = classes >= 0
+  return boxes[keep], classes[keep].astype(np.int64)
+
+
+def _predict_fn(model):
+  """Forward pass + keras-cv decoding and NMS, traced once per model.
+
+  `predict_on_batch` cannot be used: keras-cv's `predict_step` reads the
+  image shape from the tuple Keras wraps the batch in.
+  """
+  fn = getattr(model, "_kqreg_predict", None)
+  if fn is None:
+    fn = tf.function(lambda images: model.decode_predictions(
+        model(images, training=False), images), reduce_retracing=True)
+    model._kqreg_predict = fn  # pylint: disable=protected-access
+  return fn
+
+
+def evaluate_map(model, ds, num_classes: int,
+                 predict: Optional[Callable] = None) -> Dict[str, float]:
+  """COCO-style mAP of a detector's NMS output on a `pipeline` dataset.
+
+  Args:
+    model: a keras-cv detector (e.g. from `build_detector`).
+    ds: batches of `{"images", "bounding_boxes"}` (`data.pipeline`).
+    num_classes: classes of the dataset.
+    predict: images -> keras-cv's decoded dict (`boxes`, `confidence`,
+      `classes`, `num_detections`); default `model`'s forward pass, box
+      decoding and NMS. The TFLite check passes the file's outputs through
+      the same decoding.
+
+  Returns:
+    `{"map50": mAP@0.5, "map": mAP@[0.5:0.95]}`.
+  """
+  gt_boxes, gt_classes, pred_boxes, pred_scores, pred_classes = ([] for _ in
+                                                                 range(5))
+  predict = predict or _predict_fn(model)
+  for batch in ds:
+    preds = {k: v.numpy() for k, v in predict(batch["images"]).items()}
+    boxes = batch["bounding_boxes"]["boxes"].numpy()
+    classes = batch["bounding_boxes"]["classes"].numpy()
+    for i in range(boxes.shape[0]):
+      g, c = _unpad(boxes[i], classes[i])
+      n = int(preds["num_detections"][i])
+      gt_boxes.append(g)
+      gt_classes.append(c)
+      pred_boxes.append(np.asarray(preds["boxes"][i][:n]))
+      pred_scores.append(np.asarray(preds["confidence"][i][:n]))
+      pred_classes.append(np.asarray(preds["classes"][i][:n]).astype(np.int64))
+  return mean_average_precision(
+      gt_boxes, gt_classes, pred_boxes, pred_scores, pred_classes, num_classes)

@@ -33,9 +33,17 @@ from keras_cv.src.models.task import Task
 
 from kqreg import policy as policy_lib
 from kqreg.quantize import quantize
+from kqreg.training import ConfigError
 
 __all__ = ["BACKBONES", "DetectorError", "QuantizedYOLOV8Detector",
            "build_detector", "build_backbone"]
+
+# keras-cv's Task and Backbone `__dir__` read every attribute, including
+# Keras 2's deprecated `updates`/`state_updates`, so fitting with checkpoints,
+# saving or converting a detector warns dozens of times about code that is
+# not the user's. Only those warnings, only from keras-cv, are muted.
+warnings.filterwarnings("ignore", message=r".*updates` will be removed",
+                        module=r"keras_cv\.")
 
 # stackwise_channels, stackwise_depth per size (keras-cv's xs/s/m presets).
 BACKBONES: Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...]]] = {
@@ -48,7 +56,7 @@ SIZE_MULTIPLE = 32
 _LEVELS = ("P3", "P4", "P5")
 
 
-class DetectorError(ValueError):
+class DetectorError(ConfigError):
   """A detector that cannot be built as asked, with the argument to fix."""
 
 
@@ -69,19 +77,23 @@ def build_backbone(backbone: str, image_size: int) -> tf_keras.Model:
       input_shape=(image_size, image_size, 3))
 
 
+@tf_keras.utils.register_keras_serializable(package="kqreg")
 class QuantizedYOLOV8Detector(_yolo.YOLOV8Detector):
   """keras-cv's YOLOV8Detector over a prebuilt (quantized) Functional graph.
 
   Skips `YOLOV8Detector.__init__` (which builds the FPN and head itself) and
   initializes the Functional model from `inputs`/`outputs` directly; loss,
-  label assignment, decoding and NMS are keras-cv's. Not serializable with
-  `get_config`: save weights and rebuild with `build_detector`.
+  label assignment, decoding and NMS are keras-cv's. Its config is the
+  arguments of `build_detector`, so `model.save("m.keras")` and
+  `tf_keras.models.load_model("m.keras")` round-trip it (no custom objects
+  needed once `kqreg.detection` is imported).
   """
 
   def __init__(self, inputs, outputs, *, backbone, num_classes: int,
                bounding_box_format: str, fpn_depth: int,
-               prediction_decoder=None, **kwargs):
+               prediction_decoder=None, build_args=None, **kwargs):
     Task.__init__(self, inputs=inputs, outputs=outputs, **kwargs)  # pylint: disable=non-parent-init-called
+    self._build_args = dict(build_args or {})
     self.bounding_box_format = bounding_box_format
     self._prediction_decoder = prediction_decoder or (
         keras_cv.layers.NonMaxSuppression(
@@ -93,9 +105,25 @@ class QuantizedYOLOV8Detector(_yolo.YOLOV8Detector):
     self.label_encoder = _yolo.YOLOV8LabelEncoder(num_classes=num_classes)
 
   def get_config(self):
-    raise NotImplementedError(
-        "QuantizedYOLOV8Detector is rebuilt with "
-        "kqreg.detection.build_detector; save and load its weights.")
+    # The quantized graph is rebuilt from the arguments of `build_detector`,
+    # not serialized layer by layer; `model.save("x.keras")` then restores
+    # the weights into it.
+    return dict(self._build_args, name=self.name)
+
+  def get_compile_config(self):
+    # keras-cv's compile takes loss names Keras cannot restore by itself;
+    # a loaded detector is compiled again by whoever trains it further.
+    return None
+
+  @classmethod
+  def from_config(cls, config, custom_objects=None):
+    del custom_objects  # the graph is rebuilt, nothing to look up
+    config = dict(config)
+    name = config.pop("name", None)
+    model = build_detector(**config)
+    if name:
+      model._name = name  # pylint: disable=protected-access
+    return model
 
 
 def _quantized_name(model: tf_keras.Model, name: str) -> str:
@@ -158,6 +186,12 @@ def build_detector(num_classes: int, backbone: str = "xs",
       or num_classes < 1:
     raise DetectorError(f"num_classes={num_classes!r}: pass a positive "
                         "integer (the dataset's number of classes).")
+  build_args = dict(num_classes=num_classes, backbone=backbone,
+                    bits=str(bits), image_size=image_size,
+                    fpn_depth=fpn_depth, per_channel=per_channel,
+                    confidence_threshold=confidence_threshold,
+                    iou_threshold=iou_threshold,
+                    max_detections=max_detections)
   policy = policy_lib.BitPolicy.parse(bits)
   float_backbone = build_backbone(backbone, image_size)
   decoder = keras_cv.layers.NonMaxSuppression(
@@ -198,4 +232,5 @@ def build_detector(num_classes: int, backbone: str = "xs",
       qat.inputs, {"boxes": boxes, "classes": scores},
       backbone=backbone_view, num_classes=num_classes,
       bounding_box_format="xyxy", fpn_depth=fpn_depth,
-      prediction_decoder=decoder, name=f"yolo_v8_{backbone}_" + re.sub(r"\W", "_", str(policy)))
+      prediction_decoder=decoder, build_args=build_args,
+      name=f"yolo_v8_{backbone}_" + re.sub(r"\W", "_", str(policy)))

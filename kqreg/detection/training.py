@@ -9,8 +9,10 @@ interruption (rerun the same command), and writes to `config.model_dir`:
                        val_ twins, val_map50 / val_map on a validation subset
   noise.csv/.jsonl     NoiseAnalysisCallback logs (when `noise_analysis`)
   tensorboard/         Keras TensorBoard logs
-  weights.h5           final weights; rebuild with `build_detector` (same
-                       num_classes/backbone/bits/image_size) and load them
+  model.keras          the trained detector; `tf_keras.models.load_model`
+                       rebuilds it (after `import kqreg.detection`)
+  model.tflite(.json)  with `export_tflite`: the network as TFLite and its
+                       export report, checked in LiteRT (`export_detector`)
   result.json          final figures (see `run`)
 """
 
@@ -26,7 +28,6 @@ import time
 from typing import Any, Dict, Optional
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
-import numpy as np
 import tensorflow as tf
 import tf_keras
 
@@ -35,19 +36,22 @@ from kqreg import policy as policy_lib
 from kqreg.callbacks import (CheckedBackupAndRestore, EpochCSVLogger,
                              NoiseAnalysisCallback, StopOnNaN)
 from kqreg.detection import data as data_lib
+from kqreg.detection import export as export_lib
 from kqreg.detection import metrics as metrics_lib
 from kqreg.detection import model as model_lib
 from kqreg.io_utils import atomic_write_json
 from kqreg.summary import profile
 from kqreg.training import (ConfigError, TrainingInterrupted,
                             interrupt_on_sigterm, make_strategy,
-                            check_model_dir)
+                            check_model_dir, val_loss_summary,
+                            learning_rate_schedule, LR_SCHEDULES)
 
 __all__ = ["DetectConfig", "ConfigError", "TrainingInterrupted", "MapCallback",
-           "evaluate_map", "run"]
+           "run"]
 
-LR_SCHEDULES = ("constant", "cosine")
 PROBE_EXAMPLES = 8  # validation images the noise propagation probe runs
+CALIBRATION_EXAMPLES = 128  # training images calibrating a TFLite export
+EXPORT_CHECK_EXAMPLES = 64  # validation images the exported file is run on
 _IDENTITY_FIELDS = ("dataset", "backbone", "bits", "per_channel", "image_size",
                     "fpn_depth", "max_boxes", "train_examples", "seed",
                     "batch_size", "learning_rate", "lr_schedule", "augment",
@@ -81,6 +85,8 @@ class DetectConfig:
     seed: seeds weights, shuffling and augmentation.
     noise_analysis: record weight noise each `noise_every` epochs.
     noise_every: epochs between noise records.
+    export_tflite: write model.tflite after training and check it in LiteRT
+      (figures under `tflite` in result.json).
     strategy: `kqreg.training.STRATEGIES` name.
     verbose: Keras fit verbosity.
   """
@@ -104,6 +110,7 @@ class DetectConfig:
   seed: int = 0
   noise_analysis: bool = True
   noise_every: int = 1
+  export_tflite: bool = False
   strategy: str = "default"
   verbose: int = 2
 
@@ -152,47 +159,6 @@ class DetectConfig:
             for k in _IDENTITY_FIELDS}
 
 
-def _unpad(boxes: np.ndarray, classes: np.ndarray):
-  keep = classes >= 0
-  return boxes[keep], classes[keep].astype(np.int64)
-
-
-def _predict_fn(model: tf_keras.Model):
-  """Forward pass + keras-cv decoding and NMS, traced once per model.
-
-  `predict_on_batch` cannot be used: keras-cv's `predict_step` reads the
-  image shape from the tuple Keras wraps the batch in.
-  """
-  fn = getattr(model, "_kqreg_predict", None)
-  if fn is None:
-    fn = tf.function(lambda images: model.decode_predictions(
-        model(images, training=False), images), reduce_retracing=True)
-    model._kqreg_predict = fn  # pylint: disable=protected-access
-  return fn
-
-
-def evaluate_map(model: tf_keras.Model, ds: tf.data.Dataset,
-                 num_classes: int) -> Dict[str, float]:
-  """COCO-style mAP of `model`'s NMS output on a `pipeline` dataset."""
-  gt_boxes, gt_classes, pred_boxes, pred_scores, pred_classes = ([] for _ in
-                                                                 range(5))
-  predict = _predict_fn(model)
-  for batch in ds:
-    preds = {k: v.numpy() for k, v in predict(batch["images"]).items()}
-    boxes = batch["bounding_boxes"]["boxes"].numpy()
-    classes = batch["bounding_boxes"]["classes"].numpy()
-    for i in range(boxes.shape[0]):
-      g, c = _unpad(boxes[i], classes[i])
-      n = int(preds["num_detections"][i])
-      gt_boxes.append(g)
-      gt_classes.append(c)
-      pred_boxes.append(np.asarray(preds["boxes"][i][:n]))
-      pred_scores.append(np.asarray(preds["confidence"][i][:n]))
-      pred_classes.append(np.asarray(preds["classes"][i][:n]).astype(np.int64))
-  return metrics_lib.mean_average_precision(
-      gt_boxes, gt_classes, pred_boxes, pred_scores, pred_classes, num_classes)
-
-
 class MapCallback(tf_keras.callbacks.Callback):
   """Adds `val_map50` and `val_map` to the epoch logs (before CSV logging).
 
@@ -209,7 +175,7 @@ class MapCallback(tf_keras.callbacks.Callback):
     if logs is None:
       return
     if (epoch + 1) % self.every == 0:
-      values = evaluate_map(self.model, self.ds, self.num_classes)
+      values = metrics_lib.evaluate_map(self.model, self.ds, self.num_classes)
     else:
       values = {"map50": float("nan"), "map": float("nan")}
     logs["val_map50"] = values["map50"]
@@ -238,12 +204,10 @@ def _read_history(path: str):
     return list(csv.DictReader(f))
 
 
-def _noise_summary(model) -> Dict[str, Optional[float]]:
-  stats = noise_lib.weight_noise(model)
-  keys = ("delta_std", "std_ratio", "rel_norm")
-  if not stats:
-    return {k: None for k in keys}
-  return {k: float(np.mean([s[k] for s in stats])) for k in keys}
+def _save_model(model: tf_keras.Model, model_dir: str) -> None:
+  partial = os.path.join(model_dir, ".partial-model.keras")
+  model.save(partial)
+  os.replace(partial, os.path.join(model_dir, "model.keras"))
 
 
 def run(config: DetectConfig) -> Dict[str, Any]:
@@ -253,8 +217,10 @@ def run(config: DetectConfig) -> Dict[str, Any]:
     The contents of result.json: final `train_*` (first `train_examples`
     images, no augmentation) and `val_*` loss, box_loss and class_loss,
     `val_map50` (mAP@0.5) and `val_map` (mAP@[0.5:0.95], COCO-style, see
-    `metrics`) on the validation split, the per-epoch history, `params`,
-    `quantized_params`, `noise`, `bits`, `wall_time_s` and `resumed`. A
+    `metrics`) on the validation split, `gap_loss` (val − train),
+    `best_val_loss`/`best_epoch`/`last_epoch_val_loss`, the per-epoch
+    history, `params`, `quantized_params`, `noise`, `bits`, `wall_time_s`, `resumed` and, with
+    `export_tflite`, `tflite` (`export.export_detector`'s figures). A
     finished run is not trained again: its result.json is returned.
 
   Raises:
@@ -291,11 +257,9 @@ def run(config: DetectConfig) -> Dict[str, Any]:
     model = model_lib.build_detector(
         info.num_classes, config.backbone, config.bits, config.image_size,
         fpn_depth=config.fpn_depth, per_channel=config.per_channel)
-    lr = config.learning_rate
-    if config.lr_schedule == "cosine":
-      lr = tf_keras.optimizers.schedules.CosineDecay(
-          lr, decay_steps=config.epochs * math.ceil(n_train /
-                                                    config.batch_size))
+    lr = learning_rate_schedule(
+        config.lr_schedule, config.learning_rate,
+        config.epochs * math.ceil(n_train / config.batch_size))
     model.compile(box_loss="ciou", classification_loss="binary_crossentropy",
                   optimizer=tf_keras.optimizers.Adam(lr, global_clipnorm=10.0),
                   jit_compile=False)
@@ -356,22 +320,33 @@ def run(config: DetectConfig) -> Dict[str, Any]:
     values = model.evaluate(ds, verbose=0, return_dict=True)
     for key, value in values.items():
       result[f"{prefix}_{key}"] = float(value)
-  final_map = evaluate_map(model, val_ds, info.num_classes)
+  final_map = metrics_lib.evaluate_map(model, val_ds, info.num_classes)
   result["val_map50"], result["val_map"] = final_map["map50"], final_map["map"]
   result["val_examples"] = _count(val_raw.take(config.val_examples)
                                   if config.val_examples else val_raw)
   history = _read_history(history_path)
+  result["gap_loss"] = result["val_loss"] - result["train_loss"]
+  result.update(val_loss_summary(history))
   result["history"] = [{k: float(v) for k, v in row.items()
                         if k in ("epoch", "loss", "box_loss", "class_loss",
                                  "val_loss", "val_map50", "val_map")}
                        for row in history]
   prof = profile(model)
   result.update(params=prof.params, quantized_params=prof.quantized_params,
-                weight_bytes=prof.weight_bytes, noise=_noise_summary(model),
-                resumed=resumed, wall_time_s=round(time.time() - start, 2))
-  partial = os.path.join(config.model_dir, ".partial-weights.h5")
-  model.save_weights(partial)
-  os.replace(partial, os.path.join(config.model_dir, "weights.h5"))
+                weight_bytes=prof.weight_bytes,
+                noise=noise_lib.weight_noise_means(model), resumed=resumed)
+  if config.export_tflite:
+    calibration = next(iter(train_eval_ds.unbatch().batch(
+        CALIBRATION_EXAMPLES).take(1)))["images"].numpy()
+    check_ds = data_lib.pipeline(
+        val_raw, training=False, cache=False,
+        take=min(EXPORT_CHECK_EXAMPLES,
+                 config.val_examples or EXPORT_CHECK_EXAMPLES), **common)
+    result["tflite"] = export_lib.export_detector(
+        model, os.path.join(config.model_dir, "model.tflite"), calibration,
+        check_ds, info.num_classes)
+  _save_model(model, config.model_dir)
+  result["wall_time_s"] = round(time.time() - start, 2)
   atomic_write_json(os.path.join(config.model_dir, "result.json"), result)
   shutil.rmtree(os.path.join(config.model_dir, "backup"), ignore_errors=True)
   return result
