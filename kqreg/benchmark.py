@@ -29,7 +29,7 @@ from kqreg.callbacks import NoiseAnalysisCallback
 from kqreg.quantize import quantize
 
 __all__ = ["machine", "build_variant", "step_time", "callback_overhead",
-           "noise_cost", "peak_memory", "VARIANTS"]
+           "noise_cost", "peak_memory", "check_targets", "VARIANTS"]
 
 # Training variants compared per model: (label, how to build it).
 VARIANTS = ("float", "tfmot_8bit", "kqreg_w8a8", "kqreg_w4a8", "kqreg_w4")
@@ -214,3 +214,61 @@ def peak_memory(model_name: str, variant: str, input_shape,
                        capture_output=True, text=True, timeout=900)
   line = [l for l in out.stdout.splitlines() if l.startswith("{")][-1]
   return json.loads(line)["maxrss_kb"] / 1024.0
+
+
+def _ratio(rows, model, variant, jit=False) -> Optional[float]:
+  for row in rows:
+    if (row["model"], row["variant"], row["jit"]) == (model, variant, jit):
+      return row["ratio"]
+  return None
+
+
+def check_targets(results: Dict) -> List[Dict[str, object]]:
+  """The project's targets against a benchmark run's numbers.
+
+  Targets (issue 8): kqreg w8a8's step-time overhead over float at most half
+  of stock tfmot's on the same model; weight-only w4 within 5% of float; the
+  noise callback under 2% of an epoch; int8 TFLite at most 0.27x the float
+  file and no slower; packed int4 at most 0.15x the float file.
+
+  Returns:
+    One row per target and model: `target`, `measured` (text), `holds`
+    (None when the run lacks the figure).
+  """
+  rows = []
+  models = list(dict.fromkeys(r["model"] for r in results["step_time"]))
+  for model in models:
+    tfmot_r = _ratio(results["step_time"], model, "tfmot_8bit")
+    w8a8 = _ratio(results["step_time"], model, "kqreg_w8a8")
+    w4 = _ratio(results["step_time"], model, "kqreg_w4")
+    holds = None
+    if tfmot_r is not None and w8a8 is not None:
+      holds = (w8a8 - 1) <= 0.5 * (tfmot_r - 1)
+    rows.append({
+        "target": f"{model}: w8a8 overhead <= half of stock tfmot's",
+        "measured": (f"tfmot {_pct(tfmot_r)}, kqreg w8a8 {_pct(w8a8)}"),
+        "holds": holds})
+    rows.append({"target": f"{model}: w4 within 5% of float",
+                 "measured": f"w4 {_pct(w4)}",
+                 "holds": None if w4 is None else w4 <= 1.05})
+  share = results["callback"]["callback_share"]
+  rows.append({"target": "noise callback < 2% of epoch time",
+               "measured": f"{share * 100:.1f}%", "holds": share < 0.02})
+  by_format = {r["format"]: r for r in results["tflite"]}
+  int8, int4 = by_format.get("int8 (w8a8)"), by_format.get("int4 (w4a8)")
+  if int8:
+    rows.append({"target": "int8 TFLite <= 0.27x float file",
+                 "measured": f"{int8['size_ratio']:.3f}x",
+                 "holds": int8["size_ratio"] <= 0.27})
+    rows.append({"target": "int8 TFLite latency <= 1.0x float",
+                 "measured": f"{int8['latency_ratio']:.2f}x",
+                 "holds": int8["latency_ratio"] <= 1.0})
+  if int4:
+    rows.append({"target": "packed int4 TFLite <= 0.15x float file",
+                 "measured": f"{int4['size_ratio']:.3f}x",
+                 "holds": int4["size_ratio"] <= 0.15})
+  return rows
+
+
+def _pct(ratio: Optional[float]) -> str:
+  return "–" if ratio is None else f"{(ratio - 1) * 100:+.0f}%"

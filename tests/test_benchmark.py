@@ -27,9 +27,30 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path):
   assert formats == ["float32", "int8 (w8a8)", "int4 (w4a8)"]
   sizes = [row["file_bytes"] for row in data["tflite"]]
   assert sizes[2] < sizes[1] < sizes[0]
-  assert [row["variant"] for row in data["memory"]] == ["float", "tfmot_8bit", "kqreg_w4a8"]
+  assert [row["variant"] for row in data["memory"]] == ["float", "kqreg_w4a8"]
   text = (tmp_path / "benchmark.md").read_text()
   for heading in ("Training step time", "NoiseAnalysisCallback", "Noise analysis cost",
-                  "TFLite", "Peak resident memory"):
+                  "TFLite", "Peak resident memory", "Targets"):
     assert heading in text
   assert text in result.stdout
+  assert "| cnn: w8a8 overhead <= half of stock tfmot's | tfmot +" in text
+  assert "| packed int4 TFLite <= 0.15x float file |" in text
+
+
+def test_targets_are_judged_from_the_numbers():
+  from kqreg import benchmark
+  step = [{"model": "cnn", "variant": v, "jit": False, "ratio": r}
+          for v, r in (("float", 1.0), ("tfmot_8bit", 1.40), ("kqreg_w8a8", 1.15),
+                       ("kqreg_w4", 1.08))]
+  results = {"step_time": step, "callback": {"callback_share": 0.015},
+             "tflite": [{"format": "float32", "size_ratio": 1.0, "latency_ratio": 1.0},
+                        {"format": "int8 (w8a8)", "size_ratio": 0.26, "latency_ratio": 1.3},
+                        {"format": "int4 (w4a8)", "size_ratio": 0.16, "latency_ratio": 1.2}]}
+  rows = {r["target"]: r for r in benchmark.check_targets(results)}
+  overhead = rows["cnn: w8a8 overhead <= half of stock tfmot's"]
+  assert overhead["holds"] is True and overhead["measured"] == "tfmot +40%, kqreg w8a8 +15%"
+  assert rows["cnn: w4 within 5% of float"]["holds"] is False
+  assert rows["noise callback < 2% of epoch time"]["holds"] is True
+  assert rows["int8 TFLite <= 0.27x float file"]["holds"] is True
+  assert rows["int8 TFLite latency <= 1.0x float"]["holds"] is False
+  assert rows["packed int4 TFLite <= 0.15x float file"]["holds"] is False

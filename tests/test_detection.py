@@ -1,5 +1,6 @@
 """Detection: kqreg_shapes, pipelines, quantized YOLOv8, mAP, run, trainer."""
 
+import json
 import os
 import subprocess
 import sys
@@ -147,13 +148,43 @@ def test_w4_detector_quantizes_every_conv_to_16_levels():
 
 # Training ------------------------------------------------------------------
 
-def test_run_on_shapes_loss_falls_reports_map_and_saves(shapes_dir, tmp_path):
-  config = detect_training.DetectConfig(
-      model_dir=str(tmp_path / "run"), data_dir=shapes_dir, bits="w4",
-      image_size=32, epochs=3, batch_size=8, train_examples=16,
-      val_examples=8, map_examples=8, learning_rate=2e-3,
-      noise_analysis=False, verbose=0)
-  result = detect_training.run(config)
+@pytest.fixture(scope="module")
+def shapes_sweep(shapes_dir, tmp_path_factory):
+  """configs/shapes_sweep.cfg shrunk (fp and w4, 3 epochs, 16 images, 32 px)
+  and exported, run once through kqreg-sweep --task=detect."""
+  out = tmp_path_factory.mktemp("sweep")
+  proc = subprocess.run(
+      [sys.executable, "-m", "trainers.sweep",
+       f"--flagfile={os.path.join(REPO, 'configs', 'shapes_sweep.cfg')}",
+       f"--data_dir={shapes_dir}", "--epochs=3", "--seeds=0", "--sweep_bits=fp,w4",
+       "--train_examples=16", "--val_examples=8", "--map_examples=8",
+       "--image_size=32", "--noise_analysis=false", "--export_tflite",
+       f"--output_dir={out}"],
+      cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, capture_output=True,
+      text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr
+  return out, proc.stdout
+
+
+def _result(out, bits):
+  with open(out / "runs" / f"{bits}_seed0" / "result.json") as f:
+    return json.load(f)
+
+
+def test_sweep_reports_losses_map_and_curves(shapes_sweep):
+  out, stdout = shapes_sweep
+  assert "[2/2] bits=w4 seed=0: train loss" in stdout and "mAP@0.5" in stdout
+  for name in ("report.md", "results.csv", "runs.csv", "val_loss.png", "val_map50.png",
+               "gap.png"):
+    assert (out / name).stat().st_size > 0, name
+  report = (out / "report.md").read_text()
+  assert "val mAP@0.5" in report and "- w4: loss gap" in report
+
+
+def test_w4_run_loss_falls_reports_map_and_saves(shapes_sweep, shapes_dir):
+  out, _ = shapes_sweep
+  run_dir = out / "runs" / "w4_seed0"
+  result = _result(out, "w4")
   losses = [row["loss"] for row in result["history"]]
   assert losses[-1] < losses[0]
   for key in ("val_map50", "val_map"):
@@ -164,22 +195,44 @@ def test_run_on_shapes_loss_falls_reports_map_and_saves(shapes_dir, tmp_path):
   assert result["gap_loss"] == pytest.approx(result["val_loss"] - result["train_loss"])
   assert result["last_epoch_val_loss"] == result["history"][-1]["val_loss"]
   for name in ("params.json", "history.csv", "result.json", "model.keras"):
-    assert os.path.exists(tmp_path / "run" / name)
+    assert (run_dir / name).exists()
 
   # model.keras restores the trained detector: same validation loss.
-  loaded = tf_keras.models.load_model(str(tmp_path / "run" / "model.keras"))
+  loaded = tf_keras.models.load_model(str(run_dir / "model.keras"))
   assert isinstance(loaded, detection.QuantizedYOLOV8Detector)
   loaded.compile(box_loss="ciou", classification_loss="binary_crossentropy",
                  optimizer="adam")
   val_raw, _ = detection.load_detection("kqreg_shapes", "validation", shapes_dir)
-  val = detection.pipeline(val_raw, image_size=32, batch_size=8, training=False,
+  val = detection.pipeline(val_raw, image_size=32, batch_size=16, training=False,
                            max_boxes=32, take=8)
   assert loaded.evaluate(val, verbose=0)[0] == pytest.approx(result["val_loss"], rel=1e-4)
 
-  assert detect_training.run(config)["skipped"]  # finished: not retrained
+  # The same config again is not retrained; a different one is refused.
+  with open(run_dir / "params.json") as f:
+    config = detect_training.DetectConfig(**json.load(f)["config"])
+  assert detect_training.run(config)["skipped"]
   config.bits = "w8"
   with pytest.raises(detect_training.ConfigError, match="--bits"):
     detect_training.run(config)
+
+
+def test_exports_run_in_litert(shapes_sweep):
+  out, _ = shapes_sweep
+  fp, w4 = _result(out, "fp")["tflite"], _result(out, "w4")["tflite"]
+  assert fp["weight_types"] == ["FLOAT32"]
+  assert fp["max_abs_diff"] < 1e-3 and fp["diff_units"] == "raw"
+  # Weight-only QAT: activations calibrated to 8 bits, kernels stored as INT8
+  # on their 4-bit grid; all-integer, about a quarter of float, and LiteRT's
+  # raw outputs stay within a few output steps of Keras on average.
+  assert w4["weight_types"] == ["INT8"] and w4["float_ops"] == []
+  assert w4["ratio_to_float"] < 0.35
+  assert w4["diff_units"] == "output_step" and w4["mean_abs_diff"] <= 3
+  assert w4["examples"] == 8 and w4["latency_ms_per_example"] > 0
+  for key in ("tflite_map50", "keras_map50", "tflite_map", "keras_map"):
+    assert 0.0 <= w4[key] <= 1.0
+  assert fp["tflite_map50"] == pytest.approx(fp["keras_map50"], abs=0.02)
+  for bits in ("fp", "w4"):
+    assert (out / "runs" / f"{bits}_seed0" / "model.tflite").exists()
 
 
 def test_voc_runs_on_mock_data(tmp_path):
@@ -187,7 +240,7 @@ def test_voc_runs_on_mock_data(tmp_path):
     ds, info = detection.load_detection("voc/2007", "train")
     assert info.num_classes == 20
     result = detect_training.run(detect_training.DetectConfig(
-        model_dir=str(tmp_path / "voc"), dataset="voc/2007", bits="w8",
+        model_dir=str(tmp_path / "voc"), dataset="voc/2007", bits="fp",
         image_size=32, epochs=1, batch_size=4, map_examples=0,
         noise_analysis=False, verbose=0))
   assert np.isfinite(result["val_loss"])
@@ -199,7 +252,7 @@ def test_voc_runs_on_mock_data(tmp_path):
 @pytest.mark.parametrize("args", [
     ["--bits=w9x"],
     ["--image_size=50"],
-    ["--batch_size=0"],
+    ["--bits=w4a8", "--export_tflite"],
 ])
 def test_trainer_bad_flags_exit_with_one_line(args, tmp_path):
   proc = subprocess.run(

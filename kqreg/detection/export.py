@@ -4,7 +4,9 @@ On a device the network runs and the host decodes. `head_model` is the
 detector from image to the head's raw output, shape (batch, anchors,
 64 + num_classes): 4 x 16 distribution-focal box logits, then the class
 probabilities. `export_detector` writes it with `kqreg.export.export_tflite`
-(integer for a quantized detector, float32 for a float one), runs the file
+(integer for a quantized detector, float32 for a float one; weight-only
+policies such as "w8" and "w4" convert, see `export_detector` for those
+with activation bits), runs the file
 in ai-edge-litert on validation images, decodes its outputs with the
 detector's own keras-cv box decoding and NMS, and scores both the file and
 the Keras model with the same mAP on the same images.
@@ -31,7 +33,8 @@ from keras_cv.src.models.object_detection.yolo_v8 import (
     yolo_v8_detector as _yolo)
 
 from kqreg.detection import metrics as metrics_lib
-from kqreg.export import export_tflite, tflite_predict, verify_tflite
+from kqreg.export import (ExportError, export_tflite, tflite_predict,
+                          verify_tflite)
 from kqreg.quantize import is_quantized
 
 __all__ = ["head_model", "export_detector"]
@@ -79,12 +82,25 @@ def export_detector(detector: tf_keras.Model, path: str,
     `latency_ms_per_example` (single-thread LiteRT) and `examples`.
 
   Raises:
-    ExportError: the network does not convert, or `path` cannot be written.
+    ExportError: the network does not convert (a detector trained with
+      activation quantizers, e.g. "w4a8", fails on keras-cv's FPN
+      concatenations once QAT has given their inputs different ranges), or
+      `path` cannot be written.
   """
   head = head_model(detector)
-  report = export_tflite(head, path,
-                         representative_data=np.asarray(calibration_images),
-                         allow_float=not is_quantized(head))
+  try:
+    report = export_tflite(head, path,
+                           representative_data=np.asarray(calibration_images),
+                           allow_float=not is_quantized(head))
+  except ExportError as e:
+    if "same scale" not in str(e):
+      raise
+    raise ExportError(
+        f"{e}. keras-cv's YOLOv8 concatenates feature maps with tf ops that "
+        "kqreg cannot give one shared activation range, and TFLite's int8 "
+        "concatenation needs its inputs on one scale; QAT trained separate "
+        "ranges for them. Train the detector weight-only ('w8', 'w4': 8-bit "
+        "activations are calibrated at export) to export it.") from e
   check = verify_tflite(path, head, _images(val_ds))
   channels = _yolo.BOX_REGRESSION_CHANNELS
 

@@ -149,9 +149,18 @@ class DetectConfig:
           f"must be a multiple of {model_lib.SIZE_MULTIPLE} (>= 32), got "
           f"{self.image_size!r}; e.g. 64 or 96")
     try:
-      policy_lib.BitPolicy.parse(self.bits)
+      policy = policy_lib.BitPolicy.parse(self.bits)
     except policy_lib.PolicyError as e:
       raise ConfigError(f"--bits: {e}") from e
+    every = [policy.default, policy.first, policy.last] + [
+        b for _, b in policy.names + policy.types]
+    _need(not (self.export_tflite and any(
+        b is not None and b.activation is not None for b in every)),
+          "export_tflite", f"--bits={self.bits} quantizes activations, and a "
+          "trained YOLOv8 with activation quantizers does not convert to "
+          "TFLite (keras-cv's FPN concatenations need one shared range; see "
+          "kqreg.detection.export). Use weight-only bits such as w8 or w4, "
+          "or drop --export_tflite.")
     return self
 
   def identity(self) -> Dict[str, Any]:
