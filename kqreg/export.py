@@ -65,6 +65,7 @@ __all__ = [
     "export_tflite",
     "verify_tflite",
     "tflite_predict",
+    "report_summary",
     "inspect_tflite",
 ]
 
@@ -716,6 +717,18 @@ def export_tflite(qat_model: tf_keras.Model,
                                 "mean_abs_diff", "diff_units", "examples")}
   _write(report["report_path"], atomic_write_json, report)
   return report
+
+
+def report_summary(report: Dict[str, Any]) -> Dict[str, Any]:
+  """The figures of an `export_tflite` report a run's result.json keeps."""
+  return {
+      "path": report["path"],
+      "size_bytes": report["size_bytes"],
+      "ratio_to_float": report["ratio_to_float"],
+      "weight_types": sorted({w["type"] for w in report["weights"]
+                              if w["role"] == "weights"}),
+      "float_ops": sorted(set(report["float_ops"])),
+  }
 
 
 # ----------------------------------------------------------------------------

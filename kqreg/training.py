@@ -41,14 +41,15 @@ from kqreg.callbacks import (CheckedBackupAndRestore, CheckpointError,
                              EpochCSVLogger, NoiseAnalysisCallback, StopOnNaN,
                              TrainingDiverged)
 from kqreg.io_utils import atomic_write_json
-from kqreg.export import export_tflite, verify_tflite
+from kqreg.export import export_tflite, report_summary, verify_tflite
 from kqreg.quantize import is_quantized, quantize, quantize_scope
 from kqreg.summary import profile
 
 __all__ = ["TrainConfig", "ConfigError", "TrainingInterrupted",
            "interrupt_on_sigterm", "check_model_dir",
            "TrainingDiverged", "CheckpointError", "run", "make_strategy",
-           "val_loss_summary", "learning_rate_schedule",
+           "val_loss_summary", "learning_rate_schedule", "count_examples",
+           "read_history",
            "OPTIMIZERS", "LR_SCHEDULES", "STRATEGIES"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -320,7 +321,7 @@ def run(config: TrainConfig) -> Dict[str, Any]:
              tempfile.mkdtemp(prefix="kqreg-worker-"))
 
   train_raw, val_raw, test_raw, info = _load_splits(config)
-  n_train = _count(train_raw)
+  n_train = count_examples(train_raw)
   if config.train_examples is not None and config.train_examples > n_train:
     raise ConfigError(
         f"--train_examples={config.train_examples} is larger than the "
@@ -387,7 +388,7 @@ def run(config: TrainConfig) -> Dict[str, Any]:
       model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
                 callbacks=callbacks, verbose=config.verbose)
   except KeyboardInterrupt as e:
-    done = len(_read_history(os.path.join(out_dir, "history.csv")))
+    done = len(read_history(os.path.join(out_dir, "history.csv")))
     raise TrainingInterrupted(
         f"interrupted ({e or 'SIGINT'}) after {done} of {config.epochs} "
         f"epochs; the checkpoint of epoch {done} is kept in "
@@ -410,7 +411,7 @@ def run(config: TrainConfig) -> Dict[str, Any]:
   result["gap_accuracy"] = result["train_accuracy"] - result["val_accuracy"]
   result["gap_loss"] = result["val_loss"] - result["train_loss"]
   result.update(val_loss_summary(
-      _read_history(os.path.join(out_dir, "history.csv"))))
+      read_history(os.path.join(out_dir, "history.csv"))))
   prof = profile(model)
   result.update(params=prof.params, quantized_params=prof.quantized_params,
                 weight_bytes=prof.weight_bytes,
@@ -493,11 +494,7 @@ def _export(model, out_dir: str, train_ds, val_ds) -> Dict[str, Any]:
                          allow_float=not is_quantized(model))
   check = verify_tflite(path, model, x_val.numpy(), labels=y_val.numpy())
   return {
-      "path": path,
-      "size_bytes": report["size_bytes"],
-      "ratio_to_float": report["ratio_to_float"],
-      "weight_types": sorted({w["type"] for w in report["weights"]
-                              if w["role"] == "weights"}),
+      **report_summary(report),
       **{k: check[k] for k in ("top1_agreement", "tflite_accuracy",
                                "keras_accuracy", "max_abs_diff",
                                "mean_abs_diff", "latency_ms_per_example",
@@ -526,7 +523,8 @@ def _load_splits(config: TrainConfig):
   return train, val, test, info
 
 
-def _count(ds: tf.data.Dataset) -> int:
+def count_examples(ds: tf.data.Dataset) -> int:
+  """Examples in `ds`: its cardinality, or counted when TFDS cannot tell."""
   n = int(ds.cardinality())
   if n >= 0:
     return n
@@ -547,7 +545,8 @@ def val_loss_summary(history: List[Dict[str, str]]) -> Dict[str, Any]:
           "last_epoch_val_loss": float(history[-1]["val_loss"])}
 
 
-def _read_history(path: str):
+def read_history(path: str) -> List[Dict[str, str]]:
+  """The rows of a run's history.csv ([] before the first epoch ends)."""
   if not os.path.exists(path):
     return []
   with open(path, newline="") as f:

@@ -86,7 +86,7 @@ def test_real_dataset_path_runs_on_tfds_mock_data(tmp_path):
 
 def test_dataset_without_validation_split_holds_out_a_tenth_of_train(tmp_path):
   train, val, test, info = training._load_splits(_config(tmp_path, dataset="kqreg_digits"))
-  assert training._count(val) == info.splits["validation"]  # has its own split
+  assert training.count_examples(val) == info.splits["validation"]  # has its own split
   with tfds.testing.mock_data(num_examples=40):
     train, val, test, _ = training._load_splits(_config(tmp_path, dataset="mnist"))
   assert test is not None

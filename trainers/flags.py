@@ -227,45 +227,36 @@ def model_args(text: str) -> dict:
   return value
 
 
+# Flags that map one to one onto fields of both TrainConfig and DetectConfig.
+_SHARED_FIELDS = ("dataset", "data_dir", "bits", "epochs", "batch_size",
+                  "learning_rate", "lr_schedule", "augment", "train_examples",
+                  "seed", "noise_analysis", "noise_every", "export_tflite",
+                  "strategy", "verbose")
+
+
+def _config_values(task: str, model_dir: str, overrides) -> dict:
+  # --model_args becomes `model_kwargs` (parsed); the rest map by name.
+  names = _SHARED_FIELDS + tuple(n for n in TASK_FLAGS[task]
+                                 if n != "model_args")
+  values = {name: FLAGS[name].value for name in names}
+  values.update(model_dir=model_dir, per_channel={
+      "auto": None, "true": True, "false": False}[FLAGS.per_channel])
+  values.update(overrides)
+  return values
+
+
 def train_config(model_dir: str, **overrides) -> training.TrainConfig:
   """A `TrainConfig` from the parsed flags, with `overrides` on top."""
-  values = dict(
-      model_dir=model_dir, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
-      model=FLAGS.model, model_kwargs=model_args(FLAGS.model_args),
-      bits=FLAGS.bits,
-      per_channel={"auto": None, "true": True, "false": False}[
-          FLAGS.per_channel], epochs=FLAGS.epochs,
-      batch_size=FLAGS.batch_size, optimizer=FLAGS.optimizer,
-      learning_rate=FLAGS.learning_rate, lr_schedule=FLAGS.lr_schedule,
-      weight_decay=FLAGS.weight_decay, augment=FLAGS.augment,
-      train_examples=FLAGS.train_examples, seed=FLAGS.seed,
-      noise_analysis=FLAGS.noise_analysis, noise_every=FLAGS.noise_every,
-      strategy=FLAGS.strategy, jit_compile=FLAGS.jit_compile,
-      deterministic=FLAGS.deterministic, virtual_cpus=FLAGS.virtual_cpus,
-      export_tflite=FLAGS.export_tflite,
-      verbose=FLAGS.verbose)
-  values.update(overrides)
-  return training.TrainConfig(**values)
+  return training.TrainConfig(**_config_values(
+      "classify", model_dir,
+      dict(dict(model_kwargs=model_args(FLAGS.model_args)), **overrides)))
 
 
 def detect_config(model_dir: str, **overrides):
   """A `kqreg.detection.DetectConfig` from the parsed flags + `overrides`."""
   from kqreg.detection import training as detect_training  # pylint: disable=g-import-not-at-top
-  values = dict(
-      model_dir=model_dir, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
-      backbone=FLAGS.backbone, bits=FLAGS.bits,
-      per_channel={"auto": None, "true": True, "false": False}[
-          FLAGS.per_channel], image_size=FLAGS.image_size,
-      max_boxes=FLAGS.max_boxes, epochs=FLAGS.epochs,
-      batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
-      lr_schedule=FLAGS.lr_schedule, augment=FLAGS.augment,
-      train_examples=FLAGS.train_examples, val_examples=FLAGS.val_examples,
-      map_examples=FLAGS.map_examples, seed=FLAGS.seed,
-      noise_analysis=FLAGS.noise_analysis, noise_every=FLAGS.noise_every,
-      export_tflite=FLAGS.export_tflite, strategy=FLAGS.strategy,
-      verbose=FLAGS.verbose)
-  values.update(overrides)
-  return detect_training.DetectConfig(**values)
+  return detect_training.DetectConfig(**_config_values("detect", model_dir,
+                                                       overrides))
 
 
 def parser(prog: str):

@@ -14,7 +14,6 @@ runs.csv and plots to --output_dir and prints the table with its verdict.
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 import sys
@@ -80,9 +79,8 @@ def run_dir_name(bits: str, seed: int) -> str:
 
 
 def _read_history(path):
-  with open(path, newline="") as f:
-    return [{k: float(v) for k, v in row.items() if v not in ("", None)}
-            for row in csv.DictReader(f)]
+  return [{k: float(v) for k, v in row.items() if v not in ("", None)}
+          for row in training.read_history(path)]
 
 
 def _main(argv) -> None:

@@ -7,7 +7,8 @@ Importing this package registers the offline TFDS builders `kqreg_digits` and
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 
 from kqreg.data.core import (OFFLINE_DATASETS, ClassificationInfo,
-                             DatasetError, load, pipeline, validation_split)
+                             DatasetError, load, pipeline,
+                             shuffle_and_augment, validation_split)
 
 __all__ = [
     "OFFLINE_DATASETS",
@@ -15,5 +16,6 @@ __all__ = [
     "DatasetError",
     "load",
     "pipeline",
+    "shuffle_and_augment",
     "validation_split",
 ]

@@ -6,7 +6,7 @@ datasets are prepared here; this machine cannot download anything else.
 """
 
 import dataclasses
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
@@ -173,6 +173,28 @@ def _augment(seed: tf.Tensor, example):
   return cropped, label
 
 
+def shuffle_and_augment(ds: tf.data.Dataset, seed: int,
+                        augment_fn: Optional[Callable] = None,
+                        max_buffer: int = _MAX_SHUFFLE_BUFFER
+                        ) -> tf.data.Dataset:
+  """Reshuffles `ds` every epoch and maps `augment_fn(op_seeds, example)`.
+
+  Both are deterministic given `seed`: the shuffle is seeded, and
+  `augment_fn` gets a fresh pair of stateless-op seeds per example from a
+  seeded stream that is redrawn every epoch.
+  """
+  cardinality = int(ds.cardinality())
+  buffer = cardinality if cardinality > 0 else max_buffer
+  ds = ds.shuffle(min(buffer, max_buffer), seed=seed,
+                  reshuffle_each_iteration=True)
+  if augment_fn is None:
+    return ds
+  seeds = tf.data.Dataset.random(
+      seed=seed, rerandomize_each_iteration=True).batch(2)
+  return tf.data.Dataset.zip(seeds, ds).map(
+      augment_fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def pipeline(ds: tf.data.Dataset, *, batch_size: int, training: bool,
              augment: bool = False, seed: int = 0, take: Optional[int] = None,
              image_size: Optional[Tuple[int, int]] = None,
@@ -206,15 +228,6 @@ def pipeline(ds: tf.data.Dataset, *, batch_size: int, training: bool,
   if cache:
     ds = ds.cache()
   if training:
-    cardinality = int(ds.cardinality())
-    buffer = cardinality if cardinality > 0 else _MAX_SHUFFLE_BUFFER
-    ds = ds.shuffle(min(buffer, _MAX_SHUFFLE_BUFFER), seed=seed,
-                    reshuffle_each_iteration=True)
-    if augment:
-      # A fresh, seed-determined stream of op seeds every epoch.
-      seeds = tf.data.Dataset.random(
-          seed=seed, rerandomize_each_iteration=True).batch(2)
-      ds = tf.data.Dataset.zip(seeds, ds).map(
-          _augment, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = shuffle_and_augment(ds, seed, _augment if augment else None)
   ds = ds.batch(batch_size, drop_remainder=False)
   return ds.prefetch(tf.data.AUTOTUNE)

@@ -9,9 +9,10 @@ them unchanged, and split into fixed stratified train / validation / test sets.
 from typing import Dict, Iterator, Tuple
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
+
+from kqreg.data.offline import OfflineBuilder
 
 IMAGE_SHAPE = (32, 32, 1)
 NUM_CLASSES = 10
@@ -47,15 +48,10 @@ def upsample(images: np.ndarray) -> np.ndarray:
   return big.astype(np.uint8)[..., np.newaxis]
 
 
-class KqregDigits(tfds.core.GeneratorBasedBuilder):
+class KqregDigits(OfflineBuilder):
   """scikit-learn's 8x8 handwritten digits, upsampled to 32x32x1."""
 
   name = "kqreg_digits"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
-  # TFDS derives code_path through importlib_resources, which is not
-  # installed here; it only locates the (absent) checksums file.
-  code_path = epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(

@@ -15,9 +15,10 @@ split, so the dataset is identical on every machine and needs no network.
 from typing import Dict, Iterator, Tuple
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
+
+from kqreg.data.offline import OfflineBuilder
 
 IMAGE_SIZE = 32
 IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
@@ -116,15 +117,10 @@ def generate(n: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
   return images, labels
 
 
-class KqregTextures(tfds.core.GeneratorBasedBuilder):
+class KqregTextures(OfflineBuilder):
   """Procedural 32x32x3 shapes and textures, 10 classes."""
 
   name = "kqreg_textures"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
-  # TFDS derives code_path through importlib_resources, which is not
-  # installed here; it only locates the (absent) checksums file.
-  code_path = epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(

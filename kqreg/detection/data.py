@@ -25,7 +25,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 import keras_cv
 
-from kqreg.data.core import DatasetError
+from kqreg.data.core import DatasetError, shuffle_and_augment
 from kqreg.detection import shapes  # noqa: F401  (registers kqreg_shapes)
 
 __all__ = ["OFFLINE_DETECTION_DATASETS", "DetectionInfo", "DatasetError",
@@ -238,16 +238,9 @@ def pipeline(ds: tf.data.Dataset, *, image_size: int, batch_size: int,
   if cache:
     ds = ds.cache()
   if training:
-    cardinality = int(ds.cardinality())
-    buffer = cardinality if cardinality > 0 else _MAX_SHUFFLE_BUFFER
-    ds = ds.shuffle(min(buffer, _MAX_SHUFFLE_BUFFER), seed=seed,
-                    reshuffle_each_iteration=True)
-    if augment:
-      seeds = tf.data.Dataset.random(
-          seed=seed, rerandomize_each_iteration=True).batch(2)
-      ds = tf.data.Dataset.zip(seeds, ds).map(
-          lambda s, e: _augment(s, *e, size=image_size),
-          num_parallel_calls=tf.data.AUTOTUNE)
+    ds = shuffle_and_augment(
+        ds, seed, (lambda s, e: _augment(s, *e, size=image_size))
+        if augment else None, max_buffer=_MAX_SHUFFLE_BUFFER)
 
   def _to_dict(image, boxes, classes):
     return {"images": image,

@@ -33,8 +33,8 @@ from keras_cv.src.models.object_detection.yolo_v8 import (
     yolo_v8_detector as _yolo)
 
 from kqreg.detection import metrics as metrics_lib
-from kqreg.export import (ExportError, export_tflite, tflite_predict,
-                          verify_tflite)
+from kqreg.export import (ExportError, export_tflite, report_summary,
+                          tflite_predict, verify_tflite)
 from kqreg.quantize import is_quantized
 
 __all__ = ["head_model", "export_detector"]
@@ -76,6 +76,7 @@ def export_detector(detector: tf_keras.Model, path: str,
   Returns:
     `path`, `size_bytes`, `ratio_to_float` (this file / the float32 TFLite
     of the same network), `weight_types` (storage types of the kernels),
+    `float_ops` (ops left float; empty for a fully integer file),
     `max_abs_diff` and `mean_abs_diff` of the raw head outputs in units of
     the output's quantization step (`diff_units`), `tflite_map50`/
     `tflite_map` and `keras_map50`/`keras_map` on the check images,
@@ -115,12 +116,7 @@ def export_detector(detector: tf_keras.Model, path: str,
                                         predict=_tflite_predictions)
   keras_map = metrics_lib.evaluate_map(detector, val_ds, num_classes)
   return {
-      "path": path,
-      "size_bytes": report["size_bytes"],
-      "ratio_to_float": report["ratio_to_float"],
-      "weight_types": sorted({w["type"] for w in report["weights"]
-                              if w["role"] == "weights"}),
-      "float_ops": sorted(set(report["float_ops"])),
+      **report_summary(report),
       "tflite_map50": tflite_map["map50"], "tflite_map": tflite_map["map"],
       "keras_map50": keras_map["map50"], "keras_map": keras_map["map"],
       **{k: check[k] for k in ("max_abs_diff", "mean_abs_diff", "diff_units",

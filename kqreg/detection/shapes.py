@@ -18,9 +18,10 @@ split, so the dataset is identical on every machine and needs no network.
 from typing import Dict, Iterator, List, Tuple
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
+
+from kqreg.data.offline import OfflineBuilder
 
 IMAGE_SIZE = 96
 IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
@@ -115,15 +116,10 @@ def generate(n: int, seed: int) -> Iterator[Dict]:
                        "label": np.asarray(labels, np.int64)}}
 
 
-class KqregShapes(tfds.core.GeneratorBasedBuilder):
+class KqregShapes(OfflineBuilder):
   """Procedural 96x96 detection scenes, 5 shape classes, 1–6 objects."""
 
   name = "kqreg_shapes"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
-  # TFDS derives code_path through importlib_resources, which is not
-  # installed here; it only locates the (absent) checksums file.
-  code_path = epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(

@@ -18,7 +18,6 @@ interruption (rerun the same command), and writes to `config.model_dir`:
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
@@ -44,7 +43,8 @@ from kqreg.summary import profile
 from kqreg.training import (ConfigError, TrainingInterrupted,
                             interrupt_on_sigterm, make_strategy,
                             check_model_dir, val_loss_summary,
-                            learning_rate_schedule, LR_SCHEDULES)
+                            learning_rate_schedule, LR_SCHEDULES,
+                            count_examples, read_history)
 
 __all__ = ["DetectConfig", "ConfigError", "TrainingInterrupted", "MapCallback",
            "run"]
@@ -199,20 +199,6 @@ def _splits(config: DetectConfig):
   return train, val, val_split, info
 
 
-def _count(ds: tf.data.Dataset) -> int:
-  n = int(ds.cardinality())
-  if n >= 0:
-    return n
-  return int(ds.reduce(0, lambda count, _: count + 1))
-
-
-def _read_history(path: str):
-  if not os.path.exists(path):
-    return []
-  with open(path, newline="") as f:
-    return list(csv.DictReader(f))
-
-
 def _save_model(model: tf_keras.Model, model_dir: str) -> None:
   partial = os.path.join(model_dir, ".partial-model.keras")
   model.save(partial)
@@ -246,7 +232,7 @@ def run(config: DetectConfig) -> Dict[str, Any]:
   tf_keras.utils.set_random_seed(config.seed)
   strategy = make_strategy(config.strategy)
   train_raw, val_raw, val_split, info = _splits(config)
-  n_train = _count(train_raw.take(config.train_examples)
+  n_train = count_examples(train_raw.take(config.train_examples)
                    if config.train_examples else train_raw)
   if config.train_examples is not None and config.train_examples > n_train:
     raise ConfigError(
@@ -313,7 +299,7 @@ def run(config: DetectConfig) -> Dict[str, Any]:
       model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
                 callbacks=callbacks, verbose=config.verbose)
   except KeyboardInterrupt as e:
-    done = len(_read_history(history_path))
+    done = len(read_history(history_path))
     raise TrainingInterrupted(
         f"interrupted ({e or 'SIGINT'}) after {done} of {config.epochs} "
         f"epochs; the checkpoint of epoch {done} is kept in "
@@ -331,9 +317,9 @@ def run(config: DetectConfig) -> Dict[str, Any]:
       result[f"{prefix}_{key}"] = float(value)
   final_map = metrics_lib.evaluate_map(model, val_ds, info.num_classes)
   result["val_map50"], result["val_map"] = final_map["map50"], final_map["map"]
-  result["val_examples"] = _count(val_raw.take(config.val_examples)
+  result["val_examples"] = count_examples(val_raw.take(config.val_examples)
                                   if config.val_examples else val_raw)
-  history = _read_history(history_path)
+  history = read_history(history_path)
   result["gap_loss"] = result["val_loss"] - result["train_loss"]
   result.update(val_loss_summary(history))
   result["history"] = [{k: float(v) for k, v in row.items()

@@ -1,0 +1,21 @@
+"""The base of kqreg's offline TFDS builders (data generated, not downloaded)."""
+
+from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
+from etils import epath
+import tensorflow_datasets as tfds
+
+__all__ = ["OfflineBuilder"]
+
+
+class OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A `GeneratorBasedBuilder` whose `_split_generators` downloads nothing.
+
+  Subclasses set `name` and implement `_info`, `_split_generators` and
+  `_generate_examples` as any TFDS builder does; they register themselves.
+  """
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  # TFDS derives code_path through importlib_resources, which is not
+  # installed here; it only locates the (absent) checksums file.
+  code_path = epath.Path(__file__)
