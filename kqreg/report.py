@@ -386,8 +386,10 @@ def write_report(output_dir: str, records: Sequence[RunRecord],
   if command:
     md += ["Command:", "", "```", command, "```", ""]
   if wall_time_s is not None:
-    md += [f"Wall time: {wall_time_s / 60:.1f} min for {len(records)} runs.",
-           ""]
+    run_times = [r.result.get("wall_time_s") or 0.0 for r in records]
+    md += [f"Wall time: {wall_time_s / 60:.1f} min for {len(records)} runs "
+           f"(the runs' own wall times add up to {sum(run_times) / 60:.1f} "
+           "min; runs finished earlier are not retrained).", ""]
   md += [task.legend, "", table, "",
          "## Verdict (computed from the numbers above)", "", *lines, "",
          "## Plots", ""]
