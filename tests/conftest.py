@@ -3,6 +3,14 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Each pytest-xdist worker prepares the offline datasets in its own TFDS data
+# dir (inherited by the trainers the tests start): two processes preparing
+# one dataset in one folder would race. Set before TFDS is imported.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+  import tempfile  # pylint: disable=g-import-not-at-top
+  os.environ.setdefault("TFDS_DATA_DIR", os.path.join(
+      tempfile.gettempdir(), f"kqreg-tests-tfds-{os.getuid()}-"
+      f"{os.environ['PYTEST_XDIST_WORKER']}"))
 
 import kqreg  # noqa: E402,F401  (before TensorFlow)
 import numpy as np  # noqa: E402
