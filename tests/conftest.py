@@ -45,3 +45,15 @@ def batch():
   x = rng.random((32, 8, 8, 1), dtype=np.float32)
   y = rng.integers(0, 10, 32)
   return x, y
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_datasets_prepared():
+  """Prepares the offline classification sets once per test process.
+
+  Trainer tests run subprocesses and count their stderr lines; a dataset
+  prepared inside one of them would add TFDS's progress bars.
+  """
+  import kqreg.data  # pylint: disable=g-import-not-at-top
+  for name in ("kqreg_digits", "kqreg_textures"):
+    kqreg.data.load(name, "train")

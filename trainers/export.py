@@ -1,6 +1,11 @@
 """Exports a trained kqreg run to an integer .tflite file and checks it.
 
   python -m trainers.export --model_dir=runs/digits_w4a8
+  python -m trainers.export --model_dir=runs/shapes_sweep/runs/w4_seed0
+
+A kqreg-detect run exports its network (image to raw head output) and is
+checked by mAP: LiteRT's outputs through the detector's own decoding and NMS
+against Keras's, on the validation images.
 
 Reads model.keras and params.json from --model_dir, writes the .tflite file
 (default <model_dir>/model.tflite) and its report (<output>.json), runs the
@@ -12,6 +17,8 @@ line on a missing file or a model that cannot be exported.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 
@@ -62,7 +69,7 @@ def _read_params(model_dir: str) -> dict:
   except FileNotFoundError as e:
     raise export_lib.ExportError(
         f"--model_dir={model_dir!r} has no params.json; pass a folder written "
-        "by kqreg-classify.") from e
+        "by kqreg-classify or kqreg-detect.") from e
   except (OSError, ValueError) as e:
     raise export_lib.ExportError(f"{path!r} is unreadable: {e}") from e
   config = params.get("config", params)
@@ -78,7 +85,8 @@ def _load_model(model_dir: str) -> tf_keras.Model:
   if not os.path.isfile(path):
     raise export_lib.ExportError(
         f"--model_dir={model_dir!r} has no model.keras; train the run to the "
-        "end first (kqreg-classify writes it when it finishes).")
+        "end first (kqreg-classify and kqreg-detect write it when they "
+        "finish).")
   try:
     with kqreg.quantize_scope():
       return tf_keras.models.load_model(path)
@@ -139,6 +147,45 @@ def _table(report: dict, check: dict) -> str:
   return "\n".join(lines)
 
 
+def _detection_modules():
+  # keras-cv's import prints "Using TensorFlow backend" on stdout.
+  with contextlib.redirect_stdout(io.StringIO()):
+    from kqreg.detection import data as det_data  # pylint: disable=g-import-not-at-top
+    from kqreg.detection import export as det_export  # pylint: disable=g-import-not-at-top
+  return det_data, det_export
+
+
+def _run_detection(model_dir: str, config: dict) -> str:
+  """Exports a kqreg-detect run: the network, checked by mAP in LiteRT."""
+  det_data, det_export = _detection_modules()
+  model = _load_model(model_dir)
+  dataset, data_dir = config["dataset"], config.get("data_dir")
+  train, info = det_data.load_detection(dataset, "train", data_dir)
+  val_split = det_data.validation_split(info)
+  val, _ = det_data.load_detection(dataset, val_split, data_dir)
+  common = dict(image_size=config["image_size"], batch_size=16,
+                max_boxes=config["max_boxes"], training=False, cache=False)
+  calibration = np.concatenate([
+      batch["images"].numpy() for batch in det_data.pipeline(
+          train, take=_CALIBRATION_EXAMPLES // 2, **common)])
+  check_ds = det_data.pipeline(val, take=FLAGS.verify_examples or 1, **common)
+  output = FLAGS.output or os.path.join(model_dir, "model.tflite")
+  t = det_export.export_detector(model, output, calibration, check_ds,
+                                 info.num_classes)
+  return "\n".join([
+      f"file: {t['path']}: {t['size_bytes']} bytes, "
+      f"{t['ratio_to_float']:.3f} of float32; kernels "
+      f"{', '.join(t['weight_types'])}; float ops: "
+      f"{', '.join(t['float_ops']) or 'none'}",
+      f"verify on {t['examples']} {val_split} images: mAP@0.5 "
+      f"{t['tflite_map50']:.3f} in LiteRT vs {t['keras_map50']:.3f} in Keras "
+      f"(mAP@[.5:.95] {t['tflite_map']:.3f} vs {t['keras_map']:.3f}); mean "
+      f"|LiteRT - Keras| {t['box_abs_diff']:.3g} in box logits, "
+      f"{t['class_abs_diff']:.3g} in class probabilities; latency "
+      f"{t['latency_ms_per_example']:.2f} ms/image (1 thread)",
+      f"report: {t['path']}.json"])
+
+
 def _run() -> str:
   model_dir = FLAGS.model_dir
   if not model_dir or not os.path.isdir(model_dir):
@@ -146,6 +193,8 @@ def _run() -> str:
         f"--model_dir={model_dir!r} is not a folder; pass a kqreg run folder "
         "holding model.keras and params.json.")
   config = _read_params(model_dir)
+  if "backbone" in config:
+    return _run_detection(model_dir, config)
   model = _load_model(model_dir)
   dataset, data_dir = config["dataset"], config.get("data_dir")
   _, info = data_lib.load(dataset, "train", data_dir=data_dir)

@@ -36,6 +36,7 @@ from kqreg.quantize import quantize
 from kqreg.training import ConfigError
 
 __all__ = ["BACKBONES", "DetectorError", "QuantizedYOLOV8Detector",
+           "layer_output",
            "build_detector", "build_backbone"]
 
 # keras-cv's Task and Backbone `__dir__` read every attribute, including
@@ -124,6 +125,21 @@ class QuantizedYOLOV8Detector(_yolo.YOLOV8Detector):
     if name:
       model._name = name  # pylint: disable=protected-access
     return model
+
+
+def layer_output(model: tf_keras.Model, name: str):
+  """The output of layer `name` (or its "quant_" wrapper) in `model`'s graph.
+
+  Raises:
+    ValueError: `model` has no such layer.
+  """
+  for candidate in (name, f"quant_{name}"):
+    try:
+      model.get_layer(candidate)
+    except ValueError:
+      continue
+    return _output_in(model, candidate)
+  raise ValueError(f"no layer {name!r}")
 
 
 def _quantized_name(model: tf_keras.Model, name: str) -> str:
