@@ -49,6 +49,7 @@ __all__ = ["TrainConfig", "ConfigError", "TrainingInterrupted",
            "interrupt_on_sigterm", "check_model_dir",
            "TrainingDiverged", "CheckpointError", "run", "make_strategy",
            "val_loss_summary", "learning_rate_schedule", "count_examples",
+           "finished_result",
            "read_history",
            "OPTIMIZERS", "LR_SCHEDULES", "STRATEGIES"]
 
@@ -303,11 +304,9 @@ def run(config: TrainConfig) -> Dict[str, Any]:
     ConfigError, DatasetError, PolicyError, UnknownModelError: bad settings.
   """
   config.validate()
-  if check_model_dir(config.model_dir, config.identity()):
-    with open(os.path.join(config.model_dir, "result.json")) as f:
-      result = json.load(f)
-    result["skipped"] = True
-    return result
+  finished = finished_result(config.model_dir, config.identity())
+  if finished is not None:
+    return finished
   start = time.time()
   if config.virtual_cpus:
     _split_cpu(config.virtual_cpus)
@@ -529,6 +528,22 @@ def count_examples(ds: tf.data.Dataset) -> int:
   if n >= 0:
     return n
   return int(ds.reduce(0, lambda count, _: count + 1))
+
+
+def finished_result(model_dir: str,
+                    identity: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+  """A finished run's result.json with `skipped` set, or None to train.
+
+  Raises:
+    ConfigError: `model_dir` holds a run with other settings
+      (`check_model_dir`).
+  """
+  if not check_model_dir(model_dir, identity):
+    return None
+  with open(os.path.join(model_dir, "result.json")) as f:
+    result = json.load(f)
+  result["skipped"] = True
+  return result
 
 
 def val_loss_summary(history: List[Dict[str, str]]) -> Dict[str, Any]:

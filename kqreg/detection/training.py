@@ -42,7 +42,7 @@ from kqreg.io_utils import atomic_write_json
 from kqreg.summary import profile
 from kqreg.training import (ConfigError, TrainingInterrupted,
                             interrupt_on_sigterm, make_strategy,
-                            check_model_dir, val_loss_summary,
+                            finished_result, val_loss_summary,
                             learning_rate_schedule, LR_SCHEDULES,
                             count_examples, read_history)
 
@@ -223,11 +223,9 @@ def run(config: DetectConfig) -> Dict[str, Any]:
     TrainingInterrupted, TrainingDiverged, CheckpointError.
   """
   config.validate()
-  if check_model_dir(config.model_dir, config.identity()):
-    with open(os.path.join(config.model_dir, "result.json")) as f:
-      result = json.load(f)
-    result["skipped"] = True
-    return result
+  finished = finished_result(config.model_dir, config.identity())
+  if finished is not None:
+    return finished
   start = time.time()
   tf_keras.utils.set_random_seed(config.seed)
   strategy = make_strategy(config.strategy)
