@@ -198,7 +198,12 @@ import kqreg
 from kqreg import benchmark
 model = benchmark.build_variant({model!r}, {variant!r}, {shape!r})
 benchmark.step_time(model, {shape!r}, steps={steps}, repeats=1, warmup=1)
-print(json.dumps({{"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
+# VmHWM is this process's own peak: Linux carries ru_maxrss over from the
+# parent across fork and exec, so it would report the benchmark's own peak.
+with open("/proc/self/status") as f:
+  peak = [int(l.split()[1]) for l in f if l.startswith("VmHWM:")]
+print(json.dumps({{"maxrss_kb": peak[0] if peak else
+                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
 """
 
 
