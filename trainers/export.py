@@ -17,8 +17,6 @@ line on a missing file or a model that cannot be exported.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 
@@ -147,17 +145,10 @@ def _table(report: dict, check: dict) -> str:
   return "\n".join(lines)
 
 
-def _detection_modules():
-  # keras-cv's import prints "Using TensorFlow backend" on stdout.
-  with contextlib.redirect_stdout(io.StringIO()):
-    from kqreg.detection import data as det_data  # pylint: disable=g-import-not-at-top
-    from kqreg.detection import export as det_export  # pylint: disable=g-import-not-at-top
-  return det_data, det_export
-
-
 def _run_detection(model_dir: str, config: dict) -> str:
   """Exports a kqreg-detect run: the network, checked by mAP in LiteRT."""
-  det_data, det_export = _detection_modules()
+  from kqreg.detection import data as det_data  # pylint: disable=g-import-not-at-top
+  from kqreg.detection import export as det_export  # pylint: disable=g-import-not-at-top
   model = _load_model(model_dir)
   dataset, data_dir = config["dataset"], config.get("data_dir")
   train, info = det_data.load_detection(dataset, "train", data_dir)

@@ -7,8 +7,6 @@ command line, later ones winning. Each entry point marks what it requires.
 from __future__ import annotations
 
 import ast
-import contextlib
-import io
 import os
 import sys
 
@@ -178,18 +176,10 @@ def _define_classify_flags() -> None:
                            message="--model_args is not a dict literal.")
 
 
-def _detection_model_lib():
-  # keras-cv's import prints "Using TensorFlow backend" on stdout; keep the
-  # trainer's output its own.
-  with contextlib.redirect_stdout(io.StringIO()):
-    from kqreg.detection import model as model_lib  # pylint: disable=g-import-not-at-top
-  return model_lib
-
-
 def _define_detect_flags() -> None:
   if "backbone" in FLAGS:
     return
-  model_lib = _detection_model_lib()
+  from kqreg.detection import model as model_lib  # pylint: disable=g-import-not-at-top
   flags.DEFINE_enum("backbone", "xs", list(model_lib.BACKBONES),
                     "YOLOv8 backbone size.")
   flags.DEFINE_integer("image_size", 64,

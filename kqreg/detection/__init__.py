@@ -10,7 +10,16 @@ Importing this package registers the offline TFDS builder `kqreg_shapes`
   training  `DetectConfig`, `run`: train, checkpoint, evaluate, result.json
 """
 
+import contextlib
+import io
+
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
+
+# keras-cv prints "Using TensorFlow backend" on stdout at import; every
+# kqreg.detection module imports it through here, so callers' output stays
+# their own.
+with contextlib.redirect_stdout(io.StringIO()):
+  import keras_cv  # noqa: F401,E402
 
 from kqreg.detection import shapes  # noqa: F401  (registers kqreg_shapes)
 from kqreg.detection.data import (OFFLINE_DETECTION_DATASETS, DetectionInfo,
