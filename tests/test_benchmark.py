@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -33,7 +34,8 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path):
                   "TFLite", "Peak resident memory", "Targets"):
     assert heading in text
   assert text in result.stdout
-  assert "| cnn: w8a8 overhead <= half of stock tfmot's | tfmot +" in text
+  # The sign is timing noise in a quick run (CI once measured tfmot faster than float).
+  assert re.search(r"\| cnn: w8a8 overhead <= half of stock tfmot's \| tfmot [+-]\d+%", text)
   assert "| packed int4 TFLite <= 0.15x float file |" in text
 
 
