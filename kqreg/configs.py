@@ -94,10 +94,8 @@ LAYER_FAMILIES: Tuple[LayerFamily, ...] = (
     _output_only(layers.ReLU),
     _output_only(layers.Add),
     _output_only(layers.Concatenate),
-    _output_only(layers.MaxPooling2D),
     _output_only(layers.AveragePooling2D),
     _output_only(layers.GlobalAveragePooling2D),
-    _output_only(layers.GlobalMaxPooling2D),
     _output_only(layers.BatchNormalization),
     # Input scaling (keras-cv's include_rescaling): without a range after it
     # the converter keeps everything up to the next range float.

@@ -64,6 +64,9 @@ _GRID_PRESERVING = (
     tf_keras.layers.Cropping2D, tf_keras.layers.UpSampling2D,
     tf_keras.layers.Permute, tf_keras.layers.GaussianNoise,
     tf_keras.layers.GaussianDropout, tf_keras.layers.ActivityRegularization,
+    # The max of grid values is a grid value on the same range (and TFLite's
+    # int8 max pooling requires its input's scale), so no second range.
+    tf_keras.layers.MaxPooling2D, tf_keras.layers.GlobalMaxPooling2D,
 )
 # Ops TFLite fuses into the preceding Conv/Dense/BN: no quantizer in between.
 # Other activations (swish, sigmoid, ...) are ops of their own whose integer

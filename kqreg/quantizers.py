@@ -111,6 +111,29 @@ def nudged_grid(min_var: tf.Tensor, max_var: tf.Tensor, bits: int,
   return nudged_min, nudged_max, step
 
 
+def _fake_quant(inputs: tf.Tensor, min_val: tf.Tensor, max_val: tf.Tensor,
+                bits: int, narrow_range: bool, per_channel: bool) -> tf.Tensor:
+  """`tf.quantization.fake_quant_with_min_max_vars[_per_channel]`, forward only.
+
+  Written with TensorFlow's own arithmetic (fake_quant_ops_functor.h: the
+  per-channel kernel multiplies by a separately computed inverse step, the
+  per-tensor kernel divides by the step), so the values agree to the bit.
+  """
+  quant_min = 1.0 if narrow_range else 0.0
+  quant_max = float(2**bits - 1)
+  nudged_min, nudged_max, step = nudged_grid(min_val, max_val, bits,
+                                             narrow_range)
+  clamped_shifted = tf.clip_by_value(inputs, nudged_min, nudged_max) - nudged_min
+  if per_channel:
+    inv_step = (quant_max - quant_min) / (max_val - min_val)
+    quant_zero = tf.floor(-nudged_min * inv_step + 0.5)
+    levels = clamped_shifted * inv_step
+  else:
+    quant_zero = tf.floor(-nudged_min / step + 0.5)
+    levels = clamped_shifted / step
+  return tf.floor(levels - quant_zero + 0.5) * step
+
+
 class _BitsEquality:
   """`__eq__` over `get_config()` so configs and round trips compare."""
 
@@ -201,11 +224,34 @@ class WeightQuantizer(_BitsEquality, _tfmot_quantizers.LastValueQuantizer):
     return super().build(self.channels_last_shape(tensor_shape), name, layer)
 
   def __call__(self, inputs, training, weights, **kwargs):
-    if self.layout == "last":
-      return super().__call__(inputs, training, weights, **kwargs)
-    outputs = super().__call__(self.to_channels_last(inputs), training,
-                               weights, **kwargs)
+    kernel = self.to_channels_last(inputs)
+    if training and self.symmetric and self.narrow_range:
+      outputs = self._quantize_symmetric(kernel, weights)
+    else:
+      outputs = super().__call__(kernel, training, weights, **kwargs)
     return self.from_channels_last(outputs, inputs.shape)
+
+  def _quantize_symmetric(self, kernel: tf.Tensor, weights) -> tf.Tensor:
+    """tfmot's `LastValueQuantize` for a symmetric narrow grid, cheaper.
+
+    The same range and the same nudged grid, so the same values to the bit,
+    from one `max|w|` reduction instead of a min and a max, with the rounding
+    written out: TensorFlow's per-channel `fake_quant` and its gradient cost
+    more than the rest of a small layer's update (0.55 against 0.22 ms for a
+    3x3x64x64 kernel on 2 cores). The gradient passes straight through; on a
+    range of ±max|w| TensorFlow's zeroes only a weight a rounding error
+    outside the nudged range, which lands on the end level either way.
+    """
+    axis = list(range(kernel.shape.rank - 1)) if self.per_axis else None
+    peak = tf.stop_gradient(tf.reduce_max(tf.abs(kernel), axis=axis))
+    weights["min_var"].assign(-peak)
+    weights["max_var"].assign(peak)
+    # An all-zero channel has no range; on a unit grid its zeros stay zeros,
+    # as TensorFlow's kernel returns them.
+    peak = tf.where(peak > 0, peak, 1.0)
+    return kernel + tf.stop_gradient(
+        _fake_quant(tf.stop_gradient(kernel), -peak, peak, self.num_bits,
+                    narrow_range=True, per_channel=self.per_axis) - kernel)
 
   def get_config(self):
     return {**super().get_config(), "layout": self.layout}
@@ -234,3 +280,35 @@ class ActivationQuantizer(_BitsEquality,
   @property
   def levels(self) -> int:
     return num_levels(self.num_bits, self.narrow_range)
+
+  def __call__(self, inputs, training, weights, **kwargs):
+    if not training or self.per_axis or self.symmetric:
+      return super().__call__(inputs, training, weights, **kwargs)
+    # tfmot's `MovingAvgQuantize` for one asymmetric range, to the bit, minus
+    # the batch minimum where it is known: min(reduce_min(relu(x)), 0) == 0,
+    # and the reduction is a full pass over the activation.
+    batch_min = (0.0 if _is_nonnegative(inputs) else
+                 tf.minimum(tf.reduce_min(inputs), 0.0))
+    batch_max = tf.maximum(tf.reduce_max(inputs), 0.0)
+    assign = tf.__internal__.train.assign_moving_average
+    min_var = assign(weights["min_var"], batch_min, _EMA_DECAY,
+                     zero_debias=False)
+    max_var = assign(weights["max_var"], batch_max, _EMA_DECAY,
+                     zero_debias=False)
+    return tf.quantization.fake_quant_with_min_max_vars(
+        inputs, min_var, max_var, num_bits=self.num_bits,
+        narrow_range=self.narrow_range)
+
+
+# tfmot's MovingAverageQuantizer decay, so ranges match its to the bit.
+_EMA_DECAY = 0.999
+# Ops whose outputs are never negative, as they appear in a traced graph.
+_NONNEGATIVE_OPS = frozenset({"Relu", "Relu6"})
+
+
+def _is_nonnegative(tensor: tf.Tensor) -> bool:
+  """True if `tensor` comes straight out of a ReLU (graph tensors only)."""
+  try:
+    return tensor.op.type in _NONNEGATIVE_OPS
+  except AttributeError:  # Eager tensors have no producing op.
+    return False

@@ -20,7 +20,7 @@ def test_family_table_gives_kernels_and_channel_layout(layer, weights, per_chann
 
 @pytest.mark.parametrize("layer", [tf_keras.layers.ReLU(), tf_keras.layers.Add(),
                                    tf_keras.layers.Concatenate(),
-                                   tf_keras.layers.MaxPooling2D(),
+                                   tf_keras.layers.AveragePooling2D(),
                                    tf_keras.layers.Activation("relu")])
 def test_layers_without_weights_quantize_their_output_only(layer):
   config = configs.config_for_layer(layer, weight_bits=4, activation_bits=8)

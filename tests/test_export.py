@@ -157,13 +157,21 @@ def test_w4_saves_half_the_quantized_weight_bytes(exported, name):
   assert abs(saved - int8_bytes / 2) <= 0.05 * int8_bytes / 2 + 256
 
 
-@pytest.mark.parametrize("policy", ["w8a8", "w4a8"])
-def test_cnn_agrees_with_keras_on_validation_split(exported, digits, policy):
+# Measured over QAT seeds 1-4: outputs differ by 0.24-0.32 output steps on
+# average at w8a8 and 0.69-0.85 at w4a8 (at most 3 and 4); top-1 agreement
+# 0.994-1.0 and 0.971-0.991. The 2-epoch w4a8 CNN is weak (78-90% accurate),
+# so more of its logits are near ties that one step of rounding flips.
+@pytest.mark.parametrize("policy, min_agreement, max_mean_steps",
+                         [("w8a8", 0.98, 0.5), ("w4a8", 0.96, 1.0)])
+def test_cnn_agrees_with_keras_on_validation_split(exported, digits, policy,
+                                                   min_agreement, max_mean_steps):
   qat, report = exported("cnn", policy)
   check = export.verify_tflite(report["path"], qat, digits["x_val"],
                                labels=digits["y_val"])
-  assert check["examples"] == 350
-  assert check["top1_agreement"] >= 0.98, check
+  assert check["examples"] == 350 and check["diff_units"] == "output_step"
+  assert check["mean_abs_diff"] <= max_mean_steps, check
+  assert check["max_abs_diff"] <= 6, check
+  assert check["top1_agreement"] >= min_agreement, check
   assert abs(check["tflite_accuracy"] - check["keras_accuracy"]) <= 0.02
 
 
