@@ -300,10 +300,11 @@ def _check_probe(model: tf_keras.Model, x) -> List[tf.Tensor]:
 class _PropagationProbe:
   """The float-weight and quantized-weight runs, traced once per model.
 
-  The float run is traced inside `float_weights`: a traced graph keeps what
-  the wrappers multiplied by at trace time, so both runs then execute at
-  graph speed every epoch, and only scalars come back to Python. A retrace (a
-  new probe shape) happens inside the same context, so it cannot mix them.
+  Both runs live in one traced function: the float run is traced inside
+  `float_weights` and the quantized run after it, and a traced graph keeps
+  what the wrappers multiplied by at trace time. Every epoch then costs one
+  call at graph speed that returns only scalars, and a retrace (a new probe
+  shape) repeats the same two steps, so it cannot mix them.
   """
 
   def __init__(self, model, wrappers):
@@ -320,9 +321,12 @@ class _PropagationProbe:
         model.inputs,
         [w.input for w in self.weighted] + [w.output for w in wrappers] +
         list(model.outputs))
-    self._float_fn = tf.function(
-        lambda x: self._probe(x, training=False), reduce_retracing=True)
-    self._quant_fn = tf.function(self._compare, reduce_retracing=True)
+    self._fn = tf.function(self._both_runs, reduce_retracing=True)
+
+  def _both_runs(self, x):
+    with float_weights(self.model):
+      float_run = self._probe(x, training=False)
+    return self._compare(x, float_run)
 
   def _compare(self, x, float_run):
     """Norms of the perturbations and the first-order predictions."""
@@ -356,9 +360,7 @@ class _PropagationProbe:
     return out
 
   def __call__(self, x) -> Dict[str, Dict[str, float]]:
-    with float_weights(self.model):
-      float_run = self._float_fn(x)
-    result = self._quant_fn(x, float_run)
+    result = self._fn(x)
     return {name: {k: float(v) for k, v in values.items()}
             for name, values in result.items()}
 

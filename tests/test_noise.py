@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tf_keras
 
 import kqreg
@@ -173,6 +174,20 @@ def test_callback_writes_documented_files(cnn, batch, tmp_path):
   assert len(records[0]["weight_noise"]) == 3 and records[0]["propagation"][-1]["layer"] == "output"
   events = os.listdir(tmp_path / "noise")
   assert any(name.startswith("events.out.tfevents") for name in events)
+  # TensorBoard sees each statistic as a scalar and δ as a histogram, per epoch.
+  seen = {}
+  for name in events:
+    for event in tf.compat.v1.train.summary_iterator(str(tmp_path / "noise" / name)):
+      for value in event.summary.value:
+        seen[event.step, value.tag] = (value.metadata.plugin_data.plugin_name,
+                                       tf.make_ndarray(value.tensor))
+  plugin, std_ratio = seen[1, "conv_a/kernel/std_ratio"]
+  row = next(r for r in rows if r["epoch"] == "1" and r["layer"] == "conv_a")
+  assert plugin == "scalars" and std_ratio == pytest.approx(float(row["std_ratio"]), rel=1e-6)
+  plugin, buckets = seen[0, "head/kernel/delta"]
+  assert plugin == "histograms" and buckets.shape == (30, 3)
+  assert buckets[:, 2].sum() == np.prod(qat.get_layer("quant_head").layer.kernel.shape)
+  assert seen[1, "output/propagation"][0] == "scalars"
 
 
 def test_callback_every_n_epochs_records_last_epoch_too(cnn, batch, tmp_path):
