@@ -28,8 +28,9 @@ from kqreg import noise as noise_lib
 from kqreg.callbacks import NoiseAnalysisCallback
 from kqreg.quantize import quantize
 
-__all__ = ["machine", "build_variant", "step_time", "callback_overhead",
-           "noise_cost", "peak_memory", "check_targets", "VARIANTS"]
+__all__ = ["machine", "build_variant", "step_time", "paired_step_times",
+           "callback_overhead", "noise_cost", "peak_memory", "check_targets",
+           "VARIANTS"]
 
 # Training variants compared per model: (label, how to build it).
 VARIANTS = ("float", "tfmot_8bit", "kqreg_w8a8", "kqreg_w4a8", "kqreg_w4")
@@ -74,16 +75,23 @@ def _median_time(fn: Callable[[], None], repeats: int) -> float:
   return statistics.median(times)
 
 
-def step_time(model: tf_keras.Model, input_shape, *, batch_size: int = 64,
-              steps: int = 10, repeats: int = 5, warmup: int = 3,
-              jit_compile: bool = False) -> float:
-  """Median seconds per training step (fixed random batch, Adam)."""
+def _compile_on_batch(model: tf_keras.Model, input_shape, batch_size: int,
+                      jit_compile: bool):
+  """Compiles `model` for timing; returns its fixed random batch."""
   rng = np.random.default_rng(0)
   x = tf.constant(rng.random((batch_size, *input_shape), dtype=np.float32))
   y = tf.constant(rng.integers(0, 10, batch_size))
   model.compile(tf_keras.optimizers.Adam(1e-3),
                 tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 jit_compile=jit_compile)
+  return x, y
+
+
+def step_time(model: tf_keras.Model, input_shape, *, batch_size: int = 64,
+              steps: int = 10, repeats: int = 5, warmup: int = 3,
+              jit_compile: bool = False) -> float:
+  """Median seconds per training step (fixed random batch, Adam)."""
+  x, y = _compile_on_batch(model, input_shape, batch_size, jit_compile)
   for _ in range(warmup):
     model.train_on_batch(x, y)
 
@@ -92,6 +100,64 @@ def step_time(model: tf_keras.Model, input_shape, *, batch_size: int = 64,
       model.train_on_batch(x, y)
 
   return _median_time(_steps, repeats) / steps
+
+
+def paired_step_times(models: Dict[str, tf_keras.Model], input_shape, *,
+                      baseline: str = "float", batch_size: int = 64,
+                      steps: int = 10, repeats: int = 5, warmup: int = 3,
+                      jit_compile: bool = False) -> Dict[str, Dict[str, float]]:
+  """Step times of several models measured in interleaved, paired rounds.
+
+  Each round times `steps` training steps of every model back to back, in
+  an order rotated from round to round, so that a slow spell of a shared
+  machine falls on all of them. A model's ratio is the median over rounds
+  of its time divided by `baseline`'s time in the same round.
+
+  Returns:
+    name -> {"step_s": median seconds per step, "ratio": paired median
+    ratio to `baseline`, "ratio_low"/"ratio_high": the middle half of the
+    per-round ratios (interquartile range)}; or {"error": message} for a
+    model that failed to compile or run (XLA cannot compile some fake-quant
+    graphs), which is left out of the rounds.
+
+  Raises:
+    ValueError: `baseline` is not one of `models`.
+    RuntimeError: `baseline` itself failed to run.
+  """
+  if baseline not in models:
+    raise ValueError(f"`baseline` {baseline!r} is not among {list(models)}.")
+  batches, failed = {}, {}
+  for name, model in models.items():
+    try:
+      batches[name] = _compile_on_batch(model, input_shape, batch_size,
+                                        jit_compile)
+      for _ in range(warmup):
+        model.train_on_batch(*batches[name])
+    except Exception as e:  # pylint: disable=broad-except
+      failed[name] = {"error": f"{type(e).__name__}: {str(e)[:80]}"}
+      batches.pop(name, None)
+  if baseline in failed:
+    raise RuntimeError(f"The baseline {baseline!r} failed to run "
+                       f"(jit_compile={jit_compile}): {failed[baseline]['error']}")
+  names = list(batches)
+  times = {name: [] for name in names}
+  for round_index in range(repeats):
+    shift = round_index % len(names)
+    for name in names[shift:] + names[:shift]:
+      model, (x, y) = models[name], batches[name]
+      start = time.perf_counter()
+      for _ in range(steps):
+        model.train_on_batch(x, y)
+      times[name].append((time.perf_counter() - start) / steps)
+  results = {}
+  for name in names:
+    ratios = [t / b for t, b in zip(times[name], times[baseline])]
+    low, _, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (
+        ratios * 3)
+    results[name] = {"step_s": statistics.median(times[name]),
+                     "ratio": statistics.median(ratios),
+                     "ratio_low": low, "ratio_high": high}
+  return {name: results.get(name) or failed[name] for name in models}
 
 
 class _EpochTimer(tf_keras.callbacks.Callback):

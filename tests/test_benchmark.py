@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -56,3 +58,26 @@ def test_targets_are_judged_from_the_numbers():
   assert rows["int8 TFLite <= 0.27x float file"]["holds"] is True
   assert rows["int8 TFLite latency <= 1.0x float"]["holds"] is False
   assert rows["packed int4 TFLite <= 0.15x float file"]["holds"] is False
+
+
+def _tiny(units):
+  import tf_keras
+  inputs = tf_keras.Input((4, 4, 1))
+  x = tf_keras.layers.Flatten()(inputs)
+  return tf_keras.Model(inputs, tf_keras.layers.Dense(units)(x))
+
+
+def test_paired_step_times_rounds_and_failures():
+  from kqreg import benchmark
+  models = {"float": _tiny(10), "other": _tiny(10), "broken": _tiny(1)}
+  timed = benchmark.paired_step_times(models, (4, 4, 1), batch_size=8, steps=2,
+                                      repeats=4, warmup=1)
+  assert list(timed) == ["float", "other", "broken"]
+  assert timed["float"]["ratio"] == 1.0
+  other = timed["other"]
+  assert other["step_s"] > 0 and other["ratio_low"] <= other["ratio"] <= other["ratio_high"]
+  # Labels 0..9 do not fit one logit: the model is reported, not timed.
+  assert "InvalidArgumentError" in timed["broken"]["error"]
+  with pytest.raises(RuntimeError, match="baseline 'broken' failed"):
+    benchmark.paired_step_times({"broken": _tiny(1)}, (4, 4, 1), baseline="broken",
+                                batch_size=8, steps=1, repeats=1, warmup=1)

@@ -32,6 +32,8 @@ flags.DEFINE_bool("quick", False,
                   "Reduced set (small CNN only, fewer repetitions): < 2 min.")
 flags.DEFINE_integer("repeats", 5, "Repetitions per timing (median).",
                      lower_bound=1)
+flags.DEFINE_integer("rounds", 10, "Interleaved rounds of 10 steps per step-"
+                     "time comparison (paired median).", lower_bound=1)
 
 # (name, kwargs, input shape) of the models timed per step.
 _FULL_MODELS = (
@@ -53,25 +55,20 @@ def _step_times(models, repeats, steps, jit_options):
   rows = []
   for name, kwargs, shape in models:
     for jit in jit_options:
-      base = None
-      for variant in benchmark.VARIANTS:
-        model = benchmark.build_variant(name, variant, shape, **kwargs)
-        try:
-          seconds = benchmark.step_time(model, shape, steps=steps,
-                                        repeats=repeats, jit_compile=jit)
-        except Exception as e:  # pylint: disable=broad-except
-          # XLA cannot compile some fake-quant graphs; say so in the table.
-          rows.append({"model": name, "variant": variant, "jit": jit,
-                       "step_ms": None, "ratio": None,
-                       "note": f"{type(e).__name__}: {str(e)[:80]}"})
-          continue
-        if variant == "float":
-          base = seconds
-        rows.append({"model": name, "variant": variant, "jit": jit,
-                     "step_ms": seconds * 1e3,
-                     "ratio": seconds / base if base else None, "note": ""})
-        print(f"step time {name} {variant} jit={jit}: {seconds * 1e3:.1f} ms",
-              flush=True)
+      variants = {variant: benchmark.build_variant(name, variant, shape, **kwargs)
+                  for variant in benchmark.VARIANTS}
+      timed = benchmark.paired_step_times(variants, shape, steps=steps,
+                                          repeats=repeats, jit_compile=jit)
+      for variant, result in timed.items():
+        row = {"model": name, "variant": variant, "jit": jit,
+               "step_ms": None, "ratio": None, "ratio_iqr": None,
+               "note": result.get("error", "")}
+        if "error" not in result:
+          row.update(step_ms=result["step_s"] * 1e3, ratio=result["ratio"],
+                     ratio_iqr=[result["ratio_low"], result["ratio_high"]])
+          print(f"step time {name} {variant} jit={jit}: "
+                f"{row['step_ms']:.1f} ms, {row['ratio']:.3f}x float", flush=True)
+        rows.append(row)
   return rows
 
 
@@ -144,12 +141,17 @@ def markdown(results) -> str:
   lines = [f"# kqreg benchmark{' (quick)' if results['quick'] else ''}", "",
            f"Machine: {m['cpu']}, {m['cores']} cores; TensorFlow "
            f"{m['tensorflow']}, tf_keras {m['tf_keras']}, tfmot {m['tfmot']}.",
-           "", "## Training step time (batch 64, median)", "",
+           "", "## Training step time (batch 64)", "",
+           "Variants of one model are timed in interleaved rounds; × float is "
+           "the median of each round's ratio to float (middle half of the "
+           "rounds in brackets).", "",
            "| model | variant | jit | ms/step | × float |", "|---|---|---|---|---|"]
   for r in results["step_time"]:
+    spread = (f" [{r['ratio_iqr'][0]:.2f}–{r['ratio_iqr'][1]:.2f}]"
+              if r.get("ratio_iqr") else "")
     lines.append(f"| {r['model']} | {r['variant']} | {r['jit']} | "
-                 f"{_fmt(r['step_ms'], '.1f')} | {_fmt(r['ratio'], '.2f')} "
-                 f"{r['note']}|")
+                 f"{_fmt(r['step_ms'], '.1f')} | {_fmt(r['ratio'], '.2f')}"
+                 f"{spread} {r['note']}|")
   c = results["callback"]
   lines += ["", "## NoiseAnalysisCallback (every epoch, with probe)", "",
             "| epoch s without | epoch s with | ratio | callback s/epoch | share |",
@@ -197,7 +199,8 @@ def _main(argv) -> None:
       "command": " ".join(["kqreg-benchmark"] + sys.argv[1:]),
   }
   results["step_time"] = _step_times(
-      _QUICK_MODELS if quick else _FULL_MODELS, repeats, 5 if quick else 20,
+      _QUICK_MODELS if quick else _FULL_MODELS, 3 if quick else FLAGS.rounds,
+      5 if quick else 10,
       (False,) if quick else (False, True))
   results["callback"] = benchmark.callback_overhead(
       epochs=3 if quick else 6,
