@@ -111,27 +111,25 @@ def nudged_grid(min_var: tf.Tensor, max_var: tf.Tensor, bits: int,
   return nudged_min, nudged_max, step
 
 
-def _fake_quant(inputs: tf.Tensor, min_val: tf.Tensor, max_val: tf.Tensor,
-                bits: int, narrow_range: bool, per_channel: bool) -> tf.Tensor:
-  """`tf.quantization.fake_quant_with_min_max_vars[_per_channel]`, forward only.
+def _fake_quant_symmetric(inputs: tf.Tensor, peak: tf.Tensor, bits: int,
+                          per_channel: bool) -> tf.Tensor:
+  """`fake_quant_with_min_max_vars[_per_channel]` on [-peak, peak], narrow.
 
-  Written with TensorFlow's own arithmetic (fake_quant_ops_functor.h: the
-  per-channel kernel multiplies by a separately computed inverse step, the
-  per-tensor kernel divides by the step), so the values agree to the bit.
+  On a symmetric narrow range TensorFlow's nudged zero point is the middle
+  level, so the grid is ±L·Δ with L = 2^(b-1) - 1 and Δ = 2·peak / 2L. The
+  rest is TensorFlow's own arithmetic (fake_quant_ops_functor.h: the
+  per-channel kernel multiplies by a separately computed 1/Δ, the per-tensor
+  kernel divides by Δ), so the values agree to the bit, forward only.
+  `peak` must be > 0.
   """
-  quant_min = 1.0 if narrow_range else 0.0
-  quant_max = float(2**bits - 1)
-  nudged_min, nudged_max, step = nudged_grid(min_val, max_val, bits,
-                                             narrow_range)
-  clamped_shifted = tf.clip_by_value(inputs, nudged_min, nudged_max) - nudged_min
-  if per_channel:
-    inv_step = (quant_max - quant_min) / (max_val - min_val)
-    quant_zero = tf.floor(-nudged_min * inv_step + 0.5)
-    levels = clamped_shifted * inv_step
-  else:
-    quant_zero = tf.floor(-nudged_min / step + 0.5)
-    levels = clamped_shifted / step
-  return tf.floor(levels - quant_zero + 0.5) * step
+  half_levels = float(2**(bits - 1) - 1)
+  span = peak + peak
+  step = span / (2.0 * half_levels)
+  edge = half_levels * step
+  shifted = tf.clip_by_value(inputs, -edge, edge) + edge
+  levels = shifted * ((2.0 * half_levels) / span) if per_channel else (
+      shifted / step)
+  return tf.floor(levels - half_levels + 0.5) * step
 
 
 class _BitsEquality:
@@ -243,15 +241,15 @@ class WeightQuantizer(_BitsEquality, _tfmot_quantizers.LastValueQuantizer):
     outside the nudged range, which lands on the end level either way.
     """
     axis = list(range(kernel.shape.rank - 1)) if self.per_axis else None
-    peak = tf.stop_gradient(tf.reduce_max(tf.abs(kernel), axis=axis))
+    peak = tf.reduce_max(tf.abs(kernel), axis=axis)
     weights["min_var"].assign(-peak)
     weights["max_var"].assign(peak)
-    # An all-zero channel has no range; on a unit grid its zeros stay zeros,
+    # An all-zero channel has no range; on a tiny one its zeros stay zeros,
     # as TensorFlow's kernel returns them.
-    peak = tf.where(peak > 0, peak, 1.0)
-    return kernel + tf.stop_gradient(
-        _fake_quant(tf.stop_gradient(kernel), -peak, peak, self.num_bits,
-                    narrow_range=True, per_channel=self.per_axis) - kernel)
+    peak = tf.maximum(peak, 1e-30)
+    # Straight through: the forward value is the grid's, the gradient w's.
+    return kernel + tf.stop_gradient(_fake_quant_symmetric(
+        kernel, peak, self.num_bits, self.per_axis) - kernel)
 
   def get_config(self):
     return {**super().get_config(), "layout": self.layout}
