@@ -6,7 +6,7 @@ datasets are prepared here; this machine cannot download anything else.
 """
 
 import dataclasses
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple, TypeVar
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
@@ -22,6 +22,9 @@ OFFLINE_DATASETS: Tuple[str, ...] = ("kqreg_digits", "kqreg_textures")
 _AUGMENT_PAD = 4
 # Shuffle buffer cap: whole-split shuffles for CIFAR-sized data, bounded memory.
 _MAX_SHUFFLE_BUFFER = 50_000
+
+
+InfoT = TypeVar("InfoT")
 
 
 class DatasetError(ValueError):
@@ -47,19 +50,20 @@ def _offline_hint() -> str:
           f"{', '.join(OFFLINE_DATASETS)}.")
 
 
-def _builder(name: str, data_dir: Optional[str]) -> tfds.core.DatasetBuilder:
+def _builder(name: str, data_dir: Optional[str], example: str,
+             hint: str) -> tfds.core.DatasetBuilder:
   if not isinstance(name, str) or not name:
     raise DatasetError(f"name={name!r}: pass a TFDS dataset name such as "
-                       f"'cifar10'. {_offline_hint()}")
+                       f"{example!r}. {hint}")
   try:
     return tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
     raise DatasetError(
         f"Unknown dataset {name!r}: TFDS has no builder of that name. "
-        f"{_offline_hint()}") from None
+        f"{hint}") from None
   except (ValueError, AssertionError) as e:
     # Malformed name, unknown config or version: TFDS explains which.
-    raise DatasetError(f"name={name!r}: {e} {_offline_hint()}") from None
+    raise DatasetError(f"name={name!r}: {e} {hint}") from None
 
 
 def _data_root(builder: tfds.core.DatasetBuilder,
@@ -110,12 +114,33 @@ def load(name: str, split: str, *, data_dir: Optional[str] = None
   Raises:
     DatasetError: unknown dataset, not prepared, or unknown split.
   """
-  builder = _builder(name, data_dir)
-  if builder.name in OFFLINE_DATASETS:
+  return open_split(name, split, data_dir, offline=OFFLINE_DATASETS,
+                    example="cifar10", hint=_offline_hint(), describe=_info,
+                    as_supervised=True)
+
+
+def open_split(name: str, split: str, data_dir: Optional[str], *,
+               offline: Tuple[str, ...], example: str, hint: str,
+               describe: Callable[[tfds.core.DatasetBuilder], InfoT],
+               as_supervised: bool = False) -> Tuple[tf.data.Dataset, InfoT]:
+  """Opens a TFDS split with errors that say what to do; the body of `load`
+  and of `kqreg.detection.load_detection`.
+
+  Args:
+    name, split, data_dir: as for `load`.
+    offline: names prepared here on first use (they need no network).
+    example: a dataset name to suggest when `name` is malformed.
+    hint: appended to errors: which datasets work offline.
+    describe: builder -> the task's info (with a `splits` dict), raising
+      `DatasetError` when the dataset does not fit the task.
+    as_supervised: passed to `as_dataset`.
+  """
+  builder = _builder(name, data_dir, example, hint)
+  if builder.name in offline:
     builder.download_and_prepare()
   if not isinstance(split, str) or not split:
     raise DatasetError(f"split={split!r}: pass a split name such as 'train'.")
-  info = _info(builder)
+  info = describe(builder)
   # Splits are only known once prepared (or from mocked metadata).
   if info.splits:
     unknown = [s for s in _split_names(split) if s not in info.splits]
@@ -124,7 +149,7 @@ def load(name: str, split: str, *, data_dir: Optional[str] = None
           f"split={split!r}: dataset {builder.name!r} has no split "
           f"{unknown[0]!r}; available splits: {', '.join(info.splits)}.")
   try:
-    ds = builder.as_dataset(split=split, as_supervised=True)
+    ds = builder.as_dataset(split=split, as_supervised=as_supervised)
   except AssertionError as e:
     if "could not find data" not in str(e):
       raise
@@ -132,8 +157,8 @@ def load(name: str, split: str, *, data_dir: Optional[str] = None
         f"Dataset {name!r} is not prepared in {_data_root(builder, data_dir)} "
         "and cannot be downloaded on this machine. Prepare it on a machine "
         f"with network access (`tfds build {builder.name}`), copy the data "
-        "directory here and pass it with --data_dir (data_dir=...). "
-        f"{_offline_hint()}") from None
+        f"directory here and pass it with --data_dir (data_dir=...). {hint}"
+        ) from None
   except ValueError as e:
     raise DatasetError(f"split={split!r} for dataset {builder.name!r}: {e}"
                        ) from None
@@ -145,7 +170,8 @@ def validation_split(info: ClassificationInfo) -> str:
   return "validation" if "validation" in info.splits else "test"
 
 
-def _check_positive_int(value, arg: str, allow_none: bool = False) -> None:
+def check_positive_int(value, arg: str, allow_none: bool = False) -> None:
+  """Raises `DatasetError` naming `arg` unless `value` is a positive int."""
   if allow_none and value is None:
     return
   if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -207,8 +233,8 @@ def pipeline(ds: tf.data.Dataset, *, batch_size: int, training: bool,
   (random flip + 4-pixel pad and random crop, stateless and seeded; ignored
   when not training), batch (keeping the last partial batch) and prefetch.
   """
-  _check_positive_int(batch_size, "batch_size")
-  _check_positive_int(take, "take", allow_none=True)
+  check_positive_int(batch_size, "batch_size")
+  check_positive_int(take, "take", allow_none=True)
   if image_size is not None:
     if (len(tuple(image_size)) != 2
         or not all(isinstance(d, int) and d > 0 for d in image_size)):

@@ -25,7 +25,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 import keras_cv
 
-from kqreg.data.core import DatasetError, shuffle_and_augment
+from kqreg.data.core import (DatasetError, check_positive_int, open_split,
+                              shuffle_and_augment)
 from kqreg.detection import shapes  # noqa: F401  (registers kqreg_shapes)
 
 __all__ = ["OFFLINE_DETECTION_DATASETS", "DetectionInfo", "DatasetError",
@@ -60,19 +61,6 @@ def _hint() -> str:
           "coco/2017 must be prepared elsewhere and passed with --data_dir.")
 
 
-def _builder(name: str, data_dir: Optional[str]) -> tfds.core.DatasetBuilder:
-  if not isinstance(name, str) or not name:
-    raise DatasetError(f"--dataset={name!r}: pass a TFDS detection dataset "
-                       f"name such as 'voc/2007'. {_hint()}")
-  try:
-    return tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError:
-    raise DatasetError(f"--dataset={name!r}: TFDS has no builder of that "
-                       f"name. {_hint()}") from None
-  except (ValueError, AssertionError) as e:
-    raise DatasetError(f"--dataset={name!r}: {e} {_hint()}") from None
-
-
 def _info(builder: tfds.core.DatasetBuilder) -> DetectionInfo:
   features = builder.info.features
   try:
@@ -104,34 +92,8 @@ def load_detection(name: str, split: str, data_dir: Optional[str] = None
   Raises:
     DatasetError: unknown, non-detection or unprepared dataset; unknown split.
   """
-  builder = _builder(name, data_dir)
-  if builder.name in OFFLINE_DETECTION_DATASETS:
-    builder.download_and_prepare()
-  if not isinstance(split, str) or not split:
-    raise DatasetError(f"split={split!r}: pass a split name such as 'train'.")
-  info = _info(builder)
-  if info.splits:
-    base = [s.split("[", 1)[0].strip() for s in split.split("+")]
-    unknown = [s for s in base if s not in info.splits]
-    if unknown:
-      raise DatasetError(
-          f"split={split!r}: dataset {builder.name!r} has no split "
-          f"{unknown[0]!r}; available splits: {', '.join(info.splits)}.")
-  try:
-    ds = builder.as_dataset(split=split)
-  except AssertionError as e:
-    if "could not find data" not in str(e):
-      raise
-    root = getattr(builder, "data_dir_root", None) or data_dir
-    raise DatasetError(
-        f"--dataset={name!r} is not prepared in {root} and cannot be "
-        "downloaded on this machine. Prepare it where there is network "
-        f"(`tfds build {name}`), copy the data directory here and pass it "
-        f"with --data_dir. {_hint()}") from None
-  except ValueError as e:
-    raise DatasetError(f"split={split!r} for dataset {builder.name!r}: {e}"
-                       ) from None
-  return ds, info
+  return open_split(name, split, data_dir, offline=OFFLINE_DETECTION_DATASETS,
+                    example="voc/2007", hint=_hint(), describe=_info)
 
 
 def validation_split(info: DetectionInfo) -> str:
@@ -199,14 +161,6 @@ def _augment(seed, image, boxes, classes, size: int):
   return image, boxes, classes
 
 
-def _check_positive_int(value, arg: str, allow_none: bool = False) -> None:
-  if allow_none and value is None:
-    return
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    none = " or None" if allow_none else ""
-    raise DatasetError(f"{arg}={value!r}: pass a positive integer{none}.")
-
-
 def pipeline(ds: tf.data.Dataset, *, image_size: int, batch_size: int,
              training: bool, max_boxes: int = 32, augment: bool = True,
              seed: int = 0, take: Optional[int] = None,
@@ -222,10 +176,10 @@ def pipeline(ds: tf.data.Dataset, *, image_size: int, batch_size: int,
   Raises:
     DatasetError: a non-positive size, batch, max_boxes or take.
   """
-  _check_positive_int(image_size, "image_size")
-  _check_positive_int(batch_size, "batch_size")
-  _check_positive_int(max_boxes, "max_boxes")
-  _check_positive_int(take, "take", allow_none=True)
+  check_positive_int(image_size, "image_size")
+  check_positive_int(batch_size, "batch_size")
+  check_positive_int(max_boxes, "max_boxes")
+  check_positive_int(take, "take", allow_none=True)
   if take is not None:
     ds = ds.take(take)
 
