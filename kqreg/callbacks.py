@@ -328,7 +328,6 @@ class _Summary:
     from tensorflow.core.framework import summary_pb2  # pylint: disable=g-import-not-at-top
     from tensorboard.plugins.histogram import metadata as histogram_metadata  # pylint: disable=g-import-not-at-top
     from tensorboard.plugins.scalar import metadata as scalar_metadata  # pylint: disable=g-import-not-at-top
-    self._pb = summary_pb2
     self._proto = summary_pb2.Summary()
     self._metadata = {
         plugin: summary_pb2.SummaryMetadata.FromString(
