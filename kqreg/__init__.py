@@ -10,14 +10,16 @@ from kqreg import configs
 from kqreg import noise
 from kqreg import policy
 from kqreg import quantizers
-from kqreg.configs import BitQuantizeConfig, NoOpQuantizeConfig, config_for_layer
+from kqreg.configs import BitQuantizeConfig, config_for_layer
 from kqreg.policy import BitPolicy, Bits, PolicyError
 from kqreg.quantize import (QuantizeError, annotate, flatten_nested,
                             is_quantized, plan, quantize,
                             quantize_annotate_layer, quantize_scope)
-from kqreg.quantizers import ActivationQuantizer, WeightQuantizer
+from kqreg.quantizers import (ActivationQuantizer, WeightNoiseQuantizer,
+                              WeightQuantizer)
 from kqreg.callbacks import NoiseAnalysisCallback
-from kqreg.export import ExportError, export_tflite, verify_tflite
+from kqreg.export import (ExportError, check_exportable, export_tflite,
+                          verify_tflite)
 from kqreg.summary import ModelProfile, LayerProfile, profile, summary
 
 __version__ = "0.1.0"
@@ -27,9 +29,9 @@ __all__ = [
     "BitPolicy",
     "BitQuantizeConfig",
     "Bits",
-    "NoOpQuantizeConfig",
     "PolicyError",
     "QuantizeError",
+    "WeightNoiseQuantizer",
     "WeightQuantizer",
     "annotate",
     "config_for_layer",
@@ -43,6 +45,7 @@ __all__ = [
     "quantize_scope",
     "quantizers",
     "ExportError",
+    "check_exportable",
     "LayerProfile",
     "export_tflite",
     "verify_tflite",

@@ -3,7 +3,9 @@
 One table, `LAYER_FAMILIES`, says for each Keras layer type which weights carry
 a kernel, where its output channels are, and whether the layer is quantized at
 its output only. One generic config, `BitQuantizeConfig`, reads it; bits are
-arguments, never a copy of the config per bit-width.
+arguments, never a copy of the config per bit-width, and so is `weight_noise`,
+which swaps each weight quantizer for its noise twin
+(`quantizers.WeightNoiseQuantizer`, the policy's `n<b>`).
 
 BatchNormalization is handled the way tfmot's default 8-bit scheme handles it
 (its Conv2D/Dense + BN [+ ReLU] transforms): the weighted layer before the BN
@@ -39,7 +41,6 @@ __all__ = [
     "LayerFamily",
     "LAYER_FAMILIES",
     "BitQuantizeConfig",
-    "NoOpQuantizeConfig",
     "family_of",
     "config_for_layer",
 ]
@@ -83,8 +84,10 @@ LAYER_FAMILIES: Tuple[LayerFamily, ...] = (
     LayerFamily(layers.Dense, (("kernel", "last"),), ("activation",)),
     LayerFamily(layers.Conv2D, (("kernel", "last"),), ("activation",),
                 per_channel=True),
+    # Per tensor: TFLite's converter refuses per-channel transposed-conv
+    # kernels ("'tfl.transpose' op has mismatched quantized axes").
     LayerFamily(layers.Conv2DTranspose, (("kernel", "transpose"),),
-                ("activation",), per_channel=True),
+                ("activation",), per_channel=False),
     LayerFamily(layers.DepthwiseConv2D, (("depthwise_kernel", "depthwise"),),
                 ("activation",), per_channel=True),
     LayerFamily(layers.SeparableConv2D, (("depthwise_kernel", "depthwise"),
@@ -138,9 +141,12 @@ class BitQuantizeConfig(QuantizeConfig):
     per_channel: one weight range per output channel.
     symmetric: symmetric weight range (TFLite requires it for int weights).
     narrow_range: weight grid without its lowest level (TFLite requires it).
+    weight_noise: add the noise of `weight_bits` quantization to the weights
+      in training instead of quantizing them (`WeightNoiseQuantizer`).
 
   Raises:
-    ValueError: bits out of range or not integers.
+    ValueError: bits out of range or not integers, or `weight_noise` without
+      `weight_bits`.
   """
 
   def __init__(self,
@@ -151,7 +157,8 @@ class BitQuantizeConfig(QuantizeConfig):
                activation_bits: Optional[int] = 8,
                per_channel: bool = True,
                symmetric: bool = True,
-               narrow_range: bool = True):
+               narrow_range: bool = True,
+               weight_noise: bool = False):
     self.weights = tuple((str(a), str(layout)) for a, layout in weights)
     self.activations = tuple(str(a) for a in activations)
     self.quantize_output = bool(quantize_output)
@@ -162,8 +169,15 @@ class BitQuantizeConfig(QuantizeConfig):
     self.per_channel = bool(per_channel)
     self.symmetric = bool(symmetric)
     self.narrow_range = bool(narrow_range)
+    self.weight_noise = bool(weight_noise)
+    if self.weight_noise and self.weight_bits is None:
+      raise ValueError(
+          "`weight_noise=True` needs `weight_bits`: it adds the noise of "
+          "`weight_bits`-bit quantization. Received: weight_bits=None")
+    quantizer_class = (quantizers.WeightNoiseQuantizer if self.weight_noise
+                       else quantizers.WeightQuantizer)
     self._weight_quantizers = {
-        attr: quantizers.WeightQuantizer(
+        attr: quantizer_class(
             self.weight_bits, per_axis=self.per_channel,
             symmetric=self.symmetric, narrow_range=self.narrow_range,
             layout=layout)
@@ -217,6 +231,7 @@ class BitQuantizeConfig(QuantizeConfig):
         "per_channel": self.per_channel,
         "symmetric": self.symmetric,
         "narrow_range": self.narrow_range,
+        "weight_noise": self.weight_noise,
     }
 
   @classmethod
@@ -235,42 +250,14 @@ class BitQuantizeConfig(QuantizeConfig):
     return f"BitQuantizeConfig({args})"
 
 
-@tf_keras.utils.register_keras_serializable(package="kqreg")
-class NoOpQuantizeConfig(QuantizeConfig):
-  """Wraps a layer without quantizing anything (a BN inside a fused chain)."""
-
-  def get_weights_and_quantizers(self, layer):
-    return []
-
-  def get_activations_and_quantizers(self, layer):
-    return []
-
-  def set_quantize_weights(self, layer, quantize_weights):
-    pass
-
-  def set_quantize_activations(self, layer, quantize_activations):
-    pass
-
-  def get_output_quantizers(self, layer):
-    return []
-
-  def get_config(self):
-    return {}
-
-  def __eq__(self, other):
-    return isinstance(other, NoOpQuantizeConfig)
-
-  def __ne__(self, other):
-    return not self == other
-
-
 def config_for_layer(layer: tf_keras.layers.Layer,
                      weight_bits: Optional[int] = 8,
                      activation_bits: Optional[int] = 8,
                      per_channel: Optional[bool] = None,
                      symmetric: bool = True,
                      narrow_range: bool = True,
-                     quantize_output: Optional[bool] = None) -> BitQuantizeConfig:
+                     quantize_output: Optional[bool] = None,
+                     weight_noise: bool = False) -> BitQuantizeConfig:
   """Builds the `BitQuantizeConfig` of `layer` from `LAYER_FAMILIES`.
 
   Args:
@@ -282,6 +269,7 @@ def config_for_layer(layer: tf_keras.layers.Layer,
     narrow_range: weight grid without its lowest level.
     quantize_output: None takes the family's default; False drops the output
       quantizer (the layer feeds a BatchNormalization).
+    weight_noise: the noise twin of `weight_bits` (policy token `n<b>`).
 
   Returns:
     The config.
@@ -313,4 +301,5 @@ def config_for_layer(layer: tf_keras.layers.Layer,
       activation_bits=activation_bits,
       per_channel=family.per_channel if per_channel is None else per_channel,
       symmetric=symmetric,
-      narrow_range=narrow_range)
+      narrow_range=narrow_range,
+      weight_noise=weight_noise and family.weighted)

@@ -7,14 +7,19 @@ of step Δ adds noise δ roughly uniform in [−Δ/2, Δ/2] to each weight, so
 
 `weight_noise` measures δ with the very quantizer and range variables the
 forward pass uses, so Q(w) here is bit for bit the kernel the layer multiplies
-by. `propagation` measures how much of it reaches each layer's output and the
-model's output, and sets the first-order prediction of the additive model
-beside it: for a linear or conv layer y = w * x, independent zero-mean noise of
-variance σ_c² on output channel c's weights gives
+by. For a noise twin (`quantizers.WeightNoiseQuantizer`, policy `n<b>`) δ is
+the uniform draw of its last training step, on the same Δ (rows say which:
+`kind` is "round" or "noise"). `propagation` measures how much of it reaches
+each layer's output and the model's output, and sets the first-order
+prediction of the additive model beside it: for a linear or conv layer
+y = w * x, independent zero-mean noise of variance σ_c² on output channel c's
+weights gives
 
     E‖δ * x‖² = Σ_c σ_c² · Σ_positions ‖x_receptive field‖²,
 
-with σ_c² = Δ_c² / 12, reported relative to ‖y‖.
+with σ_c² = Δ_c² / 12, reported relative to the linear output ‖w * x + b‖
+and compared with the measured ‖δ * x‖ there, before the activation and any
+output quantizer (which the first-order model does not describe).
 
 Both return plain dicts (one per tensor or layer) that go straight into CSV,
 JSON or pandas. A float model gives empty lists.
@@ -30,9 +35,8 @@ from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
 import tensorflow as tf
 import tf_keras
-from tensorflow_model_optimization.python.core.quantization.keras import (
-    quantize_wrapper as _wrapper_mod)
 
+from kqreg import _tfmot
 from kqreg import quantizers
 
 __all__ = [
@@ -46,8 +50,8 @@ __all__ = [
     "float_weights",
 ]
 
-WEIGHT_NOISE_KEYS = ("layer", "layer_type", "weight", "weight_bits", "step",
-                     "step_min", "step_max", "delta_mean", "delta_std",
+WEIGHT_NOISE_KEYS = ("layer", "layer_type", "weight", "weight_bits", "kind",
+                     "step", "step_min", "step_max", "delta_mean", "delta_std",
                      "delta_max_abs", "model_std", "std_ratio", "rel_norm",
                      "sqnr_db", "clip_fraction")
 PROPAGATION_KEYS = ("layer", "measured", "measured_local", "predicted")
@@ -79,9 +83,29 @@ class QuantizedWeight:
   def bits(self) -> int:
     return int(self.quantizer.num_bits)
 
+  @property
+  def is_noise(self) -> bool:
+    """True for a noise twin (`n<b>`), which adds noise and never rounds."""
+    return isinstance(self.quantizer, quantizers.WeightNoiseQuantizer)
+
+  @property
+  def kind(self) -> str:
+    """"noise" for a noise twin, "round" for a quantizer."""
+    return "noise" if self.is_noise else "round"
+
   def quantized(self) -> tf.Tensor:
-    """Q(w): the kernel the forward pass multiplies by at inference."""
+    """Q(w): the kernel the forward pass multiplies by at inference.
+
+    A noise twin returns w: it perturbs only in training.
+    """
     return self.quantizer(self.weight, training=False, weights=self.variables)
+
+  def delta(self) -> tf.Tensor:
+    """δ: Q(w) − w, or for a noise twin the draw of its last training step."""
+    if self.is_noise:
+      return self.quantizer.last_noise(tf.convert_to_tensor(self.weight),
+                                       self.variables)
+    return self.quantized() - tf.convert_to_tensor(self.weight)
 
   def channels_last(self, tensor: tf.Tensor) -> tf.Tensor:
     if isinstance(self.quantizer, quantizers.WeightQuantizer):
@@ -107,28 +131,25 @@ def quantized_weights(model: tf_keras.Model) -> List[QuantizedWeight]:
 
 
 def _wrappers(model) -> Iterator:
-  for layer in model.layers:
-    if isinstance(layer, _wrapper_mod.QuantizeWrapper):
-      yield layer
-    elif isinstance(layer, tf_keras.Model):
-      yield from _wrappers(layer)
+  return _tfmot.iter_wrappers(model)
 
 
 def _stat_tensors(qw: QuantizedWeight) -> Dict[str, tf.Tensor]:
   """The statistics of one tensor as TF scalars (traced into one graph)."""
   w = qw.channels_last(tf.convert_to_tensor(qw.weight))
-  wq = qw.channels_last(qw.quantized())
   channels = w.shape[-1] if getattr(qw.quantizer, "per_axis", False) else None
   w = tf.reshape(w, (-1, channels) if channels else (-1, 1))
-  wq = tf.reshape(wq, w.shape)
+  delta = tf.reshape(qw.channels_last(qw.delta()), w.shape)
   nmin, nmax, step = qw.grid()
   step = tf.reshape(step, (-1,))
-  delta = wq - w
   # Clipped = beyond the range by more than rounding: weights that set the
-  # range sit on its ends, where float32 nudging may land either side.
+  # range sit on its ends, where float32 nudging may land either side. A
+  # noise twin clips nothing.
   slack = tf.reshape(step, (1, -1)) * 1e-3
   clipped = tf.logical_or(w < tf.reshape(nmin, (1, -1)) - slack,
                           w > tf.reshape(nmax, (1, -1)) + slack)
+  if qw.is_noise:
+    clipped = tf.zeros_like(clipped)
   return {
       "step": tf.reduce_mean(step),
       "step_min": tf.reduce_min(step),
@@ -153,6 +174,7 @@ def _record(qw: QuantizedWeight, t: Dict[str, float]) -> Dict[str, object]:
       "layer_type": type(qw.wrapper.layer).__name__,
       "weight": qw.weight.name.split("/")[-1].split(":")[0],
       "weight_bits": qw.bits,
+      "kind": qw.kind,
       **{k: t[k] for k in ("step", "step_min", "step_max", "delta_mean",
                            "delta_std", "delta_max_abs", "model_std")},
       "std_ratio": delta_std / model_std if model_std > 0 else float("nan"),
@@ -163,12 +185,27 @@ def _record(qw: QuantizedWeight, t: Dict[str, float]) -> Dict[str, object]:
   }
 
 
-def _compiled(model, key: str, build):
-  """A per-model cache of traced functions (rebuilt if the model changes)."""
+def _signature(qws: List[QuantizedWeight], wrappers=()) -> Tuple:
+  """The objects a traced function closes over, to tell when they change."""
+  return tuple(wrappers) + tuple(
+      obj for qw in qws
+      for obj in (qw.wrapper, qw.weight, qw.quantizer, *qw.variables.values()))
+
+
+def _compiled(model, key: str, signature: Tuple, build):
+  """A per-model cache of traced functions, rebuilt when `signature` changes.
+
+  A traced function keeps the wrappers, weights and quantizers it was traced
+  with; if a wrapper's `_weight_vars` or the layers change, a stale one would
+  report the old ones. Compared by identity (`==` on variables is
+  elementwise).
+  """
   cache = model.__dict__.setdefault("_kqreg_noise_cache", {})
-  if key not in cache:
-    cache[key] = build()
-  return cache[key]
+  cached = cache.get(key)
+  if (cached is None or len(cached[0]) != len(signature) or
+      any(a is not b for a, b in zip(cached[0], signature))):
+    cached = cache[key] = (signature, build())
+  return cached[1]
 
 
 def weight_noise(qat_model: tf_keras.Model) -> List[Dict[str, object]]:
@@ -182,8 +219,9 @@ def weight_noise(qat_model: tf_keras.Model) -> List[Dict[str, object]]:
     One dict per tensor with keys `WEIGHT_NOISE_KEYS`: `step` is Δ (mean over
     channels, `step_min`/`step_max` its extremes), `model_std` the uniform
     model's Δ/√12, `std_ratio` measured/model, `rel_norm` ‖δ‖/‖w‖, `sqnr_db`
-    20·log10(‖w‖/‖δ‖), `clip_fraction` the share of weights outside the range.
-    Empty for a float model.
+    20·log10(‖w‖/‖δ‖), `clip_fraction` the share of weights outside the range,
+    `kind` "round" (δ = Q(w) − w) or "noise" (a noise twin: δ is its last
+    training step's draw, `clip_fraction` 0). Empty for a float model.
   """
   qws = quantized_weights(qat_model)
   if not qws:
@@ -193,7 +231,8 @@ def weight_noise(qat_model: tf_keras.Model) -> List[Dict[str, object]]:
   def _all_stats():
     return [_stat_tensors(qw) for qw in qws]
 
-  fn = _compiled(qat_model, "weight_noise", lambda: tf.function(_all_stats))
+  fn = _compiled(qat_model, "weight_noise", _signature(qws),
+                 lambda: tf.function(_all_stats))
   values = [{k: float(v) for k, v in t.items()} for t in fn()]
   return [_record(qw, t) for qw, t in zip(qws, values)]
 
@@ -216,8 +255,7 @@ def delta_values(qat_model: tf_keras.Model) -> Dict[str, np.ndarray]:
   out = {}
   for qw in quantized_weights(qat_model):
     name = qw.weight.name.split("/")[-1].split(":")[0]
-    out[f"{qw.layer_name}/{name}"] = (qw.quantized() -
-                                      tf.convert_to_tensor(qw.weight)).numpy()
+    out[f"{qw.layer_name}/{name}"] = qw.delta().numpy()
   return out
 
 
@@ -228,19 +266,25 @@ class _PassThrough:
     return tf.identity(inputs)
 
 
-@contextlib.contextmanager
-def float_weights(qat_model: tf_keras.Model):
-  """Within the block, wrappers multiply by float w instead of Q(w).
+class _LastDraw:
+  """Stands in for a noise twin at inference: w + its last training draw."""
 
-  Everything else (activation quantizers, BN) stays as it is. Effective for
-  eager calls (`model(x)`), not for already traced `predict` functions.
-  """
+  def __init__(self, quantizer: quantizers.WeightNoiseQuantizer):
+    self.quantizer = quantizer
+
+  def __call__(self, inputs, training, weights, **kwargs):
+    return inputs + self.quantizer.last_noise(inputs, weights)
+
+
+@contextlib.contextmanager
+def _swapped_quantizers(qat_model: tf_keras.Model, replace):
+  """Within the block, each weight quantizer q of the wrappers is replace(q)."""
   saved = []
   for layer in _wrappers(qat_model):
     if getattr(layer, "_weight_vars", None):
       saved.append((layer, layer._weight_vars))  # pylint: disable=protected-access
-      layer._weight_vars = [(w, _PassThrough(), v)  # pylint: disable=protected-access
-                            for w, _, v in layer._weight_vars]  # pylint: disable=protected-access
+      layer._weight_vars = [(w, replace(q), v)  # pylint: disable=protected-access
+                            for w, q, v in layer._weight_vars]  # pylint: disable=protected-access
   try:
     yield qat_model
   finally:
@@ -248,33 +292,80 @@ def float_weights(qat_model: tf_keras.Model):
       layer._weight_vars = weight_vars  # pylint: disable=protected-access
 
 
-def _receptive_energy(layer, x: tf.Tensor) -> tf.Tensor:
-  """Σ over output positions of ‖x over the receptive field‖², per channel.
+def float_weights(qat_model: tf_keras.Model
+                  ) -> contextlib.AbstractContextManager:
+  """Within the block, wrappers multiply by float w instead of Q(w).
 
-  Returns a vector over the output channels of the kernel's channels-last
-  layout (Dense/Conv2D: out channels; DepthwiseConv2D: in·multiplier), or
-  None for layers the first-order model does not cover.
+  Everything else (activation quantizers, BN) stays as it is. Effective for
+  eager calls (`model(x)`), not for already traced `predict` functions.
   """
-  x2 = tf.square(tf.cast(x, tf.float32))
+  return _swapped_quantizers(qat_model, lambda q: _PassThrough())
+
+
+def _noise_drawn(qat_model: tf_keras.Model
+                 ) -> contextlib.AbstractContextManager:
+  """Within the block, noise twins add their last draw at inference too.
+
+  So `propagation` compares w + δ with w for a twin as it compares Q(w) with
+  w for a quantizer; other quantizers stay as they are.
+  """
+  return _swapped_quantizers(
+      qat_model, lambda q: _LastDraw(q) if isinstance(
+          q, quantizers.WeightNoiseQuantizer) else q)
+
+
+def _first_order_kind(layer) -> Optional[str]:
+  """Which linear map `layer` is, if the first-order model covers it.
+
+  Returns "dense", "conv" or "depthwise" (one kernel, channels last), or
+  None (transposed and separable convolutions, grouped or channels-first).
+  """
   if isinstance(layer, tf_keras.layers.Dense):
-    return tf.fill((layer.units,), tf.reduce_sum(x2))
+    return "dense"
   if isinstance(layer, (tf_keras.layers.Conv2DTranspose,
                         tf_keras.layers.SeparableConv2D)):
     return None
+  if getattr(layer, "data_format", "channels_last") != "channels_last":
+    return None
   if isinstance(layer, tf_keras.layers.DepthwiseConv2D):
-    kh, kw = layer.kernel_size
+    return "depthwise"
+  if isinstance(layer, tf_keras.layers.Conv2D) and layer.groups == 1:
+    return "conv"
+  return None
+
+
+def _linear(layer, kind: str, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+  """`layer`'s linear map of `x` by `kernel`: no bias, no activation."""
+  if kind == "dense":
+    return tf.tensordot(x, kernel, [[x.shape.rank - 1], [0]])
+  if kind == "depthwise":
+    return tf.nn.depthwise_conv2d(x, kernel, (1, *layer.strides, 1),
+                                  layer.padding.upper(),
+                                  dilations=layer.dilation_rate)
+  return tf.nn.conv2d(x, kernel, layer.strides, layer.padding.upper(),
+                      dilations=layer.dilation_rate)
+
+
+def _receptive_energy(layer, kind: str, x: tf.Tensor) -> tf.Tensor:
+  """Σ over output positions of ‖x over the receptive field‖², per channel.
+
+  Returns a vector over the output channels of the kernel's channels-last
+  layout (Dense/Conv2D: out channels; DepthwiseConv2D: in·multiplier).
+  """
+  x2 = tf.square(tf.cast(x, tf.float32))
+  if kind == "dense":
+    return tf.fill((layer.units,), tf.reduce_sum(x2))
+  kh, kw = layer.kernel_size
+  if kind == "depthwise":
     ones = tf.ones((kh, kw, x.shape[-1], layer.depth_multiplier))
     energy = tf.nn.depthwise_conv2d(x2, ones, (1, *layer.strides, 1),
                                     layer.padding.upper(),
                                     dilations=layer.dilation_rate)
     return tf.reduce_sum(energy, axis=(0, 1, 2))
-  if isinstance(layer, tf_keras.layers.Conv2D) and layer.groups == 1:
-    kh, kw = layer.kernel_size
-    ones = tf.ones((kh, kw, x.shape[-1], 1))
-    energy = tf.nn.conv2d(x2, ones, layer.strides, layer.padding.upper(),
-                          dilations=layer.dilation_rate)
-    return tf.fill((layer.filters,), tf.reduce_sum(energy))
-  return None
+  ones = tf.ones((kh, kw, x.shape[-1], 1))
+  energy = tf.nn.conv2d(x2, ones, layer.strides, layer.padding.upper(),
+                        dilations=layer.dilation_rate)
+  return tf.fill((layer.filters,), tf.reduce_sum(energy))
 
 
 def _check_probe(model: tf_keras.Model, x) -> List[tf.Tensor]:
@@ -307,11 +398,11 @@ class _PropagationProbe:
   shape) repeats the same two steps, so it cannot mix them.
   """
 
-  def __init__(self, model, wrappers):
+  def __init__(self, model, wrappers, qws):
     self.model = model
     self.wrappers = wrappers
     noise_by_layer = {}
-    for qw in quantized_weights(model):
+    for qw in qws:
       noise_by_layer.setdefault(qw.wrapper.name, []).append(qw)
     # The first-order model covers layers with one quantized kernel.
     self.noisy = {name: qws[0] for name, qws in noise_by_layer.items()
@@ -326,7 +417,8 @@ class _PropagationProbe:
   def _both_runs(self, x):
     with float_weights(self.model):
       float_run = self._probe(x, training=False)
-    return self._compare(x, float_run)
+    with _noise_drawn(self.model):
+      return self._compare(x, float_run)
 
   def _compare(self, x, float_run):
     """Norms of the perturbations and the first-order predictions."""
@@ -339,18 +431,30 @@ class _PropagationProbe:
       out[wrapper.name] = {"diff": norm(quant_run[k + i] - y_f),
                            "ref": norm(y_f)}
     for x_in, wrapper in zip(float_run[:k], self.weighted):
-      y_f = float_run[k + self.wrappers.index(wrapper)]
-      # With float weights, this layer's output on its float-run input is the
-      # float run's own output y_f: only the quantized side is recomputed.
-      out[wrapper.name]["local"] = norm(wrapper(x_in, training=False) - y_f)
-      qw = self.noisy.get(wrapper.name)
-      energy = _receptive_energy(wrapper.layer, x_in) if qw else None
-      if energy is not None:
-        _, _, step = qw.grid()
-        variance = tf.reshape(tf.square(step) / 12.0, (-1,))
-        variance = tf.broadcast_to(variance, energy.shape)
-        out[wrapper.name]["predicted"] = tf.sqrt(
-            tf.reduce_sum(variance * energy))
+      layer, qw = wrapper.layer, self.noisy.get(wrapper.name)
+      kind = _first_order_kind(layer) if qw else None
+      if kind is None:
+        # With float weights, this layer's output on its float-run input is
+        # the float run's own output y_f: only the noisy side is recomputed.
+        y_f = float_run[k + self.wrappers.index(wrapper)]
+        out[wrapper.name]["local"] = norm(wrapper(x_in, training=False) - y_f)
+        continue
+      # Where the first-order model applies, measure what it predicts: the
+      # linear output's perturbation δ * x (the bias cancels), relative to
+      # the float linear output, before activation and output quantizer.
+      x_in = tf.cast(x_in, tf.float32)
+      w = tf.convert_to_tensor(qw.weight)
+      y_lin = _linear(layer, kind, x_in, w)
+      if getattr(layer, "use_bias", False) and layer.bias is not None:
+        y_lin = y_lin + layer.bias
+      _, _, step = qw.grid()
+      energy = _receptive_energy(layer, kind, x_in)
+      variance = tf.broadcast_to(
+          tf.reshape(tf.square(step) / 12.0, (-1,)), energy.shape)
+      out[wrapper.name].update(
+          local=norm(_linear(layer, kind, x_in, qw.delta())),
+          predicted=tf.sqrt(tf.reduce_sum(variance * energy)),
+          linear_ref=norm(y_lin))
     outputs_q = tf.nest.flatten(quant_run[k + n:])
     outputs_f = tf.nest.flatten(float_run[k + n:])
     diff = tf.concat([tf.reshape(a - b, (-1,))
@@ -368,8 +472,9 @@ class _PropagationProbe:
 def propagation(qat_model: tf_keras.Model, x) -> List[Dict[str, object]]:
   """How much of the weight noise reaches each quantized layer and the output.
 
-  Runs `x` through the model twice in inference mode, once with Q(w) and once
-  with the float shadow weights w (activation quantizers as they are).
+  Runs `x` through the model twice in inference mode, once with Q(w) (for a
+  noise twin: w + its last training draw) and once with the float shadow
+  weights w (activation quantizers as they are).
 
   Args:
     qat_model: a QAT model from `kqreg.quantize`.
@@ -378,10 +483,14 @@ def propagation(qat_model: tf_keras.Model, x) -> List[Dict[str, object]]:
   Returns:
     One dict per quantize wrapper, then one with `layer` = "output", keys
     `PROPAGATION_KEYS`: `measured` = ‖y_q − y‖/‖y‖ of the layer's output with
-    noise accumulated from all layers before; `measured_local` the same with
-    the layer's own weight noise only (same float-run input for both); and
-    `predicted` the additive model's first-order ‖δ * x‖/‖y‖ for Dense,
-    Conv2D and DepthwiseConv2D (None elsewhere). Empty for a float model.
+    noise accumulated from all layers before; `measured_local` the
+    perturbation by the layer's own weight noise only (same float-run input
+    for both), and `predicted` the additive model's first-order estimate of
+    it. For Dense, Conv2D and DepthwiseConv2D (one quantized kernel) both are
+    taken at the linear output, ‖δ * x‖/‖w * x + b‖, before the activation
+    and output quantizer, which the first-order model does not describe;
+    elsewhere `measured_local` is taken at the layer's output, relative to
+    ‖y‖, and `predicted` is None. Empty for a float model.
 
   Raises:
     ValueError: `x` does not fit the model's inputs.
@@ -391,8 +500,9 @@ def propagation(qat_model: tf_keras.Model, x) -> List[Dict[str, object]]:
     return []
   inputs = _check_probe(qat_model, x)
   inputs = inputs[0] if len(inputs) == 1 else inputs
-  probe = _compiled(qat_model, "propagation",
-                    lambda: _PropagationProbe(qat_model, wrappers))
+  qws = quantized_weights(qat_model)
+  probe = _compiled(qat_model, "propagation", _signature(qws, wrappers),
+                    lambda: _PropagationProbe(qat_model, wrappers, qws))
   norms = probe(inputs)
 
   def _ratio(num, den):
@@ -404,10 +514,11 @@ def propagation(qat_model: tf_keras.Model, x) -> List[Dict[str, object]]:
     row = {"layer": wrapper.layer.name,
            "measured": _ratio(values["diff"], values["ref"]),
            "measured_local": None, "predicted": None}
+    local_ref = values.get("linear_ref", values["ref"])
     if "local" in values:
-      row["measured_local"] = _ratio(values["local"], values["ref"])
+      row["measured_local"] = _ratio(values["local"], local_ref)
     if "predicted" in values:
-      row["predicted"] = _ratio(values["predicted"], values["ref"])
+      row["predicted"] = _ratio(values["predicted"], local_ref)
     rows.append(row)
   output = norms["__output__"]
   rows.append({"layer": "output",

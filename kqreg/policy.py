@@ -3,15 +3,21 @@
 Grammar (comma separated, the first token is the default):
 
     policy   := bits ("," override)*
-    bits     := "fp" | "w" B ["a" B] | "a" B        B := integer | "fp"
+    bits     := "fp" | "w" B ["a" B] | "n" N ["a" B] | "a" B
+                B := integer | "fp"     N := integer
     override := key "=" bits | "skip=" pattern ("+" pattern)*
     key      := "first" | "last" | layer class (Dense, Conv2D, ...)
               | layer name or glob (conv2d_3, block_*_expand)
               | "name:" name-or-glob | "type:" class   (to force a reading)
 
+`n<b>` is the noise twin of `w<b>`: in training the weights get uniform noise
+U(−Δ/2, Δ/2) with the step Δ the b-bit weight quantizer would use, and are not
+rounded (`quantizers.WeightNoiseQuantizer`); a control arm that separates the
+noise from the grid.
+
 Examples: `fp` (no quantization), `w8`, `w4` (weight-only, the QReg
-setting), `w4a8`, `w4a8,first=w8a8,last=w8a8,conv2d_3=w2,Dense=w8`,
-`w4,skip=head_*`.
+setting), `w4a8`, `n4` (noise only), `n4a8`,
+`w4a8,first=w8a8,last=w8a8,conv2d_3=w2,Dense=w8`, `w4,skip=head_*,conv*=n4`.
 
 Lookup order for a layer (first hit wins), stated once as qkeras does:
   1. `skip` patterns (the layer stays float),
@@ -43,14 +49,28 @@ class PolicyError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Bits:
-  """Weight and activation bit-widths of one layer; None means float."""
+  """Weight and activation bit-widths of one layer; None means float.
+
+  Attributes:
+    weight: weight bits, or None.
+    activation: activation bits, or None.
+    noise: the weights get the noise of `weight`-bit quantization instead of
+      being quantized (the `n<b>` token).
+  """
   weight: Optional[int] = None
   activation: Optional[int] = None
+  noise: bool = False
 
   def __post_init__(self):
     quantizers.check_bits(self.weight, quantizers.WEIGHT_BITS, "weight_bits")
     quantizers.check_bits(self.activation, quantizers.ACTIVATION_BITS,
                           "activation_bits")
+    if not isinstance(self.noise, bool):
+      raise ValueError(
+          f"`noise` must be a bool. Received: noise={self.noise!r}")
+    if self.noise and self.weight is None:
+      raise ValueError("`noise=True` needs `weight` bits: it is the noise of "
+                       "weight quantization at that many bits.")
 
   @property
   def is_float(self) -> bool:
@@ -59,7 +79,8 @@ class Bits:
   def __str__(self) -> str:
     if self.is_float:
       return "fp"
-    text = f"w{self.weight if self.weight is not None else 'fp'}"
+    text = ("n" if self.noise else "w") + (
+        str(self.weight) if self.weight is not None else "fp")
     if self.activation is not None:
       text += f"a{self.activation}"
     return text
@@ -67,7 +88,8 @@ class Bits:
 
 FLOAT = Bits()
 
-_BITS_RE = re.compile(r"^(?:w(?P<w>\d+|fp))?(?:a(?P<a>\d+|fp))?$")
+_BITS_RE = re.compile(
+    r"^(?:(?P<kind>[wn])(?P<w>\d+|fp))?(?:a(?P<a>\d+|fp))?$")
 _NAME_PREFIX = "name:"
 _TYPE_PREFIX = "type:"
 _GLOB_CHARS = frozenset("*?[")
@@ -81,9 +103,16 @@ def _parse_bits(text: str, token: str) -> Bits:
   if not text or not match or (match["w"] is None and match["a"] is None):
     raise PolicyError(
         f"Bad bits {text!r} in policy token {token!r}: write `fp`, `w<b>`, "
-        "`w<b>a<b>` or `a<b>`, e.g. `w4a8`.")
+        "`w<b>a<b>`, `a<b>` or the noise twin `n<b>`/`n<b>a<b>`, e.g. "
+        "`w4a8`.")
+  noise = match["kind"] == "n"
+  if noise and match["w"] == "fp":
+    raise PolicyError(
+        f"Bad bits {text!r} in policy token {token!r}: `n` takes weight bits "
+        "(the noise of b-bit quantization), e.g. `n4`; float weights are "
+        "`wfp`.")
 
-  def _number(value, allowed, what):
+  def _number(value, allowed, what, fp_allowed=True):
     if value is None or value == "fp":
       return None
     bits = int(value)
@@ -91,12 +120,15 @@ def _parse_bits(text: str, token: str) -> Bits:
     if not low <= bits <= high:
       raise PolicyError(
           f"Bad {what} {bits} in policy token {token!r}: {what} must be "
-          f"between {low} and {high}, or fp.")
+          f"between {low} and {high}{', or fp' if fp_allowed else ''}.")
     return bits
 
-  return Bits(_number(match["w"], quantizers.WEIGHT_BITS, "weight bits"),
+  return Bits(_number(match["w"], quantizers.WEIGHT_BITS,
+                      "noise bits" if noise else "weight bits",
+                      fp_allowed=not noise),
               _number(match["a"], quantizers.ACTIVATION_BITS,
-                      "activation bits"))
+                      "activation bits"),
+              noise=noise)
 
 
 def _keras_layer_classes() -> Dict[str, type]:

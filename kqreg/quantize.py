@@ -2,7 +2,9 @@
 
 `quantize(model, "w4a8,first=w8a8")` is the one call: it flattens nested
 Functional sub-models (tfmot refuses them), resolves the policy layer by
-layer, places activation quantizers where TFLite will fuse ops (after
+layer, splits a SeparableConv2D with quantized activations into
+DepthwiseConv2D + 1x1 Conv2D (as tfmot's 8-bit scheme does, so TFLite gets
+the range between them; both halves take the layer's bits), places activation quantizers where TFLite will fuse ops (after
 Conv/Dense + BatchNormalization + ReLU chains), annotates, and runs tfmot's
 `quantize_apply` with kqreg's scheme inside `quantize_scope()`.
 
@@ -15,26 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
-import tensorflow_model_optimization as tfmot
 import tf_keras
-# tfmot's public API has no scheme/registry/transform bases: use its modules.
-from tensorflow_model_optimization.python.core.quantization.keras import (
-    quantize_annotate as _annotate_mod,
-    quantize_layer as _quantize_layer_mod,
-    quantize_layout_transform as _layout_mod,
-    quantize_registry as _registry_mod,
-    quantize_scheme as _scheme_mod,
-    quantize_wrapper as _wrapper_mod,
-)
-from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import (
-    model_transformer as _model_transformer,
-    transforms as _transforms,
-)
 
+from kqreg import _tfmot
 from kqreg import configs as configs_lib
 from kqreg import policy as policy_lib
 from kqreg import quantizers
@@ -51,8 +40,7 @@ __all__ = [
     "QuantizeError",
 ]
 
-_tfmot_keras = tfmot.quantization.keras
-_QuantizeAnnotate = _annotate_mod.QuantizeAnnotate
+_tfmot_keras = _tfmot.tfmot_keras
 quantize_annotate_layer = _tfmot_keras.quantize_annotate_layer
 
 # Layers that move, select or reshape values without computing new ones: the
@@ -80,7 +68,7 @@ class QuantizeError(ValueError):
   """A model kqreg cannot annotate or quantize, with what to do about it."""
 
 
-class QuantizeLayer(_quantize_layer_mod.QuantizeLayer):
+class QuantizeLayer(_tfmot.QuantizeLayer):
   """tfmot's QuantizeLayer, marked built by `build`.
 
   tfmot's `build` never sets `built`, so loading a `.keras` file builds the
@@ -93,7 +81,7 @@ class QuantizeLayer(_quantize_layer_mod.QuantizeLayer):
     self.built = True
 
 
-class QuantizeWrapperV2(_wrapper_mod.QuantizeWrapperV2):
+class QuantizeWrapperV2(_tfmot.QuantizeWrapperV2):
   """tfmot's QuantizeWrapperV2, building the wrapped layer first.
 
   `quantize_apply` wraps built layers, so a saved wrapper lists the inner
@@ -124,9 +112,9 @@ def quantize_scope(*args) -> tf_keras.utils.CustomObjectScope:
   """
   objects = {
       "WeightQuantizer": quantizers.WeightQuantizer,
+      "WeightNoiseQuantizer": quantizers.WeightNoiseQuantizer,
       "ActivationQuantizer": quantizers.ActivationQuantizer,
       "BitQuantizeConfig": configs_lib.BitQuantizeConfig,
-      "NoOpQuantizeConfig": configs_lib.NoOpQuantizeConfig,
   }
   # After tfmot's objects, so it overrides tfmot's QuantizeLayer.
   kqreg_objects = {"QuantizeLayer": QuantizeLayer,
@@ -142,11 +130,9 @@ def quantize_scope(*args) -> tf_keras.utils.CustomObjectScope:
 
 
 def is_quantized(model: tf_keras.Model) -> bool:
-  """True if `model` holds at least one tfmot quantize wrapper or layer."""
-  return any(
-      isinstance(layer, (_wrapper_mod.QuantizeWrapper,
-                         _quantize_layer_mod.QuantizeLayer))
-      for layer in model.layers)
+  """True if `model` holds a tfmot quantize wrapper or layer (nested too)."""
+  return (any(True for _ in _tfmot.iter_wrappers(model)) or
+          any(True for _ in _tfmot.iter_quantize_layers(model)))
 
 
 def _check_graph_model(model, what: str) -> None:
@@ -173,8 +159,13 @@ def _is_graph_submodel(layer) -> bool:
           getattr(layer, "_is_graph_network", False))
 
 
-def _run_graph(model: tf_keras.Model, inputs: List[tf.Tensor]):
-  """Calls `model`'s layers on `inputs`, inlining nested graph models."""
+def _run_graph(model: tf_keras.Model, inputs: List[tf.Tensor],
+               replace: Optional[Dict[str, Callable]] = None):
+  """Calls `model`'s layers on `inputs`, inlining nested graph models.
+
+  `replace` maps a layer name to a callable used in that layer's place.
+  """
+  replace = replace or {}
   tensor_dict = {}
   usage = model._tensor_usage_count  # pylint: disable=protected-access
   for x, y in zip(model.inputs, inputs):
@@ -188,13 +179,85 @@ def _run_graph(model: tf_keras.Model, inputs: List[tf.Tensor]):
       args, kwargs = node.map_arguments(tensor_dict)
       if _is_graph_submodel(node.layer):
         sub_inputs = tf.nest.flatten(args[0] if args else kwargs["inputs"])
-        outputs = _run_graph(node.layer, sub_inputs)
+        outputs = _run_graph(node.layer, sub_inputs, replace)
       else:
-        outputs = node.layer(*args, **kwargs)
+        outputs = replace.get(node.layer.name, node.layer)(*args, **kwargs)
       for x_id, y in zip(node.flat_output_ids, tf.nest.flatten(outputs)):
         tensor_dict[x_id] = [y] * usage[x_id]
   outputs = [tensor_dict[str(id(x))].pop() for x in model.outputs]
   return tf.nest.pack_sequence_as(model._nested_outputs, outputs)  # pylint: disable=protected-access
+
+
+def _fresh_inputs(model: tf_keras.Model) -> List:
+  return [
+      tf_keras.Input(batch_shape=x.shape, dtype=x.dtype,
+                     name=x.name.split(":")[0].replace("/", "_"))
+      for x in model.inputs
+  ]
+
+
+def _separable_halves(layer: tf_keras.layers.SeparableConv2D
+                     ) -> Tuple[tf_keras.layers.DepthwiseConv2D,
+                                tf_keras.layers.Conv2D]:
+  """`layer` as DepthwiseConv2D + 1x1 Conv2D holding copies of its weights.
+
+  TFLite needs an activation range between the two (tfmot's 8-bit scheme
+  splits the layer the same way, `SeparableConvQuantize`); without one the
+  converter leaves both float. The pointwise half keeps `layer`'s name, the
+  depthwise half is named `<name>_depthwise`.
+  """
+  config = layer.get_config()
+  depthwise = tf_keras.layers.DepthwiseConv2D(
+      kernel_size=config["kernel_size"], strides=config["strides"],
+      padding=config["padding"], depth_multiplier=config["depth_multiplier"],
+      data_format=config["data_format"],
+      dilation_rate=config["dilation_rate"], use_bias=False,
+      depthwise_initializer=config["depthwise_initializer"],
+      depthwise_regularizer=config["depthwise_regularizer"],
+      depthwise_constraint=config["depthwise_constraint"],
+      name=f"{layer.name}_depthwise", dtype=layer.dtype_policy)
+  pointwise = tf_keras.layers.Conv2D(
+      config["filters"], 1, data_format=config["data_format"],
+      activation=config["activation"], use_bias=config["use_bias"],
+      kernel_initializer=config["pointwise_initializer"],
+      bias_initializer=config["bias_initializer"],
+      kernel_regularizer=config["pointwise_regularizer"],
+      bias_regularizer=config["bias_regularizer"],
+      activity_regularizer=config["activity_regularizer"],
+      kernel_constraint=config["pointwise_constraint"],
+      bias_constraint=config["bias_constraint"],
+      trainable=layer.trainable, name=layer.name, dtype=layer.dtype_policy)
+  # Build from the kernels' shapes: a layer shared by several graphs has no
+  # single input shape.
+  _, _, channels, multiplier = layer.depthwise_kernel.shape
+
+  def _shape(c):
+    return ((None, c, None, None) if config["data_format"] == "channels_first"
+            else (None, None, None, c))
+
+  depthwise.build(_shape(channels))
+  pointwise.build(_shape(channels * multiplier))
+  depthwise.set_weights([layer.depthwise_kernel.numpy()])
+  pointwise.set_weights([layer.pointwise_kernel.numpy()] +
+                        ([layer.bias.numpy()] if layer.use_bias else []))
+  return depthwise, pointwise
+
+
+def _chain(first, second) -> Callable:
+  def call(inputs, **kwargs):
+    return second(first(inputs, **kwargs), **kwargs)
+  return call
+
+
+def _split_separable(model: tf_keras.Model, names) -> tf_keras.Model:
+  """`model` with each SeparableConv2D in `names` as its two halves."""
+  replace = {}
+  for name in names:
+    depthwise, pointwise = _separable_halves(model.get_layer(name))
+    replace[name] = _chain(depthwise, pointwise)
+  inputs = _fresh_inputs(model)
+  return tf_keras.Model(inputs, _run_graph(model, inputs, replace),
+                        name=model.name)
 
 
 def flatten_nested(model: tf_keras.Model) -> tf_keras.Model:
@@ -218,11 +281,7 @@ def flatten_nested(model: tf_keras.Model) -> tf_keras.Model:
           f"Layer name {layer.name!r} occurs in two nested sub-models of "
           f"{model.name!r}; give the layers unique names before quantizing.")
     names.add(layer.name)
-  inputs = [
-      tf_keras.Input(batch_shape=x.shape, dtype=x.dtype,
-                     name=x.name.split(":")[0].replace("/", "_"))
-      for x in model.inputs
-  ]
+  inputs = _fresh_inputs(model)
   outputs = _run_graph(model, inputs)
   return tf_keras.Model(inputs, outputs, name=model.name)
 
@@ -237,12 +296,9 @@ def _iter_leaf_layers(model):
 
 def _graph_consumers(model: tf_keras.Model) -> Dict[str, List]:
   """Maps each layer name to the layers that consume its outputs in `model`."""
-  network_nodes = model._network_nodes  # pylint: disable=protected-access
   consumers: Dict[str, List] = {layer.name: [] for layer in model.layers}
   for layer in model.layers:
-    for index, node in enumerate(layer._inbound_nodes):  # pylint: disable=protected-access
-      if f"{layer.name}_ib-{index}" not in network_nodes:
-        continue
+    for node in _tfmot.nodes_in_graph(model, layer):
       for inbound in tf.nest.flatten(node.inbound_layers):
         consumers.setdefault(inbound.name, []).append(layer)
   return consumers
@@ -289,6 +345,11 @@ def plan(model: tf_keras.Model,
          narrow_range: bool = True) -> QuantizationPlan:
   """Resolves `policy` on `model` into one config per quantized layer.
 
+  The policy is resolved on `model`'s own layers; a SeparableConv2D with
+  activation bits is then split into `<name>_depthwise` (DepthwiseConv2D,
+  output quantized) and `<name>` (1x1 Conv2D), both with its bits, in the
+  plan's model.
+
   Args:
     model: Sequential or Functional model, nested sub-models allowed.
     policy: a `BitPolicy` or its string, e.g. "w4a8,first=w8a8".
@@ -310,11 +371,26 @@ def plan(model: tf_keras.Model,
                   object)).weighted]
   first = weighted[0].name if weighted else None
   last = weighted[-1].name if weighted else None
+  resolved = {layer.name: policy.bits_for(layer, is_first=layer.name == first,
+                                          is_last=layer.name == last)
+              for layer in layers}
+  first_bits = (policy.bits_for(flat.get_layer(first), is_first=True)
+                if first is not None else None)
+  # A separable conv with quantized activations becomes its two halves, each
+  # with the bits the policy gave the layer (so names and classes still
+  # select it).
+  split = [layer.name for layer in layers
+           if isinstance(layer, tf_keras.layers.SeparableConv2D) and
+           resolved[layer.name].activation is not None]
+  if split:
+    flat = _split_separable(flat, split)
+    layers = [l for l in flat.layers
+              if not isinstance(l, tf_keras.layers.InputLayer)]
+    resolved.update({f"{name}_depthwise": resolved[name] for name in split})
   consumers = _graph_consumers(flat)
   configs, bits_by_name, left_float = {}, {}, []
   for layer in layers:
-    bits = policy.bits_for(layer, is_first=layer.name == first,
-                           is_last=layer.name == last)
+    bits = resolved[layer.name]
     family = configs_lib.family_of(layer)
     if family is None:
       if not bits.is_float and not isinstance(layer, _GRID_PRESERVING):
@@ -330,17 +406,14 @@ def plan(model: tf_keras.Model,
     configs[layer.name] = configs_lib.config_for_layer(
         layer,
         weight_bits=bits.weight,
+        weight_noise=bits.noise,
         activation_bits=activation_bits,
         per_channel=per_channel,
         symmetric=symmetric,
         narrow_range=narrow_range,
         quantize_output=False if fused else None)
     bits_by_name[layer.name] = bits
-  input_bits = None
-  if first is not None and policy.bits_for(
-      flat.get_layer(first), is_first=True).activation is not None:
-    input_bits = policy.bits_for(flat.get_layer(first),
-                                 is_first=True).activation
+  input_bits = first_bits.activation if first_bits is not None else None
   return QuantizationPlan(flat, configs, bits_by_name, left_float, input_bits)
 
 
@@ -376,13 +449,13 @@ def _annotate_plan(the_plan: QuantizationPlan) -> tf_keras.Model:
     config = the_plan.configs.get(layer.name)
     if config is None:
       return layer
-    return _QuantizeAnnotate(layer, quantize_config=config)
+    return _tfmot.QuantizeAnnotate(layer, quantize_config=config)
 
   with quantize_scope():
     return tf_keras.models.clone_model(the_plan.model, clone_function=_wrap)
 
 
-class _NothingByDefaultRegistry(_registry_mod.QuantizeRegistry):
+class _NothingByDefaultRegistry(_tfmot.QuantizeRegistry):
   """kqreg quantizes only what its plan names; nothing is added by default."""
 
   def get_quantize_config(self, layer):
@@ -392,28 +465,28 @@ class _NothingByDefaultRegistry(_registry_mod.QuantizeRegistry):
     return False
 
 
-class _InputQuantize(_transforms.Transform):
+class _InputQuantize(_tfmot.transforms.Transform):
   """InputLayer => InputLayer -> QuantizeLayer(b-bit)."""
 
   def __init__(self, bits: int):
     self._bits = bits
 
   def pattern(self):
-    return _transforms.LayerPattern("InputLayer")
+    return _tfmot.transforms.LayerPattern("InputLayer")
 
   def replacement(self, match_layer):
-    quant_layer = _quantize_layer_mod.QuantizeLayer(
+    quant_layer = _tfmot.QuantizeLayer(
         quantizers.ActivationQuantizer(self._bits))
     layer_config = tf_keras.layers.serialize(quant_layer)
     layer_config["name"] = quant_layer.name
-    return _transforms.LayerNode(layer_config, input_layers=[match_layer])
+    return _tfmot.transforms.LayerNode(layer_config, input_layers=[match_layer])
 
   def custom_objects(self):
-    return {"QuantizeLayer": _quantize_layer_mod.QuantizeLayer,
+    return {"QuantizeLayer": _tfmot.QuantizeLayer,
             "ActivationQuantizer": quantizers.ActivationQuantizer}
 
 
-class _LayoutTransform(_layout_mod.QuantizeLayoutTransform):
+class _LayoutTransform(_tfmot.QuantizeLayoutTransform):
 
   def __init__(self, input_bits: Optional[int]):
     self._input_bits = input_bits
@@ -425,12 +498,12 @@ class _LayoutTransform(_layout_mod.QuantizeLayoutTransform):
     # feeding a Flatten (an MLP) would stay float, so list every input.
     for input_layer in model._input_layers:  # pylint: disable=protected-access
       layer_quantize_map.setdefault(input_layer.name, {})
-    return _model_transformer.ModelTransformer(
+    return _tfmot.ModelTransformer(
         model, [_InputQuantize(self._input_bits)],
         set(layer_quantize_map.keys()), layer_quantize_map).transform()
 
 
-class _KqregScheme(_scheme_mod.QuantizeScheme):
+class _KqregScheme(_tfmot.QuantizeScheme):
 
   def __init__(self, input_bits: Optional[int]):
     self._input_bits = input_bits

@@ -11,6 +11,10 @@ weight quantizer keeps the range of the last training batch (tfmot's
 not), the activation quantizer a moving average of it. Both forward-quantize
 and pass gradients straight through (STE) inside the clipping range.
 
+`WeightNoiseQuantizer` is the noise-only control: it sets the same range and
+step Δ as `WeightQuantizer` but adds fresh uniform noise U(−Δ/2, Δ/2) to the
+weights in training instead of rounding them, and nothing at inference.
+
 Every other kqreg module asks this one for steps and levels, so the noise
 statistics use exactly the grid the forward pass uses.
 
@@ -37,6 +41,7 @@ __all__ = [
     "CHANNEL_LAYOUTS",
     "nudged_grid",
     "WeightQuantizer",
+    "WeightNoiseQuantizer",
     "ActivationQuantizer",
 ]
 
@@ -253,6 +258,96 @@ class WeightQuantizer(_BitsEquality, _tfmot_quantizers.LastValueQuantizer):
 
   def get_config(self):
     return {**super().get_config(), "layout": self.layout}
+
+
+def _last_value_range(kernel: tf.Tensor, bits: int, per_axis: bool,
+                      symmetric: bool, narrow_range: bool
+                      ) -> Tuple[tf.Tensor, tf.Tensor]:
+  """The range tfmot's `LastValueQuantize` stores for a channels-last kernel."""
+  axis = list(range(kernel.shape.rank - 1)) if per_axis else None
+  batch_min = tf.reduce_min(kernel, axis=axis)
+  batch_max = tf.reduce_max(kernel, axis=axis)
+  if not symmetric:
+    return tf.minimum(batch_min, 0.0), tf.maximum(batch_max, 0.0)
+  # tfmot's ratio: two's complement has one more negative level unless narrow.
+  ratio = -1.0 if narrow_range else -((1 << bits) - 2) / (1 << bits)
+  return (tf.minimum(batch_min, batch_max / ratio),
+          tf.maximum(batch_max, batch_min * ratio))
+
+
+def _noise_seed_initializer(shape, dtype=tf.int64, **kwargs):
+  """`[key, 0]`: a key from the global RNG, so `set_random_seed` fixes it."""
+  del shape, kwargs  # Always (2,).
+  key = tf.random.uniform((), maxval=2**62, dtype=tf.int64)
+  return tf.cast(tf.stack([key, tf.zeros((), tf.int64)]), dtype)
+
+
+@tf_keras.utils.register_keras_serializable(package="kqreg")
+class WeightNoiseQuantizer(WeightQuantizer):
+  """The noise twin of `WeightQuantizer`: w + U(−Δ/2, Δ/2), never rounded.
+
+  The control arm of the QReg experiment: the additive noise model of b-bit
+  weight quantization without the quantization.
+
+  Core computation, in training:
+    1. Set the range (`min_var`, `max_var`) exactly as `WeightQuantizer`
+       does on the same weights, and take its step Δ (per output channel when
+       `per_axis`): Δ = max|w| / (2^(b-1) - 1) on the default symmetric
+       narrow grid.
+    2. Draw u ~ U(−1/2, 1/2) per weight from a stateless RNG seeded with
+       `noise_seed` = [key, step]; `step` is incremented by every training
+       call, so each call draws fresh noise, also inside a traced
+       `train_step`. The key comes from the global RNG when the variable is
+       built (fixed by `tf_keras.utils.set_random_seed`), and both are saved
+       with the model, so a resumed run continues the same sequence.
+    3. Return w + u·Δ, with u·Δ a constant for the gradient (identity).
+
+  At inference (`training=False`) it returns w: nothing is rounded, so a
+  model trained with it runs in float.
+
+  Args: those of `WeightQuantizer`.
+  """
+
+  def build(self, tensor_shape, name, layer):
+    variables = super().build(tensor_shape, name, layer)
+    # One writer per step under a distribution strategy: every replica adds
+    # the same noise to the same weights.
+    variables["noise_seed"] = layer.add_weight(
+        name + "_noise_seed", shape=(2,), dtype=tf.int64,
+        initializer=_noise_seed_initializer, trainable=False,
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    return variables
+
+  def __call__(self, inputs, training, weights, **kwargs):
+    if not training:
+      return tf.identity(inputs)
+    kernel = self.to_channels_last(inputs)
+    low, high = _last_value_range(kernel, self.num_bits, self.per_axis,
+                                  self.symmetric, self.narrow_range)
+    weights["min_var"].assign(low)
+    weights["max_var"].assign(high)
+    seed = weights["noise_seed"].assign_add(
+        tf.constant([0, 1], tf.int64), read_value=True)
+    noise = self._noise(kernel.shape, low, high, seed)
+    return self.from_channels_last(kernel + tf.stop_gradient(noise),
+                                   inputs.shape)
+
+  def last_noise(self, inputs: tf.Tensor, weights) -> tf.Tensor:
+    """δ of the last training call, shaped like `inputs`.
+
+    Recomputed from the stored range and seed: the same draw that call added
+    (equal up to float32 rounding of Δ), while the weights may have moved
+    since by one optimizer update.
+    """
+    kernel_shape = self.channels_last_shape(inputs.shape)
+    noise = self._noise(kernel_shape, weights["min_var"], weights["max_var"],
+                        tf.convert_to_tensor(weights["noise_seed"]))
+    return self.from_channels_last(noise, inputs.shape)
+
+  def _noise(self, shape, low, high, seed) -> tf.Tensor:
+    step = nudged_grid(low, high, self.num_bits, self.narrow_range)[2]
+    unit = tf.random.stateless_uniform(shape, seed, minval=-0.5, maxval=0.5)
+    return unit * step
 
 
 @tf_keras.utils.register_keras_serializable(package="kqreg")

@@ -13,9 +13,7 @@ from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
 import tf_keras
 
-from tensorflow_model_optimization.python.core.quantization.keras import (
-    quantize_layer as _quantize_layer_mod, quantize_wrapper as _wrapper_mod)
-
+from kqreg import _tfmot
 from kqreg import configs as configs_lib
 
 __all__ = ["LayerProfile", "ModelProfile", "profile", "summary"]
@@ -90,7 +88,7 @@ def _count(weights) -> int:
 
 
 def _layer_profile(layer) -> LayerProfile:
-  if isinstance(layer, _wrapper_mod.QuantizeWrapper):
+  if isinstance(layer, _tfmot.QuantizeWrapper):
     inner, config = layer.layer, layer.quantize_config
     weight_bits = getattr(config, "weight_bits", None)
     activation_bits = getattr(config, "activation_bits", None)
@@ -107,7 +105,7 @@ def _layer_profile(layer) -> LayerProfile:
     params = _count(layer.trainable_weights) + _count(inner.non_trainable_weights)
     return LayerProfile(layer.name, type(inner).__name__, weight_bits,
                         activation_bits, params, _count(quantized))
-  if isinstance(layer, _quantize_layer_mod.QuantizeLayer):
+  if isinstance(layer, _tfmot.QuantizeLayer):
     return LayerProfile(layer.name, "QuantizeLayer", None,
                         getattr(layer.quantizer, "num_bits", None), 0, 0)
   return LayerProfile(layer.name, type(layer).__name__, None, None,

@@ -8,7 +8,7 @@ from kqreg import configs
 @pytest.mark.parametrize("layer, weights, per_channel", [
     (tf_keras.layers.Dense(3), (("kernel", "last"),), False),
     (tf_keras.layers.Conv2D(3, 3), (("kernel", "last"),), True),
-    (tf_keras.layers.Conv2DTranspose(3, 3), (("kernel", "transpose"),), True),
+    (tf_keras.layers.Conv2DTranspose(3, 3), (("kernel", "transpose"),), False),
     (tf_keras.layers.DepthwiseConv2D(3), (("depthwise_kernel", "depthwise"),), True),
     (tf_keras.layers.SeparableConv2D(3, 3),
      (("depthwise_kernel", "depthwise"), ("pointwise_kernel", "last")), True),
@@ -52,6 +52,36 @@ def test_config_round_trips_through_keras_serialization():
         tf_keras.utils.serialize_keras_object(config))
   assert again == config and again is not config
   assert again.weight_quantizer("kernel").num_bits == 3
+
+
+@pytest.mark.parametrize("layer", [tf_keras.layers.Dense(3), tf_keras.layers.DepthwiseConv2D(3),
+                                   tf_keras.layers.SeparableConv2D(3, 3)])
+def test_weight_noise_swaps_every_kernel_quantizer_for_its_twin(layer):
+  twin = configs.config_for_layer(layer, weight_bits=4, activation_bits=8, weight_noise=True)
+  plain = configs.config_for_layer(layer, weight_bits=4, activation_bits=8)
+  assert twin != plain
+  for attr, layout in twin.weights:
+    noisy, rounded = twin.weight_quantizer(attr), plain.weight_quantizer(attr)
+    assert type(noisy) is kqreg.quantizers.WeightNoiseQuantizer
+    assert type(rounded) is kqreg.quantizers.WeightQuantizer
+    assert noisy.get_config() == rounded.get_config()  # same bits, range and layout
+
+
+def test_weight_noise_config_round_trips_and_needs_weight_bits():
+  config = configs.config_for_layer(tf_keras.layers.Conv2D(3, 3), weight_bits=2,
+                                    activation_bits=None, weight_noise=True)
+  with kqreg.quantize_scope():
+    again = tf_keras.utils.deserialize_keras_object(
+        tf_keras.utils.serialize_keras_object(config))
+  assert again == config and again.weight_noise
+  # Configs saved before `weight_noise` existed load as quantizers.
+  old = {k: v for k, v in config.get_config().items() if k != "weight_noise"}
+  assert not configs.BitQuantizeConfig.from_config(old).weight_noise
+  # Output-only layers have no weights to perturb.
+  assert not configs.config_for_layer(tf_keras.layers.ReLU(), activation_bits=8,
+                                      weight_noise=True).weight_noise
+  with pytest.raises(ValueError, match="`weight_noise=True` needs `weight_bits`"):
+    kqreg.BitQuantizeConfig(weights=(("kernel", "last"),), weight_bits=None, weight_noise=True)
 
 
 def test_layer_without_family_is_refused_with_advice():

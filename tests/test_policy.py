@@ -10,6 +10,9 @@ from kqreg.policy import BitPolicy, Bits, FLOAT, PolicyError
     ("w4a8", Bits(4, 8)),
     ("a8", Bits(None, 8)),
     ("W2A16", Bits(2, 16)),
+    ("n4", Bits(4, None, noise=True)),
+    ("n4a8", Bits(4, 8, noise=True)),
+    ("N2A16", Bits(2, 16, noise=True)),
 ])
 def test_parses_default_bits(text, default):
   assert BitPolicy.parse(text).default == default
@@ -21,10 +24,35 @@ def test_parses_default_bits(text, default):
     "w4a8,first=w8a8,last=w8a8,conv2d_3=w2,Dense=w8",
     "w4,skip=head_*+stem",
     "w3a8,block_*_expand=w8,name:Dense=w2",
+    "n4",
+    "n4a8",
+    "n8,first=n4a8,last=w8a8,conv*=n2,Dense=n6,type:ReLU=a8,name:Conv2D=n3",
 ])
 def test_str_round_trips(text):
   policy = BitPolicy.parse(text)
   assert BitPolicy.parse(str(policy)) == policy
+
+
+@pytest.mark.parametrize("text", ["n4", "n4a8", "w4,first=n8,last=n2a8,conv*=n3,Dense=n5"])
+def test_noise_tokens_print_as_written(text):
+  assert str(BitPolicy.parse(text)) == text
+
+
+def test_noise_tokens_work_wherever_weight_tokens_do():
+  model = _model()
+  policy = BitPolicy.parse("n4,first=n8a8,mid_*=w3,mid_2=n2,Dense=n6,skip=head")
+  weighted = [l for l in model.layers if l.weights]
+  got = {l.name: policy.bits_for(l, is_first=l is weighted[0], is_last=l is weighted[-1])
+         for l in weighted}
+  assert got == {"stem": Bits(8, 8, noise=True), "mid_1": Bits(3),
+                 "mid_2": Bits(2, noise=True), "head": FLOAT}
+  assert BitPolicy.parse("n4").bits_for(model.get_layer("head")) == Bits(4, noise=True)
+  assert Bits(4, noise=True) != Bits(4)
+
+
+def test_noise_without_weight_bits_is_refused():
+  with pytest.raises(ValueError, match="`noise=True` needs `weight` bits"):
+    Bits(None, 8, noise=True)
 
 
 def test_class_keys_and_name_keys_are_told_apart():
@@ -44,6 +72,13 @@ def test_class_keys_and_name_keys_are_told_apart():
     ("first=w8", "first policy token must be the default"),
     ("w4,type:Conv9D=w8", r"Unknown layer class 'Conv9D'"),
     ("w4,last=w4b8", r"Bad bits 'w4b8' in policy token 'last=w4b8'"),
+    ("n1", r"Bad noise bits 1 in policy token 'n1'.*between 2 and 8\.$"),
+    ("n9", r"Bad noise bits 9 in policy token 'n9'.*between 2 and 8\.$"),
+    ("n", r"Bad bits 'n' in policy token 'n'.*`n<b>`"),
+    ("na8", r"Bad bits 'na8' in policy token 'na8'"),
+    ("nfp", r"Bad bits 'nfp' in policy token 'nfp'.*`n` takes weight bits"),
+    ("w4,first=n1a8", r"Bad noise bits 1 in policy token 'first=n1a8'"),
+    ("w4,conv*=n", r"Bad bits 'n' in policy token 'conv\*=n'"),
 ])
 def test_bad_strings_point_at_the_token(text, message):
   with pytest.raises(PolicyError, match=message):

@@ -1,3 +1,4 @@
+import importlib
 import os
 import subprocess
 import sys
@@ -28,7 +29,7 @@ def _max_levels(quantizer, kernel):
 
 @pytest.mark.parametrize("per_channel", [True, False])
 @pytest.mark.parametrize("bits", range(2, 9))
-def test_kernels_take_at_most_2_to_the_b_values(bits, per_channel, cnn, batch):
+def test_kernels_take_at_most_2_to_the_b_minus_1_values(bits, per_channel, cnn, batch):
   qat = kqreg.quantize(cnn, f"w{bits}a8", per_channel=per_channel)
   qat.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
   qat.fit(*batch, epochs=1, verbose=0)  # ranges come from a training step
@@ -36,7 +37,8 @@ def test_kernels_take_at_most_2_to_the_b_values(bits, per_channel, cnn, batch):
   for layer, quantizer, kernel in _kernels_as_used(qat):
     assert quantizer.num_bits == bits
     levels = _max_levels(quantizer, kernel)
-    assert 2 <= levels <= 2**bits, (layer.name, levels)
+    # Narrow range: at most 2^b - 1 levels; at least the range's two ends.
+    assert 2 <= levels <= 2**bits - 1, (layer.name, levels)
     seen += 1
   assert seen == 3  # conv_a, conv_b, head
 
@@ -55,14 +57,15 @@ def test_every_layer_family_quantizes_and_trains():
   outputs = tf_keras.layers.Dense(3)(x)
   qat = kqreg.quantize(tf_keras.Model(inputs, outputs), "w3a8")
   types = {type(l.layer).__name__ for l in qat.layers if hasattr(l, "quantize_config")}
-  assert types >= {"Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose",
+  # SeparableConv2D with activation bits becomes DepthwiseConv2D + Conv2D.
+  assert types >= {"Conv2D", "DepthwiseConv2D", "Conv2DTranspose",
                    "Activation", "AveragePooling2D", "GlobalAveragePooling2D",
                    "Concatenate", "Dense"}
   qat.compile("adam", "mse")
   x = np.random.default_rng(0).random((8, 12, 12, 3), dtype=np.float32)
   qat.fit(x, np.zeros((8, 3)), verbose=0)
   for layer, quantizer, kernel in _kernels_as_used(qat):
-    assert _max_levels(quantizer, kernel) <= 8, layer.name
+    assert _max_levels(quantizer, kernel) <= 2**3 - 1, layer.name
 
 
 def test_gradients_reach_float_weights_and_training_lowers_loss(cnn, batch):
@@ -241,3 +244,46 @@ def test_input_feeding_a_flatten_is_quantized_too():
   assert len(input_quantizers) == 1 and input_quantizers[0].quantizer.num_bits == 8
   assert not any(type(l).__name__ == "QuantizeLayer"
                  for l in kqreg.quantize(model, "w4").layers)
+
+
+def _separable_model():
+  inputs = tf_keras.Input((8, 8, 3))
+  x = tf_keras.layers.Conv2D(4, 3, name="conv")(inputs)
+  x = tf_keras.layers.SeparableConv2D(6, 3, strides=2, padding="same",
+                                      depth_multiplier=2, activation="relu",
+                                      name="sep")(x)
+  x = tf_keras.layers.GlobalAveragePooling2D(name="gap")(x)
+  return tf_keras.Model(inputs, tf_keras.layers.Dense(3, name="head")(x))
+
+
+def _inner_bits(qat):
+  return {l.layer.name: (type(l.layer).__name__, l.quantize_config.weight_bits,
+                         l.quantize_config.activation_bits)
+          for l in qat.layers if hasattr(l, "quantize_config")}
+
+
+@pytest.mark.parametrize("policy, sep_bits", [("w4a8,sep=w8a8", (8, 8)),
+                                              ("w4a8,SeparableConv2D=w6a8", (6, 8)),
+                                              ("w3a8", (3, 8))])
+def test_separable_conv_splits_into_quantized_halves(policy, sep_bits):
+  tf_keras.utils.set_random_seed(0)
+  model = _separable_model()
+  x = np.random.default_rng(0).random((4, 8, 8, 3), dtype=np.float32)
+  qat = kqreg.quantize(model, policy)
+  bits = _inner_bits(qat)
+  # The policy's bits for the separable layer apply to both halves, and the
+  # depthwise half quantizes its output (TFLite needs that range).
+  assert bits["sep_depthwise"] == ("DepthwiseConv2D",) + sep_bits
+  assert bits["sep"] == ("Conv2D",) + sep_bits
+  depthwise = [l for l in qat.layers if l.name == "quant_sep_depthwise"][0]
+  assert depthwise.quantize_config.get_activations_and_quantizers(depthwise.layer)
+  # Same weights, so the float halves compute the float layer.
+  quantize_lib = importlib.import_module("kqreg.quantize")
+  split = quantize_lib._split_separable(model, ["sep"])  # pylint: disable=protected-access
+  np.testing.assert_allclose(split(x).numpy(), model(x).numpy(),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_weight_only_separable_conv_stays_whole():
+  qat = kqreg.quantize(_separable_model(), "w4")
+  assert _inner_bits(qat)["sep"] == ("SeparableConv2D", 4, None)

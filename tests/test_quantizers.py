@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras
 
 from kqreg import quantizers
 
@@ -55,9 +56,16 @@ _tfmot_quantizers = quantizers._tfmot_quantizers
 
 
 def _range_vars(quantizer, shape):
-  import tf_keras
   built = quantizer.build(shape, "q", tf_keras.layers.Layer())
   return built, {k: tf.Variable(v) for k, v in built.items()}
+
+
+def _peak_per_weight(quantizer, kernel):
+  """max|w| of each weight's range (its channel, or the tensor), per weight."""
+  flat = np.abs(quantizer.to_channels_last(tf.constant(kernel)).numpy())
+  axes = tuple(range(flat.ndim - 1)) if quantizer.per_axis else None
+  peak = np.broadcast_to(flat.max(axis=axes, keepdims=True), flat.shape)
+  return quantizer.from_channels_last(tf.constant(peak), kernel.shape).numpy()
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
@@ -88,9 +96,14 @@ def test_weight_training_path_equals_tfmot_last_value_quantize(bits, per_axis, l
   np.testing.assert_array_equal(fast, ref)
   np.testing.assert_array_equal(ours["min_var"].numpy(), stock["min_var"].numpy())
   np.testing.assert_array_equal(ours["max_var"].numpy(), stock["max_var"].numpy())
-  # Straight through: only a weight a rounding error outside the nudged
-  # range may differ (tfmot's gradient zeroes it).
-  assert np.mean(fast_grad != ref_grad) <= 1 / fast_grad.shape[-1]
+  # Straight through everywhere; TensorFlow's gradient is zero only at a
+  # weight a rounding error outside the nudged range ±L·Δ = ±max|w|, which
+  # can only be a weight at the end of its range: |w| = max|w| of its channel.
+  np.testing.assert_array_equal(fast_grad, upstream.numpy())
+  differ = fast_grad != ref_grad
+  assert (ref_grad[differ] == 0).all()
+  peak = _peak_per_weight(quantizer, kernel.numpy())
+  np.testing.assert_array_equal(np.abs(kernel.numpy())[differ], peak[differ])
   # Inference reads the stored range through tfmot's op: the same values.
   np.testing.assert_array_equal(quantizer(kernel, False, ours).numpy(), fast)
 
@@ -127,3 +140,83 @@ def test_activation_training_path_equals_tfmot_moving_avg_quantize(after_relu):
     np.testing.assert_array_equal(fast_grad.numpy(), ref_grad.numpy())
     for name in ("min_var", "max_var"):
       np.testing.assert_array_equal(ours[name].numpy(), stock[name].numpy())
+
+
+# The noise twin (policy `n<b>`): w + U(−Δ/2, Δ/2) with w<b>'s Δ, never rounded.
+
+
+def _twin_and_quantizer(bits, per_axis=True, layout="last", shape=(3, 3, 32, 64),
+                        **kwargs):
+  kernel = tf.Variable(np.random.default_rng(bits).standard_normal(shape).astype(np.float32))
+  built = []
+  for cls in (quantizers.WeightNoiseQuantizer, quantizers.WeightQuantizer):
+    quantizer = cls(bits, per_axis=per_axis, layout=layout, **kwargs)
+    built.append((quantizer, _range_vars(quantizer, shape)[0]))
+  return kernel, built
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("per_axis", [True, False])
+def test_noise_twin_adds_uniform_noise_of_the_quantizer_step(bits, per_axis):
+  kernel, [(twin, twin_vars), _] = _twin_and_quantizer(bits, per_axis)
+  delta = (twin(kernel, True, twin_vars) - kernel).numpy().reshape(-1, 64)
+  peak = np.abs(kernel.numpy()).reshape(-1, 64).max(axis=0 if per_axis else None)
+  step = peak / (2**(bits - 1) - 1)  # symmetric narrow grid: ±L·Δ = ±max|w|
+  model_std = np.sqrt(np.mean(np.broadcast_to(step, (64,))**2) / 12)
+  assert delta.size == 18432
+  assert delta.std() == pytest.approx(model_std, rel=0.10)
+  assert abs(delta.mean()) < 0.05 * model_std
+  assert (np.abs(delta) <= step / 2 * (1 + 1e-6)).all()
+
+
+@pytest.mark.parametrize("symmetric, narrow", [(True, True), (False, False), (True, False)])
+@pytest.mark.parametrize("layout, shape", [("last", (3, 3, 8, 16)), ("depthwise", (3, 3, 8, 2)),
+                                           ("transpose", (3, 3, 4, 8)), ("last", (24, 10))])
+def test_noise_twin_range_and_step_equal_the_quantizers(layout, shape, symmetric, narrow):
+  kernel, [(twin, twin_vars), (quant, quant_vars)] = _twin_and_quantizer(
+      4, True, layout, shape, symmetric=symmetric, narrow_range=narrow)
+  noisy = twin(kernel, True, twin_vars)
+  quant(kernel, True, quant_vars)
+  for name in ("min_var", "max_var"):
+    np.testing.assert_array_equal(twin_vars[name].numpy(), quant_vars[name].numpy())
+  step = quantizers.nudged_grid(quant_vars["min_var"], quant_vars["max_var"], 4, narrow)[2]
+  unit = quant.to_channels_last(noisy - kernel).numpy() / step.numpy()
+  assert np.abs(unit).max() <= 0.5 + 1e-5 and np.abs(unit).max() > 0.4
+
+
+def test_noise_twin_is_identity_at_inference_and_in_the_gradient():
+  kernel, [(twin, twin_vars), _] = _twin_and_quantizer(4)
+  np.testing.assert_array_equal(twin(kernel, False, twin_vars).numpy(), kernel.numpy())
+  upstream = tf.constant(np.random.default_rng(1).standard_normal(kernel.shape).astype(np.float32))
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_sum(twin(kernel, True, twin_vars) * upstream)
+  np.testing.assert_array_equal(tape.gradient(loss, kernel).numpy(), upstream.numpy())
+
+
+def test_noise_twin_draws_fresh_noise_every_traced_call_and_remembers_the_last():
+  kernel, [(twin, twin_vars), _] = _twin_and_quantizer(4)
+  call = tf.function(lambda: twin(kernel, True, twin_vars))
+  first, second = call().numpy(), call().numpy()
+  assert np.mean(first != second) > 0.99
+  assert twin_vars["noise_seed"].numpy()[1] == 2  # one step per training call
+  # The stored range and seed give back the last draw (up to float rounding).
+  last = (kernel + twin.last_noise(kernel, twin_vars)).numpy()
+  np.testing.assert_allclose(last, second, rtol=0, atol=4e-7)
+
+
+def test_noise_twin_seed_follows_the_global_seed():
+  keys = []
+  for seed in (1, 1, 2):
+    tf_keras.utils.set_random_seed(seed)
+    _, [(_, twin_vars), _] = _twin_and_quantizer(4)
+    keys.append(twin_vars["noise_seed"].numpy()[0])
+  assert keys[0] == keys[1] != keys[2]
+
+
+def test_noise_twin_config_round_trip_and_differs_from_quantizer():
+  twin = quantizers.WeightNoiseQuantizer(3, per_axis=False, layout="depthwise")
+  again = quantizers.WeightNoiseQuantizer.from_config(twin.get_config())
+  assert again == twin and isinstance(again, quantizers.WeightNoiseQuantizer)
+  assert twin != quantizers.WeightQuantizer(3, per_axis=False, layout="depthwise")
+  assert tf_keras.utils.get_registered_object("kqreg>WeightNoiseQuantizer") is (
+      quantizers.WeightNoiseQuantizer)

@@ -1,0 +1,88 @@
+"""The one seam to tfmot's and Keras's internals.
+
+Every other kqreg module imports tfmot and Keras-graph names from here, so a
+tfmot upgrade breaks (at most) this file. Public tfmot names come from
+`tfmot.quantization.keras` (0.8.1 exports `QuantizeWrapper[V2]`,
+`QuantizeScheme`, `QuantizeRegistry`, `QuantizeLayoutTransform` and
+`graph_transformations.{model_transformer, transforms}`); only the names
+tfmot keeps private (`QuantizeAnnotate`, `QuantizeLayer`) are imported from
+its `python.core` modules.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, List
+
+from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
+import tensorflow_model_optimization as tfmot
+import tf_keras
+# Private in tfmot 0.8.1: no public alias exists for these two classes.
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_annotate import (  # pylint: disable=line-too-long
+    QuantizeAnnotate)
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import (  # pylint: disable=line-too-long
+    QuantizeLayer)
+
+__all__ = [
+    "tfmot_keras",
+    "QuantizeAnnotate",
+    "QuantizeLayer",
+    "QuantizeWrapper",
+    "QuantizeWrapperV2",
+    "QuantizeScheme",
+    "QuantizeRegistry",
+    "QuantizeLayoutTransform",
+    "ModelTransformer",
+    "transforms",
+    "iter_wrappers",
+    "iter_quantize_layers",
+    "nodes_in_graph",
+]
+
+tfmot_keras = tfmot.quantization.keras
+QuantizeWrapper = tfmot_keras.QuantizeWrapper
+QuantizeWrapperV2 = tfmot_keras.QuantizeWrapperV2
+QuantizeScheme = tfmot_keras.QuantizeScheme
+QuantizeRegistry = tfmot_keras.QuantizeRegistry
+QuantizeLayoutTransform = tfmot_keras.QuantizeLayoutTransform
+_graph = tfmot_keras.graph_transformations
+ModelTransformer = _graph.model_transformer.ModelTransformer
+transforms = _graph.transforms
+
+
+def _iter_layers(model: tf_keras.Model) -> Iterator[tf_keras.layers.Layer]:
+  """Every layer of `model`, recursing into nested models (not yielded)."""
+  for layer in model.layers:
+    if isinstance(layer, tf_keras.Model):
+      yield from _iter_layers(layer)
+    else:
+      yield layer
+
+
+def iter_wrappers(model: tf_keras.Model) -> Iterator[QuantizeWrapper]:
+  """Every tfmot `QuantizeWrapper` of `model`, nested models included.
+
+  In layer order; a nested model's wrappers come where the model sits.
+  """
+  for layer in _iter_layers(model):
+    if isinstance(layer, QuantizeWrapper):
+      yield layer
+
+
+def iter_quantize_layers(model: tf_keras.Model) -> Iterator[QuantizeLayer]:
+  """Every tfmot `QuantizeLayer` (input quantizer) of `model`, recursively."""
+  for layer in _iter_layers(model):
+    if isinstance(layer, QuantizeLayer):
+      yield layer
+
+
+def nodes_in_graph(model: tf_keras.Model, layer: tf_keras.layers.Layer
+                   ) -> List:
+  """The inbound nodes of `layer` that belong to `model`'s own graph.
+
+  A layer shared between models (tfmot leaves unwrapped layers shared with
+  the float model) has nodes in each; `layer.output` may point into another
+  model's graph, these do not.
+  """
+  network_nodes = model._network_nodes  # pylint: disable=protected-access
+  return [node for index, node in enumerate(layer._inbound_nodes)  # pylint: disable=protected-access
+          if f"{layer.name}_ib-{index}" in network_nodes]

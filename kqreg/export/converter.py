@@ -1,0 +1,135 @@
+"""The TFLite converter call: data for calibration, ranges, error messages."""
+
+from __future__ import annotations
+
+import re
+from typing import List, Optional, Tuple
+
+from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from tensorflow.lite.python.convert_phase import ConverterError
+
+from kqreg import _tfmot
+from kqreg import quantizers
+from kqreg.export.errors import ExportError
+from kqreg.quantize import QuantizeLayer
+
+__all__ = ["representative", "first_batch", "convert",
+           "with_input_quantizer"]
+
+
+def representative(data, model: tf_keras.Model):
+  """A converter `representative_dataset` over `data`'s input batches."""
+  if data is None:
+    return None
+  dtype = model.inputs[0].dtype.as_numpy_dtype if model.inputs else np.float32
+
+  def _batches():
+    if isinstance(data, (np.ndarray, tf.Tensor)):
+      array = np.asarray(data)
+      for start in range(0, len(array), 32):
+        yield [array[start:start + 32].astype(dtype)]
+      return
+    for element in data:
+      # (x, y) pairs from a dataset: the input is the first item.
+      if isinstance(element, (tuple, list)) and len(model.inputs) == 1:
+        element = element[0]
+      yield [np.asarray(element).astype(dtype)]
+
+  return _batches
+
+
+def first_batch(data, limit: int = 256) -> Optional[np.ndarray]:
+  """Up to `limit` examples of `representative_data` as one array."""
+  if data is None:
+    return None
+  if isinstance(data, (np.ndarray, tf.Tensor)):
+    return np.asarray(data)[:limit]
+  chunks, total = [], 0
+  for element in data:
+    if isinstance(element, (tuple, list)):
+      element = element[0]
+    chunk = np.asarray(element)
+    chunks.append(chunk)
+    total += len(chunk)
+    if total >= limit:
+      break
+  return np.concatenate(chunks)[:limit] if chunks else None
+
+
+_CALLSITE = re.compile(r'"([^"@\s]+)@__inference')
+_FIRST_ERROR = re.compile(r"error: ([^\n]+)")
+
+
+def _conversion_error(e: ConverterError, model: tf_keras.Model) -> ExportError:
+  """An ExportError naming the layer(s) the converter's message points at."""
+  message = str(e)
+  inner_of = {w.name: w.layer.name for w in _tfmot.iter_wrappers(model)}
+  known = {layer.name for layer in model.layers} | set(inner_of.values())
+  # The converter prints op locations to stderr; its error keeps them in
+  # `errors` (ConverterErrorData), the message only in MLIR debug output.
+  sites = [call.name.split("@")[0]
+           for data in getattr(e, "errors", None) or []
+           for call in getattr(getattr(data, "location", None), "call", [])
+           if getattr(call, "name", "")]
+  layers = []
+  for site in sites + _CALLSITE.findall(message):
+    for component in site.split("/"):
+      if component in known:
+        name = inner_of.get(component, component)
+        if name not in layers:
+          layers.append(name)
+        break
+  order = {}
+  for layer in model.layers:
+    order.setdefault(inner_of.get(layer.name, layer.name), len(order))
+  layers.sort(key=lambda name: order.get(name, len(order)))
+  if len(layers) > 6:
+    layers = layers[:6] + [f"and {len(layers) - 6} more"]
+  first = _FIRST_ERROR.search(message)
+  reason = (first.group(1) if first else
+            (message.strip().splitlines() or [type(e).__name__])[0]).strip()
+  if layers:
+    return ExportError(
+        f"TFLite conversion of {model.name!r} failed at layer(s) "
+        f"{', '.join(layers)}: {reason}")
+  return ExportError(f"TFLite conversion of {model.name!r} failed: {reason}")
+
+
+def convert(model: tf_keras.Model, *, optimize: bool, representative=None,
+             int_io: bool = False) -> bytes:
+  converter = tf.lite.TFLiteConverter.from_keras_model(model)
+  if optimize:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  if representative is not None:
+    converter.representative_dataset = representative
+  if int_io:
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+  try:
+    return converter.convert()
+  except ConverterError as e:
+    raise _conversion_error(e, model) from e
+
+
+def with_input_quantizer(model: tf_keras.Model, x: np.ndarray
+                          ) -> Tuple[tf_keras.Model, List[float]]:
+  """`model` behind an 8-bit input quantizer set to the range of `x`."""
+  if len(model.inputs) != 1:
+    raise ExportError(
+        f"Model {model.name!r} has {len(model.inputs)} inputs and no input "
+        "quantizer; export supports calibrating a single input.")
+  low, high = float(np.min(x)), float(np.max(x))
+  low, high = min(low, 0.0), max(high, low + 1e-6)  # zero must be a level
+  inputs = tf_keras.Input(batch_shape=model.inputs[0].shape,
+                          dtype=model.inputs[0].dtype, name="input")
+  layer = QuantizeLayer(quantizers.ActivationQuantizer(8), name="input_quant")
+  outputs = model(layer(inputs), training=False)
+  for variable in layer.weights:
+    if variable.name.endswith("_min:0"):
+      variable.assign(low)
+    elif variable.name.endswith("_max:0"):
+      variable.assign(high)
+  return tf_keras.Model(inputs, outputs, name=model.name), [low, high]

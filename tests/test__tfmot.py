@@ -1,0 +1,41 @@
+"""Tests for kqreg._tfmot, the one seam to tfmot's and Keras's internals."""
+
+import kqreg
+import tf_keras
+from kqreg import _tfmot
+
+
+def _dense_model(name):
+  inputs = tf_keras.Input((4,))
+  outputs = tf_keras.layers.Dense(3, name=f"{name}_dense")(inputs)
+  return tf_keras.Model(inputs, outputs, name=name)
+
+
+def test_iter_wrappers_recurses_into_nested_models():
+  inner = kqreg.quantize(_dense_model("inner"), "w4a8")
+  inputs = tf_keras.Input((4,))
+  x = inner(inputs)
+  outer = tf_keras.Model(inputs, tf_keras.layers.Dense(2, name="top")(x))
+  names = [w.layer.name for w in _tfmot.iter_wrappers(outer)]
+  assert names == ["inner_dense"]
+  assert len(list(_tfmot.iter_quantize_layers(outer))) == 1
+  assert kqreg.is_quantized(outer)
+  assert not kqreg.is_quantized(_dense_model("float"))
+
+
+def test_public_tfmot_classes_are_the_ones_tfmot_wraps_with():
+  qat = kqreg.quantize(_dense_model("m"), "w8a8")
+  wrapper = next(_tfmot.iter_wrappers(qat))
+  assert isinstance(wrapper, _tfmot.QuantizeWrapperV2)
+  assert isinstance(wrapper, _tfmot.QuantizeWrapper)
+
+
+def test_nodes_in_graph_skips_other_models_nodes():
+  shared = tf_keras.layers.Dense(2, name="shared")
+  a_in, b_in = tf_keras.Input((3,)), tf_keras.Input((3,))
+  model_a = tf_keras.Model(a_in, shared(a_in))
+  model_b = tf_keras.Model(b_in, shared(b_in))
+  (node_b,) = _tfmot.nodes_in_graph(model_b, shared)
+  assert node_b.outputs is model_b.outputs[0]
+  (node_a,) = _tfmot.nodes_in_graph(model_a, shared)
+  assert node_a.outputs is model_a.outputs[0]
