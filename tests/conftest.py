@@ -55,5 +55,5 @@ def offline_datasets_prepared():
   prepared inside one of them would add TFDS's progress bars.
   """
   import kqreg.data  # pylint: disable=g-import-not-at-top
-  for name in ("kqreg_digits", "kqreg_textures"):
+  for name in ("kqreg_digits", "kqreg_mnist", "kqreg_textures"):
     kqreg.data.load(name, "train")

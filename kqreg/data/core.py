@@ -6,7 +6,7 @@ datasets are prepared here; this machine cannot download anything else.
 """
 
 import dataclasses
-from typing import Callable, Dict, Optional, Tuple, TypeVar
+from typing import Callable, Dict, NamedTuple, Optional, Tuple, TypeVar
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
@@ -14,14 +14,18 @@ import tensorflow_datasets as tfds
 
 # Importing the builder modules registers them with TFDS.
 from kqreg.data import digits  # noqa: F401
+from kqreg.data import mnist  # noqa: F401
 from kqreg.data import textures  # noqa: F401
 
-OFFLINE_DATASETS: Tuple[str, ...] = ("kqreg_digits", "kqreg_textures")
+OFFLINE_DATASETS: Tuple[str, ...] = ("kqreg_digits", "kqreg_mnist",
+                                     "kqreg_textures")
 
 # Pixels CIFAR-style augmentation pads on each side before the random crop.
 _AUGMENT_PAD = 4
 # Shuffle buffer cap: whole-split shuffles for CIFAR-sized data, bounded memory.
 _MAX_SHUFFLE_BUFFER = 50_000
+# Share of train held out for validation when a dataset has no validation split.
+_HOLDOUT_PERCENT = 10
 
 
 InfoT = TypeVar("InfoT")
@@ -61,8 +65,13 @@ def _builder(name: str, data_dir: Optional[str], example: str,
     raise DatasetError(
         f"Unknown dataset {name!r}: TFDS has no builder of that name. "
         f"{hint}") from None
-  except (ValueError, AssertionError) as e:
-    # Malformed name, unknown config or version: TFDS explains which.
+  except ValueError as e:
+    # Malformed name or unknown config: TFDS explains which.
+    raise DatasetError(f"name={name!r}: {e} {hint}") from None
+  except AssertionError as e:
+    # TFDS asserts when a requested version does not exist.
+    if "cannot be loaded at version" not in str(e):
+      raise
     raise DatasetError(f"name={name!r}: {e} {hint}") from None
 
 
@@ -137,7 +146,14 @@ def open_split(name: str, split: str, data_dir: Optional[str], *,
   """
   builder = _builder(name, data_dir, example, hint)
   if builder.name in offline:
-    builder.download_and_prepare()
+    try:
+      builder.download_and_prepare()
+    except OSError as e:
+      # A data dir that cannot be created or written (read-only, virtual).
+      raise DatasetError(
+          f"--data_dir={_data_root(builder, data_dir)!r}: cannot prepare "
+          f"{builder.name} there ({e.strerror or e}); pass a writable "
+          "folder (data_dir=...).") from e
   if not isinstance(split, str) or not split:
     raise DatasetError(f"split={split!r}: pass a split name such as 'train'.")
   info = describe(builder)
@@ -165,9 +181,84 @@ def open_split(name: str, split: str, data_dir: Optional[str], *,
   return ds, info
 
 
+class Splits(NamedTuple):
+  """TFDS split strings of one dataset, by `splits`' rule."""
+
+  train: str
+  validation: str
+  test: Optional[str]
+
+
+class SplitData(NamedTuple):
+  """What `load_splits` returns; unpacks as (train, val, test, info, splits).
+
+  `train`, `validation` and `test` are (image, label) datasets as `load`
+  returns them; `test` is None when the dataset has no test split.
+  """
+
+  train: tf.data.Dataset
+  validation: tf.data.Dataset
+  test: Optional[tf.data.Dataset]
+  info: ClassificationInfo
+  splits: Splits
+
+
+def splits(info: ClassificationInfo) -> Splits:
+  """The one rule for what training, validation and test data are.
+
+  * validation: the "validation" split if the dataset has one (the kqreg_*
+    sets); else the last 10% of "train" ("train[90%:]"), and training uses
+    the first 90% ("train[:90%]"), so validation never overlaps training and
+    the test split stays unseen until the end (cifar10, mnist). "Last" is in
+    the order TFDS stored the split, which it shuffled by example key when
+    preparing: a fixed subset, not the dataset's last examples;
+  * test: "test" if the dataset has it, else None.
+
+  Unknown splits (`info.splits` empty, as under `tfds.testing.mock_data`) are
+  read as train + test, the layout of cifar10 and mnist.
+
+  Raises:
+    DatasetError: the dataset's known splits include no "train".
+  """
+  known = info.splits
+  if known and "train" not in known:
+    raise DatasetError(
+        f"Dataset {info.name!r} has no 'train' split (splits: "
+        f"{', '.join(known)}); kqreg trains on 'train'.")
+  if "validation" in known:
+    train, validation = "train", "validation"
+  else:
+    cut = 100 - _HOLDOUT_PERCENT
+    train, validation = f"train[:{cut}%]", f"train[{cut}%:]"
+  test = "test" if not known or "test" in known else None
+  return Splits(train=train, validation=validation, test=test)
+
+
 def validation_split(info: ClassificationInfo) -> str:
-  """"validation" if the dataset has that split, else "test"."""
-  return "validation" if "validation" in info.splits else "test"
+  """`splits(info).validation`: "validation", else "train[90%:]"."""
+  return splits(info).validation
+
+
+def load_splits(name: str, data_dir: Optional[str] = None) -> SplitData:
+  """Loads train, validation and test of `name` by `splits`' rule.
+
+  Args:
+    name, data_dir: as for `load`.
+
+  Returns:
+    `SplitData(train, validation, test or None, info, splits)`: datasets as
+    `load` returns them, the dataset info and the split strings used.
+
+  Raises:
+    DatasetError: as `load`, or no "train" split.
+  """
+  _, info = load(name, "train", data_dir=data_dir)
+  rule = splits(info)
+  train, _ = load(name, rule.train, data_dir=data_dir)
+  validation, _ = load(name, rule.validation, data_dir=data_dir)
+  test = (None if rule.test is None else
+          load(name, rule.test, data_dir=data_dir)[0])
+  return SplitData(train, validation, test, info, rule)
 
 
 def check_positive_int(value, arg: str, allow_none: bool = False) -> None:

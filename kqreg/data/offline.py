@@ -1,4 +1,4 @@
-"""The base of kqreg's offline TFDS builders (data generated, not downloaded)."""
+"""The base of kqreg's offline TFDS builders (data made here, not fetched)."""
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 from etils import epath
