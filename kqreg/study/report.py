@@ -1,0 +1,504 @@
+"""Bit-width sweep report: aggregate runs, test against fp, plot.
+
+Input: the result.json and history.csv of each run of a sweep (a
+`RunRecord` each). Output, in one folder:
+
+  runs.csv         one row per run (and its own overfitting test)
+  results.csv      per arm: mean and std over seeds
+  comparisons.csv  per (arm, reference, metric): Welch test, Holm, MDD
+  report.md        the tables, the verdict, how it is computed, the plots
+  val_loss.png     validation loss per epoch per arm (QReg Figure 1)
+  val_map50.png    detection only: validation mAP@0.5 per epoch
+  gap.png          generalization gap of every run against its std(δ)
+  noise.png        measured std(δ) and the Δ/√12 model against bits (log)
+
+What is aggregated, compared and drawn depends on the task: `CLASSIFICATION`
+or `DETECTION` (a `SweepTask`). The verdict comes from
+`kqreg.study.statistics` (see `VERDICT_METHOD`): nothing is tuned to a
+conclusion, and with too few seeds it says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from kqreg.io_utils import atomic_write_text
+from kqreg.study import arms as arms_lib
+from kqreg.study import figures
+from kqreg.study import statistics as stats_lib
+
+__all__ = ["RunRecord", "SweepTask", "CLASSIFICATION", "DETECTION", "TASKS",
+           "METRICS", "DETECTION_METRICS", "VERDICT_METHOD", "aggregate",
+           "markdown_table", "compare", "overfitting", "seed_warnings",
+           "verdict", "verdict_table", "overfitting_table", "write_report"]
+
+# (result key, column label) of the figures a classification sweep aggregates
+# per bit setting.
+METRICS = (
+    ("train_accuracy", "train acc"),
+    ("val_accuracy", "val acc"),
+    ("test_accuracy", "test acc"),
+    ("train_loss", "train loss"),
+    ("val_loss", "val loss"),
+    ("best_val_loss", "best val loss"),
+    ("gap_accuracy", "gap acc (train-val)"),
+    ("gap_loss", "gap loss (val-train)"),
+    ("val_loss_rise", "val loss rise"),
+    ("noise_std", "std(δ)"),
+    ("noise_model_std", "Δ/√12"),
+)
+
+
+DETECTION_METRICS = (
+    ("train_loss", "train loss"),
+    ("val_loss", "val loss"),
+    ("best_val_loss", "best val loss"),
+    ("gap_loss", "gap loss (val-train)"),
+    ("val_loss_rise", "val loss rise"),
+    ("val_map50", "val mAP@0.5"),
+    ("val_map", "val mAP@[.5:.95]"),
+    ("noise_std", "std(δ)"),
+    ("noise_model_std", "Δ/√12"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepTask:
+  """What a sweep of one task reports.
+
+  Attributes:
+    name: the `--task` it belongs to.
+    metrics: (result key, column label) aggregated per bit setting.
+    quality: (key, label) of the headline validation figure, higher better.
+    gaps: (key, name in the verdict, axis label) of the generalization gaps
+      plotted against std(δ) in gap.png.
+    curves: (history key, axis label, log scale) drawn per epoch, one PNG
+      each, named after the key.
+    legend: what the table's columns mean, for report.md.
+    compared: (key, name) of the metrics tested arm against reference, in
+      verdict order; each metric is one Holm family.
+  """
+  name: str
+  metrics: Tuple[Tuple[str, str], ...]
+  quality: Tuple[str, str]
+  gaps: Tuple[Tuple[str, str, str], ...]
+  curves: Tuple[Tuple[str, str, bool], ...]
+  legend: str
+  compared: Tuple[Tuple[str, str], ...] = ()
+
+
+_LOSS_GAP = ("gap_loss", "loss gap", "val loss − train loss")
+_COMPARED_LOSSES = (("gap_loss", "loss gap"), ("val_loss", "final val loss"),
+                    ("best_val_loss", "best val loss"))
+_COMMON_LEGEND = ("gap loss = validation − train loss; best val loss = the "
+                  "lowest epoch's; val loss rise = final minus minimum of "
+                  "the validation loss's running median over a tenth of the "
+                  "epochs (at least 3); std(δ) and Δ/√12 are means over "
+                  "quantized layers at the end of training.")
+CLASSIFICATION = SweepTask(
+    "classify", METRICS, ("val_accuracy", "val acc"),
+    (_LOSS_GAP, ("gap_accuracy", "accuracy gap", "train acc − val acc")),
+    (("val_loss", "validation loss (log)", True),),
+    "Mean ± std over seeds. gap acc = train − validation accuracy; "
+    + _COMMON_LEGEND,
+    _COMPARED_LOSSES + (("val_accuracy", "val acc"),))
+DETECTION = SweepTask(
+    "detect", DETECTION_METRICS, ("val_map50", "val mAP@0.5"), (_LOSS_GAP,),
+    (("val_loss", "validation loss (log)", True),
+     ("val_map50", "validation mAP@0.5", False)),
+    "Mean ± std over seeds. Losses are keras-cv's YOLOv8 loss (box CIoU + "
+    "class BCE); mAP is COCO-style on the validation split; " + _COMMON_LEGEND,
+    _COMPARED_LOSSES + (("val_map50", "val mAP@0.5"),))
+TASKS = {task.name: task for task in (CLASSIFICATION, DETECTION)}
+
+VERDICT_METHOD = (
+    "**How the verdict is computed.** Each setting (arm) is compared with "
+    "full precision (`fp`), and each noise twin (`n4`: uniform noise of the "
+    "4-bit step instead of rounding) with its quantized arm (`w4`), in final "
+    "validation loss, best validation loss, loss gap (validation − train) "
+    "and validation accuracy (detection: mAP@0.5), one value per seed. The "
+    "test is Welch's two-sample t-test (unequal variances, Welch–"
+    "Satterthwaite degrees of freedom); the table gives the mean difference "
+    "(arm − reference), its 95% confidence interval and the p-value. The "
+    "comparisons of one metric are one family: their p-values are "
+    "Holm-corrected (step-down), and a difference is called significant "
+    "when the adjusted p is at most α = {alpha}. Where none is shown, the "
+    "MDD says what was ruled out: the difference the test would detect "
+    "with 80% power at α divided by the family size (taking the observed "
+    "seed spread as the true one). Overfitting is tested per run: the rise "
+    "of the validation loss (final minus minimum of its running median over "
+    "a tenth of the epochs, at least 3) is compared with the rise that a "
+    "flat curve reaches from noise alone. The noise is measured from the "
+    "run's own curve (its level from the median absolute second "
+    "difference; its epoch-to-epoch correlation ρ, which makes a loss "
+    "wander, from the first differences of the second half of all the "
+    "arm's curves), and the null is simulated: {draws} flat curves of the "
+    "same length with AR(1) noise of that ρ; a run fires when its rise, in "
+    "units of its noise, exceeds the null's 1 − α quantile. The seeds of an "
+    "arm are combined with Stouffer's method and the arms Holm-corrected; "
+    "an arm overfits when its adjusted p ≤ α. In simulation (5 seeds, "
+    "30–150 epochs) an arm without overfitting is called overfitting in "
+    "0.02–0.05 of sweeps for ρ up to 0.4, 0.06–0.07 at ρ = 0.6 and ~0.1 at "
+    "ρ = 0.8. With fewer than {seeds} seeds per arm "
+    "the report warns: such tests detect only large differences.")
+
+
+@dataclasses.dataclass
+class RunRecord:
+  """One finished run: its bits, seed, result dict and per-epoch history."""
+  bits: str
+  seed: int
+  result: Dict
+  history: List[Dict[str, float]]
+
+  def curve(self, key: str) -> List[float]:
+    """`key` per epoch from the history (NaN where an epoch lacks it)."""
+    return [float(h.get(key, math.nan)) for h in self.history]
+
+  def rise_test(self, alpha: float = stats_lib.ALPHA,
+                rho: Optional[float] = None
+               ) -> Optional[stats_lib.RiseTest]:
+    """The overfitting test of this run's validation loss (None if short).
+
+    `rho`, the epoch noise's correlation, is estimated from this curve
+    alone when not given (the report passes the arm's pooled estimate).
+    """
+    return stats_lib.rise_test(self.curve("val_loss"), alpha, rho)
+
+  def value(self, key: str) -> Optional[float]:
+    """A figure of the run by key: result keys plus derived ones.
+
+    `noise_std` / `noise_model_std` read `result["noise"]["delta_std"]` /
+    `["model_std"]`; `val_loss_rise` and `val_loss_rise_noise` come from the
+    history (`statistics.rise_test`); `best_val_loss` falls back to the
+    history's minimum.
+    """
+    if key == "noise_std":
+      return (self.result.get("noise") or {}).get("delta_std")
+    if key == "noise_model_std":
+      return (self.result.get("noise") or {}).get("model_std")
+    if key in ("val_loss_rise", "val_loss_rise_noise"):
+      test = self.rise_test()
+      if test is None:
+        return None
+      return test.rise if key == "val_loss_rise" else test.noise
+    value = self.result.get(key)
+    if value is None and key == "best_val_loss":
+      finite = [v for v in self.curve("val_loss") if math.isfinite(v)]
+      return min(finite) if finite else None
+    return None if value is None else float(value)
+
+
+def _mean_std(values: Sequence[Optional[float]]):
+  values = [v for v in values if v is not None and math.isfinite(v)]
+  if not values:
+    return None, None, 0
+  std = float(np.std(values, ddof=1)) if len(values) > 1 else None
+  return float(np.mean(values)), std, len(values)
+
+
+def aggregate(records: Sequence[RunRecord], bits_order: Sequence[str],
+              task: SweepTask = CLASSIFICATION) -> List[Dict]:
+  """Per bit setting (in `bits_order`): mean/std of every `task.metrics` key."""
+  rows = []
+  for bits in bits_order:
+    runs = [r for r in records if r.bits == bits]
+    if not runs:
+      continue
+    row = {"bits": bits, "seeds": len(runs)}
+    for key in [k for k, _ in task.metrics] + ["val_loss_rise_noise"]:
+      mean, std, _ = _mean_std([r.value(key) for r in runs])
+      row[f"{key}_mean"], row[f"{key}_std"] = mean, std
+    rows.append(row)
+  return rows
+
+
+def _fmt(mean, std, digits=3):
+  if mean is None:
+    return "–"
+  if std is None:
+    return f"{mean:.{digits}f}"
+  return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown_table(rows: Sequence[Dict],
+                   task: SweepTask = CLASSIFICATION) -> str:
+  """The aggregated rows as a Markdown table (mean ± std over seeds)."""
+  header = ["bits", "seeds"] + [label for _, label in task.metrics]
+  lines = ["| " + " | ".join(header) + " |",
+           "|" + "---|" * len(header)]
+  for row in rows:
+    cells = [row["bits"], str(row["seeds"])]
+    for key, _ in task.metrics:
+      digits = 5 if key.startswith("noise") else 3
+      cells.append(_fmt(row[f"{key}_mean"], row[f"{key}_std"], digits))
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _present(records: Sequence[RunRecord],
+             bits_order: Sequence[str]) -> List[str]:
+  have = {r.bits for r in records}
+  return [b for b in bits_order if b in have]
+
+
+def compare(records: Sequence[RunRecord], bits_order: Sequence[str],
+            task: SweepTask = CLASSIFICATION,
+            reference: str = arms_lib.REFERENCE,
+            alpha: float = stats_lib.ALPHA
+           ) -> List[stats_lib.Comparison]:
+  """Every arm against `reference` and every noise twin against its arm.
+
+  Per metric of `task.compared` one `statistics.compare_arms` call (Welch,
+  Holm over that metric's pairs, MDD); metric-major order.
+  """
+  arms = _present(records, bits_order)
+  pairs = arms_lib.comparison_pairs(arms, reference)
+  out = []
+  for key, _ in task.compared:
+    values = {arm: [r.value(key) for r in records if r.bits == arm]
+              for arm in arms}
+    out += stats_lib.compare_arms(values, pairs, key, alpha)
+  return out
+
+
+def overfitting(records: Sequence[RunRecord], bits_order: Sequence[str],
+                alpha: float = stats_lib.ALPHA
+               ) -> Dict[str, stats_lib.ArmOverfitting]:
+  """Per arm, the overfitting verdict from all its seeds' validation loss."""
+  curves = {arm: [r.curve("val_loss") for r in records if r.bits == arm]
+            for arm in _present(records, bits_order)}
+  return stats_lib.overfitting_verdict(curves, alpha)
+
+
+def seed_warnings(records: Sequence[RunRecord], bits_order: Sequence[str],
+                  minimum: int = stats_lib.RECOMMENDED_SEEDS) -> List[str]:
+  """Warnings for arms run with fewer than `minimum` seeds."""
+  counts = {arm: sum(r.bits == arm for r in records)
+            for arm in _present(records, bits_order)}
+  few = {arm: n for arm, n in counts.items() if n < minimum}
+  if not few:
+    return []
+  listed = ", ".join(f"{arm} ({n})" for arm, n in few.items())
+  lines = [f"Warning: fewer than {minimum} seeds for {listed}: the tests "
+           "can only detect large differences (see the MDD column)."]
+  if any(n < 2 for n in few.values()):
+    lines.append("Warning: an arm with one seed has no spread; its "
+                 "comparisons are not tested.")
+  return lines
+
+
+def _p(p: float) -> str:
+  if not math.isfinite(p):
+    return "–"
+  return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _comparison_phrase(c: stats_lib.Comparison, name: str,
+                       first: bool = True) -> str:
+  if not math.isfinite(c.p):
+    if math.isfinite(c.diff):
+      return (f"{name} {c.diff:+.3f} (not tested: fewer than 2 seeds or no "
+              "spread)")
+    return f"{name}: no values"
+  level = round(100 * (1 - c.alpha))
+  head = (f"{name} {c.diff:+.3f} ({level}% CI {c.ci_low:+.3f} to "
+          f"{c.ci_high:+.3f}, Holm p {_p(c.p_holm)})")
+  if c.significant:
+    return f"{head}, {'lower' if c.diff < 0 else 'higher'} than {c.reference}"
+  if not first:  # the first phrase of a line spells the MDD out
+    return f"{head}, no difference shown (MDD {c.mdd:.3f})"
+  return (f"{head}, no difference shown (|Δ| ≥ {c.mdd:.3f} would be found "
+          f"with {round(100 * stats_lib.POWER)}% power)")
+
+
+def _overfitting_line(v: stats_lib.ArmOverfitting) -> str:
+  judged = "it overfits" if v.overfits else "no overfitting shown"
+  return (f"- {v.arm}: validation loss (running median) ends {v.rise_mean:.3f} "
+          f"above its minimum (mean of {v.seeds} seeds; flat noise alone "
+          f"exceeds {v.threshold_mean:.3f} with probability α); {v.fired} of "
+          f"{v.seeds} seeds fire, combined p {_p(v.p)}, Holm p "
+          f"{_p(v.p_holm)}: {judged}.")
+
+
+def verdict(records: Sequence[RunRecord], bits_order: Sequence[str],
+            task: SweepTask = CLASSIFICATION,
+            reference: str = arms_lib.REFERENCE,
+            alpha: float = stats_lib.ALPHA,
+            comparisons: Optional[Sequence[stats_lib.Comparison]] = None,
+            overfit: Optional[Dict[str, stats_lib.ArmOverfitting]] = None
+           ) -> List[str]:
+  """Plain-language lines: seed warnings, overfitting per arm, comparisons.
+
+  A comparison line reads "- w4: loss gap −0.038 (95% CI … , Holm p …),
+  no difference shown (|Δ| ≥ MDD …); final val loss …" for an arm against
+  `reference`, and "- n4 vs w4: …" for a noise twin against its arm.
+  `comparisons` / `overfit` may be passed when already computed.
+  """
+  if comparisons is None:
+    comparisons = compare(records, bits_order, task, reference, alpha)
+  if overfit is None:
+    overfit = overfitting(records, bits_order, alpha)
+  lines = list(seed_warnings(records, bits_order))
+  lines += [_overfitting_line(v) for v in overfit.values()]
+  if reference not in _present(records, bits_order):
+    lines.append(f"No `{reference}` run in the sweep: nothing to compare "
+                 "against.")
+  names = dict(task.compared)
+  by_pair: Dict[Tuple[str, str], List[str]] = {}
+  for c in comparisons:
+    parts = by_pair.setdefault((c.arm, c.reference), [])
+    parts.append(_comparison_phrase(c, names.get(c.metric, c.metric),
+                                    first=not parts))
+  for (arm, ref), parts in by_pair.items():
+    label = arm if ref == reference else f"{arm} vs {ref}"
+    lines.append(f"- {label}: " + "; ".join(parts) + ".")
+  return lines
+
+
+def verdict_table(comparisons: Sequence[stats_lib.Comparison],
+                  task: SweepTask = CLASSIFICATION) -> str:
+  """One Markdown row per (arm, reference, metric)."""
+  names = dict(task.compared)
+  lines = ["| arm | vs | metric | seeds | mean diff | 95% CI | p (Welch) | "
+           "p (Holm) | significant | MDD (80%) |",
+           "|" + "---|" * 10]
+  for c in comparisons:
+    level = round(100 * (1 - c.alpha))
+    tested = math.isfinite(c.p)  # no spread: no interval, no MDD to give
+    ci = f"{c.ci_low:+.3f} to {c.ci_high:+.3f}" if tested else "–"
+    if level != 95:
+      ci += f" ({level}%)"
+    sig = ("–" if not math.isfinite(c.p) else
+           (f"yes (α={c.alpha:g})" if c.significant else "no"))
+    mdd = f"{c.mdd:.3f}" if tested else "–"
+    diff = "–" if not math.isfinite(c.diff) else f"{c.diff:+.3f}"
+    lines.append(f"| {c.arm} | {c.reference} | "
+                 f"{names.get(c.metric, c.metric)} | {c.n}/{c.n_ref} | "
+                 f"{diff} | {ci} | {_p(c.p)} | {_p(c.p_holm)} | {sig} | "
+                 f"{mdd} |")
+  return "\n".join(lines)
+
+
+def overfitting_table(overfit: Dict[str, stats_lib.ArmOverfitting]) -> str:
+  """One Markdown row per arm: rise, noise, null threshold, seeds, p."""
+  lines = ["| arm | seeds | val loss rise | epoch noise σ̂ | noise ρ̂ | "
+           "null threshold | seeds firing | p (Stouffer) | p (Holm) | "
+           "overfits |",
+           "|" + "---|" * 10]
+  for v in overfit.values():
+    lines.append(f"| {v.arm} | {v.seeds} | {v.rise_mean:.4f} | "
+                 f"{v.noise_mean:.4f} | {v.rho:.2f} | "
+                 f"{v.threshold_mean:.4f} | "
+                 f"{v.fired}/{v.seeds} | {_p(v.p)} | {_p(v.p_holm)} | "
+                 f"{'yes' if v.overfits else 'no'} |")
+  return "\n".join(lines)
+
+
+def _csv_text(rows: Sequence[Dict]) -> str:
+  out = io.StringIO()
+  if rows:
+    fieldnames = list(rows[0])
+    for row in rows[1:]:
+      fieldnames += [k for k in row if k not in fieldnames]
+    writer = csv.DictWriter(out, fieldnames=fieldnames)
+    writer.writeheader()
+    writer.writerows(rows)
+  return out.getvalue()
+
+
+def _run_rows(records: Sequence[RunRecord], task: SweepTask, alpha: float,
+              overfit: Dict[str, stats_lib.ArmOverfitting]) -> List[Dict]:
+  rows = []
+  for r in records:
+    row = {"bits": r.bits, "seed": r.seed}
+    row.update({key: r.value(key) for key, _ in task.metrics})
+    row["best_epoch"] = r.result.get("best_epoch")
+    row["wall_time_s"] = r.result.get("wall_time_s")
+    arm = overfit.get(r.bits)
+    test = r.rise_test(alpha, arm.rho if arm else None)
+    row["val_loss_rise_rho"] = test.rho if test else None
+    row["val_loss_rise_noise"] = test.noise if test else None
+    row["val_loss_rise_threshold"] = test.threshold if test else None
+    row["val_loss_rise_p"] = test.p if test else None
+    row["overfits"] = test.overfits if test else None
+    rows.append(row)
+  return rows
+
+
+def write_report(output_dir: str, records: Sequence[RunRecord],
+                 bits_order: Sequence[str], *, title: str = "Bit-width sweep",
+                 command: str = "", wall_time_s: Optional[float] = None,
+                 task: SweepTask = CLASSIFICATION,
+                 alpha: float = stats_lib.ALPHA) -> Dict:
+  """Writes the CSVs, report.md and the PNGs; returns a summary.
+
+  Args:
+    output_dir: folder for the files (created).
+    records: every finished run of the sweep.
+    bits_order: the arms in report order (`--sweep_bits`).
+    title, command, wall_time_s: for report.md's head.
+    task: `CLASSIFICATION` or `DETECTION`.
+    alpha: the level of every test (family-wise within a metric).
+
+  Returns:
+    `{"rows": aggregated rows, "table": markdown, "verdict": lines,
+    "verdict_table": markdown, "overfitting_table": markdown,
+    "comparisons": [Comparison.as_dict()], "overfitting":
+    [ArmOverfitting.as_dict()], "warnings": lines, "paths": written files}`.
+  """
+  os.makedirs(output_dir, exist_ok=True)
+  rows = aggregate(records, bits_order, task)
+  table = markdown_table(rows, task)
+  comparisons = compare(records, bits_order, task, alpha=alpha)
+  overfit = overfitting(records, bits_order, alpha)
+  warnings = seed_warnings(records, bits_order)
+  lines = verdict(records, bits_order, task, alpha=alpha,
+                  comparisons=comparisons, overfit=overfit)
+  comparison_table = verdict_table(comparisons, task)
+  overfit_table = overfitting_table(overfit)
+  atomic_write_text(os.path.join(output_dir, "runs.csv"),
+                    _csv_text(_run_rows(records, task, alpha, overfit)))
+  atomic_write_text(os.path.join(output_dir, "results.csv"), _csv_text(rows))
+  atomic_write_text(os.path.join(output_dir, "comparisons.csv"),
+                    _csv_text([c.as_dict() for c in comparisons]))
+  plots = figures.write_figures(output_dir, records, rows,
+                                _present(records, bits_order), task)
+  md = [f"# {title}", ""]
+  if command:
+    md += ["Command:", "", "```", command, "```", ""]
+  if wall_time_s is not None:
+    run_times = [r.result.get("wall_time_s") or 0.0 for r in records]
+    md += [f"Wall time: {wall_time_s / 60:.1f} min for {len(records)} runs "
+           f"(the runs' own wall times add up to {sum(run_times) / 60:.1f} "
+           "min; runs finished earlier are not retrained).", ""]
+  md += [f"**{w}**" for w in warnings] + ([""] if warnings else [])
+  md += [task.legend, "", table, "",
+         "## Verdict (computed from the numbers above)", "",
+         *[l for l in lines if l not in warnings], "",
+         f"### Comparisons (Welch's t-test, Holm-corrected per metric, "
+         f"α = {alpha:g})", "", comparison_table, "",
+         "### Overfitting (validation-loss rise against a flat-noise null)",
+         "", overfit_table if overfit else "No curve long enough to test.",
+         "", VERDICT_METHOD.format(alpha=f"{alpha:g}",
+                                   draws=stats_lib.NULL_DRAWS,
+                                   seeds=stats_lib.RECOMMENDED_SEEDS), "",
+         "## Plots", ""]
+  md += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
+  atomic_write_text(os.path.join(output_dir, "report.md"), "\n".join(md) + "\n")
+  return {"rows": rows, "table": table, "verdict": lines,
+          "verdict_table": comparison_table,
+          "overfitting_table": overfit_table,
+          "comparisons": [c.as_dict() for c in comparisons],
+          "overfitting": [v.as_dict() for v in overfit.values()],
+          "warnings": warnings,
+          "paths": [os.path.join(output_dir, n) for n in
+                    ("report.md", "results.csv", "runs.csv",
+                     "comparisons.csv")] + plots}
