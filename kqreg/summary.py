@@ -32,6 +32,8 @@ class LayerProfile:
     activation_bits: bits of its activation/output quantizer, None if float.
     params: number of parameters (quantizer ranges not counted).
     quantized_params: parameters stored at `weight_bits`.
+    weight_noise: its kernels are noise twins (`n<b>`): they train with the
+      noise of `weight_bits` quantization and stay float32 at inference.
   """
   name: str
   layer_type: str
@@ -39,6 +41,7 @@ class LayerProfile:
   activation_bits: Optional[int]
   params: int
   quantized_params: int
+  weight_noise: bool = False
 
   @property
   def float_params(self) -> int:
@@ -46,8 +49,9 @@ class LayerProfile:
 
   @property
   def weight_bytes(self) -> float:
-    """Storage at the layer's bits; biases and BN stay 32-bit."""
-    bits = self.quantized_params * (self.weight_bits or _FLOAT_BITS)
+    """Storage at the layer's bits; biases, BN and noise twins stay 32-bit."""
+    stored = None if self.weight_noise else self.weight_bits
+    bits = self.quantized_params * (stored or _FLOAT_BITS)
     return (bits + self.float_params * _FLOAT_BITS) / 8
 
   @property
@@ -104,7 +108,9 @@ def _layer_profile(layer) -> LayerProfile:
     # the wrapped layer no longer tracks the kernels the config swapped out.
     params = _count(layer.trainable_weights) + _count(inner.non_trainable_weights)
     return LayerProfile(layer.name, type(inner).__name__, weight_bits,
-                        activation_bits, params, _count(quantized))
+                        activation_bits, params, _count(quantized),
+                        bool(getattr(config, "weight_noise", False)
+                             and weight_bits is not None))
   if isinstance(layer, _tfmot.QuantizeLayer):
     return LayerProfile(layer.name, "QuantizeLayer", None,
                         getattr(layer.quantizer, "num_bits", None), 0, 0)
@@ -127,8 +133,10 @@ def profile(model: tf_keras.Model) -> ModelProfile:
   return ModelProfile(model.name, list(_walk(model)))
 
 
-def _fmt_bits(bits: Optional[int]) -> str:
-  return "fp" if bits is None else str(bits)
+def _fmt_bits(bits: Optional[int], noise: bool = False) -> str:
+  if bits is None:
+    return "fp"
+  return f"n{bits}" if noise else str(bits)
 
 
 def summary(model: tf_keras.Model,
@@ -145,7 +153,7 @@ def summary(model: tf_keras.Model,
   print_fn = print_fn or print
   prof = profile(model)
   header = ("Layer", "Type", "W bits", "A bits", "Params", "Bytes")
-  rows = [(l.name, l.layer_type, _fmt_bits(l.weight_bits),
+  rows = [(l.name, l.layer_type, _fmt_bits(l.weight_bits, l.weight_noise),
            _fmt_bits(l.activation_bits), f"{l.params:,}",
            f"{l.weight_bytes:,.0f}") for l in prof.layers]
   widths = [max(len(str(r[i])) for r in rows + [header])

@@ -42,7 +42,7 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path):
 
 
 def test_targets_are_judged_from_the_numbers():
-  from kqreg import benchmark
+  from kqreg.study import benchmark_report as benchmark
   step = [{"model": "cnn", "variant": v, "jit": False, "ratio": r}
           for v, r in (("float", 1.0), ("tfmot_8bit", 1.40), ("kqreg_w8a8", 1.15),
                        ("kqreg_w4", 1.08))]
@@ -68,7 +68,7 @@ def _tiny(units):
 
 
 def test_paired_step_times_rounds_and_failures():
-  from kqreg import benchmark
+  from kqreg.study import benchmark
   models = {"float": _tiny(10), "other": _tiny(10), "broken": _tiny(1)}
   timed = benchmark.paired_step_times(models, (4, 4, 1), batch_size=8, steps=2,
                                       repeats=4, warmup=1)

@@ -1,6 +1,7 @@
 """Every flagfile in configs/ parses; the offline ones run (shrunk)."""
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -16,13 +17,14 @@ DETECTION = {"shapes_yolov8.cfg", "voc_yolov8.cfg", "shapes_sweep.cfg"}
 
 def _run(*args):
   env = dict(os.environ, PYTHONPATH=ROOT)
-  return subprocess.run([sys.executable, "-m", "trainers.sweep", *args], cwd=ROOT,
+  return subprocess.run([sys.executable, "-m", "trainers.sweep", "--workers=1", *args], cwd=ROOT,
                         env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_configs_exist():
   names = {os.path.basename(c) for c in CONFIGS}
-  assert {"digits_sweep.cfg", "cifar10_resnet20.cfg", "mnist_cnn.cfg"} | DETECTION <= names
+  assert {"mnist_sweep.cfg", "digits_sweep.cfg", "cifar10_resnet20.cfg",
+          "mnist_cnn.cfg"} | DETECTION <= names
 
 
 @pytest.mark.parametrize("name, dataset", sorted(NEEDS_DATA.items()))
@@ -36,12 +38,15 @@ def test_dataset_configs_parse_and_ask_for_data_dir(name, dataset, tmp_path):
 
 
 def test_main_config_runs_shrunk(tmp_path):
-  result = _run(f"--flagfile={os.path.join(ROOT, 'configs', 'digits_sweep.cfg')}",
-                "--epochs=1", "--seeds=0", "--sweep_bits=fp,w4", "--train_examples=32",
-                "--noise_analysis=false", f"--output_dir={tmp_path}")
+  result = _run(f"--flagfile={os.path.join(ROOT, 'configs', 'mnist_sweep.cfg')}",
+                "--epochs=2", "--seeds=0,1", "--sweep_bits=fp,n4", "--train_examples=32",
+                "--val_examples=64", "--noise_analysis=false", f"--output_dir={tmp_path}")
   assert result.returncode == 0, result.stderr
   assert (tmp_path / "report.md").exists()
-  assert "Verdict:" in result.stdout
+  assert "Verdict:" in result.stdout and "n4 vs" not in result.stdout  # no w4 to pair
+  result_json = json.loads((tmp_path / "runs" / "n4_seed0" / "result.json").read_text())
+  assert result_json["label_noise"]["count"] == round(0.4 * 32)
+  assert result_json["dataset"] == "kqreg_mnist"
 
 
 def test_detect_flagfile_parses_for_a_detection_sweep(tmp_path):

@@ -15,7 +15,8 @@ import kqreg
 from kqreg import detection
 from kqreg.data import DatasetError
 from kqreg.detection import metrics, shapes
-from kqreg.detection import training as detect_training
+from kqreg import runs
+from kqreg.detection import task as detect_task
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -125,18 +126,29 @@ def _convs(model):
       yield layer
 
 
-def test_w4_detector_quantizes_every_conv_to_16_levels():
+def test_w4_detector_quantizes_every_conv_to_its_15_level_grid():
   model = detection.build_detector(3, "xs", "w4", image_size=32)
   float_model = detection.build_detector(3, "xs", "fp", image_size=32)
   n_conv = len(list(_convs(float_model)))
+  # A training-mode call sets every range from its kernel (the initial
+  # ranges are a placeholder +-6, on which any bound would hold).
+  model(np.random.default_rng(0).random((2, 32, 32, 3), np.float32), training=True)
   weights = kqreg.noise.quantized_weights(model)
   assert len(weights) == n_conv > 60  # backbone, FPN and head
   for qw in weights:
     assert qw.bits == 4
     kernel = qw.quantizer.to_channels_last(qw.quantized()).numpy()
+    w = qw.quantizer.to_channels_last(qw.weight).numpy()
     per_channel = kernel.reshape(-1, kernel.shape[-1])
-    for c in range(per_channel.shape[-1]):
-      assert len(np.unique(per_channel[:, c])) <= 2**4, qw.layer_name
+    peak = np.abs(w.reshape(-1, w.shape[-1])).max(axis=0)
+    # Symmetric narrow grid: 2^4 - 1 levels of step peak/7 per channel.
+    step = peak / 7
+    levels = per_channel / np.where(step > 0, step, 1)
+    np.testing.assert_allclose(levels, np.round(levels), atol=1e-3,
+                               err_msg=qw.layer_name)
+    assert np.abs(np.round(levels)).max() <= 7, qw.layer_name
+    assert max(len(np.unique(per_channel[:, c]))
+               for c in range(per_channel.shape[-1])) > 3, qw.layer_name
   # keras-cv's pyramid levels name layers of the quantized graph (unwrapped
   # activations at w4, "quant_*" wrappers under an aN policy).
   for name in model.backbone.pyramid_level_inputs.values():
@@ -209,11 +221,11 @@ def test_w4_run_loss_falls_reports_map_and_saves(shapes_sweep, shapes_dir):
 
   # The same config again is not retrained; a different one is refused.
   with open(run_dir / "params.json") as f:
-    config = detect_training.DetectConfig(**json.load(f)["config"])
-  assert detect_training.run(config)["skipped"]
+    config = detect_task.DetectConfig(**json.load(f)["config"])
+  assert runs.run(config)["skipped"]
   config.bits = "w8"
-  with pytest.raises(detect_training.ConfigError, match="--bits"):
-    detect_training.run(config)
+  with pytest.raises(runs.ConfigError, match="--bits"):
+    runs.run(config)
 
 
 def test_exports_run_in_litert(shapes_sweep):
@@ -240,7 +252,7 @@ def test_voc_runs_on_mock_data(tmp_path):
   with tfds.testing.mock_data(num_examples=4):
     ds, info = detection.load_detection("voc/2007", "train")
     assert info.num_classes == 20
-    result = detect_training.run(detect_training.DetectConfig(
+    result = runs.run(detect_task.DetectConfig(
         model_dir=str(tmp_path / "voc"), dataset="voc/2007", bits="fp",
         image_size=32, epochs=1, batch_size=4, map_examples=0,
         noise_analysis=False, verbose=0))
@@ -266,3 +278,65 @@ def test_trainer_bad_flags_exit_with_one_line(args, tmp_path):
   assert len(lines) == 1 and lines[0].startswith("kqreg-detect: error:"), (
       proc.stderr)
   assert not os.path.exists(tmp_path / "x" / "params.json")
+
+
+# Run library: NaN order and multi-worker, as for classification ----------
+
+def _tiny_detect_config(model_dir, data_dir, **overrides):
+  values = dict(model_dir=str(model_dir), data_dir=data_dir, bits="w8",
+                image_size=32, epochs=2, batch_size=4, train_examples=16,
+                val_examples=4, map_examples=0, noise_analysis=False,
+                augment=False, verbose=0)
+  values.update(overrides)
+  return detect_task.DetectConfig(**values)
+
+
+def test_nan_in_a_detection_run_reaches_neither_history_nor_backup(shapes_dir, tmp_path):
+  # Adam's steps are about the learning rate whatever the gradient: 1e30
+  # overflows the weights within the first epoch.
+  config = _tiny_detect_config(tmp_path / "run", shapes_dir, learning_rate=1e30)
+  with pytest.raises(runs.TrainingDiverged) as info:
+    runs.run(config)
+  bad_epoch = info.value.epoch
+  history = runs.read_history(str(tmp_path / "run" / "history.csv"))
+  assert all(int(float(row["epoch"])) < bad_epoch for row in history)
+  assert all(np.isfinite(float(row["loss"])) for row in history)
+  backup = tmp_path / "run" / "backup"
+  saved = tf.train.latest_checkpoint(str(backup / "chief")) if backup.exists() else None
+  if saved is not None:
+    reader = tf.train.load_checkpoint(saved)
+    epoch_key = next(k for k in reader.get_variable_to_shape_map()
+                     if "_ckpt_saved_epoch" in k)
+    assert int(reader.get_tensor(epoch_key)) < bad_epoch
+
+
+def test_multi_worker_detection_on_loopback_chief_writes(shapes_dir, tmp_path):
+  import socket
+  sockets = [socket.socket() for _ in range(2)]
+  for s in sockets:
+    s.bind(("127.0.0.1", 0))
+  cluster = {"worker": [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]}
+  for s in sockets:
+    s.close()
+  model_dir = tmp_path / "run"
+  args = [sys.executable, "-m", "trainers.detect", f"--data_dir={shapes_dir}",
+          "--bits=w8", "--image_size=32", "--epochs=2", "--batch_size=4",
+          "--train_examples=16", "--val_examples=4", "--map_examples=0",
+          "--noise_analysis=false", "--noaugment", "--verbose=0",
+          "--strategy=multi_worker", f"--model_dir={model_dir}"]
+  procs = [subprocess.Popen(
+      args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env={**os.environ, "PYTHONPATH": REPO, "TF_CONFIG": json.dumps(
+          {"cluster": cluster, "task": {"type": "worker", "index": i}})})
+           for i in range(2)]
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for proc, (_, err) in zip(procs, outputs):
+    assert proc.returncode == 0, err[-2000:]
+  result = json.loads((model_dir / "result.json").read_text())
+  assert result["replicas"] == 2 and result["task"] == "detect"
+  assert [row["epoch"] for row in result["history"]] == [0.0, 1.0]
+  for name in ("history.csv", "model.keras", "params.json"):
+    assert (model_dir / name).exists(), name
+  # Only the chief writes: the second worker's scratch folder is elsewhere.
+  assert sorted(p.name for p in model_dir.iterdir()) == sorted(
+      ["history.csv", "model.keras", "params.json", "result.json", "tensorboard"])

@@ -156,9 +156,12 @@ def test_quantizes_w4a8_and_trains_one_step(name):
   rng = np.random.default_rng(0)
   x = rng.random((8, *SHAPE), dtype=np.float32)
   y = rng.integers(0, CLASSES, 8)
-  before = [w.copy() for w in qat.get_weights()]
+  # Trainable weights only: quantizer ranges and BN statistics change in a
+  # forward pass even when the optimizer does nothing.
+  before = [w.numpy().copy() for w in qat.trainable_weights]
   loss = qat.train_on_batch(x, y)
   assert np.isfinite(loss)
-  assert any(not np.array_equal(u, v)
-             for u, v in zip(before, qat.get_weights()))
+  after = [w.numpy() for w in qat.trainable_weights]
+  kernels = [i for i, w in enumerate(qat.trainable_weights) if "kernel" in w.name]
+  assert kernels and all(not np.array_equal(before[i], after[i]) for i in kernels)
   assert qat.predict(x, verbose=0).shape == (8, CLASSES)

@@ -158,3 +158,16 @@ def test_policy_mixes_twins_and_quantizers_per_layer(cnn):
   qat = kqreg.quantize(cnn, "w4,conv_*=n4a8")
   kinds = {qw.layer_name: qw.kind for qw in noise.quantized_weights(qat)}
   assert kinds == {"conv_a": "noise", "conv_b": "noise", "head": "round"}
+
+
+def test_summary_shows_twins_as_n_bits_stored_in_float():
+  model = _dense()
+  twin, grid = kqreg.quantize(model, "n4"), kqreg.quantize(_dense(), "w4")
+  lines = []
+  prof = kqreg.summary(twin, print_fn=lines.append)
+  (row,) = [l for l in prof.layers if l.quantized_params]
+  assert row.weight_noise and row.weight_bits == 4
+  assert any(" n4 " in line for line in lines)
+  # A twin is float32 at inference: no storage saving, unlike w4.
+  assert prof.weight_bytes == prof.float32_bytes
+  assert kqreg.profile(grid).weight_bytes < prof.weight_bytes

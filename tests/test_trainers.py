@@ -89,8 +89,10 @@ def test_killed_run_resumes_without_losing_or_repeating_epochs(tmp_path):
 
 def test_sweep_runs_reports_and_skips_finished_runs(tmp_path):
   out = tmp_path / "sweep"
+  # Two worker processes: the runs finish in any order, the report keeps
+  # the grid's.
   args = [*TINY, "--epochs=2", "--sweep_bits=fp,w4", "--seeds=0,1", f"--output_dir={out}",
-          "--noise_analysis=false"]
+          "--noise_analysis=false", "--workers=2"]
   result = _run("trainers.sweep", *args)
   assert result.returncode == 0, result.stderr
   lines = result.stdout.splitlines()
@@ -264,9 +266,36 @@ def test_export_tflite_flag_writes_and_verifies_the_file(tmp_path):
   assert tflite["top1_agreement"] >= 0.9 and tflite["examples"] == 256
 
 
-def test_export_of_sub_8_bit_activations_is_refused_in_one_line(tmp_path):
+def test_export_of_sub_8_bit_activations_is_refused_before_training(tmp_path):
   result = _run("trainers.classify", *MLP, "--bits=w4a4", "--export_tflite",
                 "--noise_analysis=false", f"--model_dir={tmp_path / 'run'}")
   assert result.returncode == 2
   lines = [l for l in result.stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and lines[0].startswith("kqreg-classify: error: "), result.stderr
+  assert "--export_tflite with --bits=w4a4" in lines[0] and "4-bit activations" in lines[0]
+  # Refused at validation: no run folder, no epoch trained.
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flag", ["model_dir", "data_dir"])
+def test_unwritable_folders_are_one_line(flag, tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  folders = {"model_dir": tmp_path / "run", "data_dir": tmp_path / "tfds"}
+  folders[flag] = blocker / "sub"
+  result = _run("trainers.classify", *MLP, "--epochs=1", "--noise_analysis=false",
+                f"--model_dir={folders['model_dir']}", f"--data_dir={folders['data_dir']}")
+  assert result.returncode == 2
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and f"--{flag}=" in lines[0], result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_sweep_output_dir_that_cannot_be_created_is_one_line(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  result = _run("trainers.sweep", *TINY, "--sweep_bits=fp", "--seeds=0",
+                f"--output_dir={blocker / 'out'}")
+  assert result.returncode == 2
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and "--output_dir=" in lines[0], result.stderr

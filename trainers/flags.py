@@ -1,27 +1,46 @@
-"""Flags of the kqreg trainers: `define_flags(task...)`, all optional.
+"""Every flag of the kqreg trainers, defined here and nowhere else.
+
+Each entry point calls `quiet_import()` and then `define_flags(groups...)`,
+which returns the `FlagHolder`s of the groups it defined (absl's typed
+handles: `holders.bits.value`). Groups: "model_dir", "run" (what classification and
+detection runs share), "classify", "detect", "sweep", "export", "benchmark".
+All flags are optional, so tests need none; each entry point marks its
+required ones.
 
 Override order: defaults here < a `--flagfile` (absl's own) < flags on the
-command line, later ones winning. Each entry point marks what it requires.
+command line, later ones winning. `--bits` is parsed once, by its flag
+parser, into a `kqreg.BitPolicy`; a malformed policy fails flag parsing with
+one line.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
+import io
 import os
 import sys
+import types
+from typing import Callable, Dict
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
+from absl import flags
 
-from absl import flags  # noqa: E402
+FLAGS = flags.FLAGS
+
+# Exit statuses: 2 bad input, 3 training diverged, 130 interrupted (as
+# shells report SIGINT).
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 
 
-def _import_kqreg_quietly() -> None:
+def quiet_import() -> None:
   """Imports kqreg (so TensorFlow) with the C library's stderr muted.
 
   TensorFlow 2.21 prints INFO lines from C++ at import and at device setup
   that no environment variable silences; a trainer's stderr is for its own
-  messages. Python errors still surface: they are raised after stderr is back.
+  messages. Python errors still surface: they are raised after stderr is
+  back. Called by each entry point's `main`, never at import.
   """
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
   os.dup2(devnull, 2)
   try:
@@ -34,176 +53,29 @@ def _import_kqreg_quietly() -> None:
     os.close(devnull)
 
 
-_import_kqreg_quietly()
+class _PolicyParser(flags.ArgumentParser):
+  """Parses `--bits` into a `kqreg.BitPolicy` (errors quote the token)."""
 
-from kqreg import models, training  # noqa: E402
-from kqreg.policy import BitPolicy, PolicyError  # noqa: E402
+  syntactic_help = "a bit policy such as w4a8 or 'w4,first=w8,last=w8'"
 
-FLAGS = flags.FLAGS
+  def parse(self, argument):
+    from kqreg.policy import BitPolicy, PolicyError  # pylint: disable=g-import-not-at-top
+    try:
+      return BitPolicy.parse(argument)
+    except PolicyError as e:
+      raise ValueError(str(e)) from e
 
-
-def _valid_policy(text: str) -> bool:
-  try:
-    BitPolicy.parse(text)
-  except PolicyError as e:
-    raise flags.ValidationError(str(e)) from e
-  return True
-
-
-# Flags whose default differs between the tasks (classification first).
-TASK_DEFAULTS = {
-    "classify": {"dataset": "kqreg_digits", "epochs": 30, "batch_size": 64,
-                 "augment": False},
-    "detect": {"dataset": "kqreg_shapes", "epochs": 10, "batch_size": 16,
-               "augment": True},
-}
-# Flags that mean something to one task only.
-TASK_FLAGS = {
-    "classify": ("model", "model_args", "optimizer", "weight_decay",
-                 "jit_compile", "deterministic", "virtual_cpus"),
-    "detect": ("backbone", "image_size", "max_boxes", "val_examples",
-               "map_examples"),
-}
+  def flag_type(self):
+    return "bit policy"
 
 
-def define_flags(*tasks: str) -> None:
-  """Defines the flags of `tasks` ("classify", "detect"; idempotent).
+class _PolicySerializer(flags.ArgumentSerializer):
 
-  Flags both tasks share are defined once with the same name and meaning;
-  each entry point then calls `use_task_defaults`.
-  """
-  _define_common_flags()
-  for task in tasks or ("classify",):
-    {"classify": _define_classify_flags,
-     "detect": _define_detect_flags}[task]()
+  def serialize(self, value):
+    return str(value)
 
 
-def use_task_defaults(task: str) -> None:
-  """Sets `task`'s defaults on the flags not given on the command line."""
-  for name, value in TASK_DEFAULTS[task].items():
-    FLAGS.set_default(name, value)
-
-
-def check_task_flags(task: str) -> None:
-  """Raises `ConfigError` for a flag given that only the other task uses."""
-  for other, names in TASK_FLAGS.items():
-    if other == task:
-      continue
-    for name in names:
-      if name in FLAGS and FLAGS[name].present:
-        raise training.ConfigError(
-            f"--{name} applies to --task={other} only; drop it or switch "
-            "--task.")
-
-
-def _define_common_flags() -> None:
-  if "bits" in FLAGS:
-    return
-  flags.DEFINE_string(
-      "dataset", TASK_DEFAULTS["classify"]["dataset"],
-      "TFDS dataset prepared in --data_dir, or an offline one. "
-      "Classification: mnist, fashion_mnist, cifar10, cifar100, imagenette, "
-      "..., offline kqreg_digits, kqreg_textures. Detection: voc/2007, "
-      "voc/2012, coco/2017, offline kqreg_shapes.")
-  flags.DEFINE_string("data_dir", None,
-                      "TFDS data dir holding prepared real datasets.")
-  flags.DEFINE_string(
-      "bits", "fp",
-      "Bit policy: fp, w8, w4 (weight-only), w4a8, "
-      "'w4,first=w8,last=w8', 'w4a8,conv2d_3=w2,Dense=w8', ...")
-  flags.DEFINE_enum(
-      "per_channel", "auto", ["auto", "true", "false"],
-      "Weight ranges per output channel: auto = per channel for conv layers, "
-      "per tensor for Dense.")
-  flags.DEFINE_integer("epochs", TASK_DEFAULTS["classify"]["epochs"],
-                       "Training epochs.", lower_bound=1)
-  flags.DEFINE_integer("batch_size", TASK_DEFAULTS["classify"]["batch_size"],
-                       "Global batch size (split across replicas).",
-                       lower_bound=1)
-  flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.",
-                     lower_bound=0.0)
-  flags.DEFINE_enum("lr_schedule", "constant", list(training.LR_SCHEDULES),
-                    "Learning-rate schedule over the whole run.")
-  flags.DEFINE_bool(
-      "augment", TASK_DEFAULTS["classify"]["augment"],
-      "Random flip + pad-and-crop (classification) or flip + translation "
-      "(detection).")
-  flags.DEFINE_integer(
-      "train_examples", None,
-      "Train on the first n examples only (small sets make overfitting, and "
-      "so regularization, visible).", lower_bound=1)
-  flags.DEFINE_integer("seed", 0, "Seed for weights, shuffling, augmentation.")
-  flags.DEFINE_string("model_dir", None,
-                      "Output folder; rerunning the same command resumes.")
-  flags.DEFINE_bool("noise_analysis", True,
-                    "Record per-layer weight noise every epoch.")
-  flags.DEFINE_integer("noise_every", 1, "Epochs between noise records.",
-                       lower_bound=1)
-  flags.DEFINE_bool(
-      "export_tflite", False,
-      "Write model.tflite after training and verify it in LiteRT on the "
-      "validation split (figures in result.json).")
-  flags.DEFINE_enum("strategy", "default", list(training.STRATEGIES),
-                    "tf.distribute strategy.")
-  flags.DEFINE_integer("verbose", 2,
-                       "Keras fit verbosity: 0 silent, 1 bar, 2 line/epoch.")
-  flags.register_validator("bits", _valid_policy,
-                           message="--bits is not a valid bit policy.")
-
-
-def _define_classify_flags() -> None:
-  if "model" in FLAGS:
-    return
-  flags.DEFINE_enum("model", "cnn", list(models.MODELS),
-                    "Model from the kqreg zoo.")
-  flags.DEFINE_string(
-      "model_args", "{}",
-      "Overrides of the model preset as a Python dict literal, e.g. "
-      "\"{'widths': (16, 32, 64), 'dropout': 0.1}\" (keys per model in "
-      "kqreg.models.MODELS).")
-  flags.DEFINE_enum("optimizer", "adam", list(training.OPTIMIZERS),
-                    "Optimizer.")
-  flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay.",
-                     lower_bound=0.0)
-  flags.DEFINE_bool("jit_compile", False, "XLA-compile the training step.")
-  flags.DEFINE_bool("deterministic", False,
-                    "TensorFlow op determinism: bit-identical reruns on CPU.")
-  flags.DEFINE_integer(
-      "virtual_cpus", 0,
-      "Split the CPU into n logical devices, e.g. to try --strategy=mirrored "
-      "on one machine (0: off).", lower_bound=0)
-  flags.register_validator("model_args", _valid_model_args,
-                           message="--model_args is not a dict literal.")
-
-
-def _define_detect_flags() -> None:
-  if "backbone" in FLAGS:
-    return
-  from kqreg.detection import model as model_lib  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_enum("backbone", "xs", list(model_lib.BACKBONES),
-                    "YOLOv8 backbone size.")
-  flags.DEFINE_integer("image_size", 64,
-                       "Square input size, a multiple of 32.", lower_bound=32)
-  flags.DEFINE_integer("max_boxes", 32, "Boxes kept per image.",
-                       lower_bound=1)
-  flags.DEFINE_integer("val_examples", None,
-                       "Evaluate on the first n validation examples only.",
-                       lower_bound=1)
-  flags.DEFINE_integer("map_examples", 64,
-                       "Validation images for the per-epoch mAP (0: off).",
-                       lower_bound=0)
-  flags.register_validator(
-      "image_size", lambda v: v % model_lib.SIZE_MULTIPLE == 0,
-      message=f"--image_size must be a multiple of {model_lib.SIZE_MULTIPLE}, "
-      "e.g. 64 or 96.")
-
-
-def _valid_model_args(text: str) -> bool:
-  model_args(text)
-  return True
-
-
-def model_args(text: str) -> dict:
+def _model_args(text: str) -> dict:
   """Parses --model_args with `ast.literal_eval` (never eval)."""
   try:
     value = ast.literal_eval(text)
@@ -217,36 +89,271 @@ def model_args(text: str) -> dict:
   return value
 
 
-# Flags that map one to one onto fields of both TrainConfig and DetectConfig.
-_SHARED_FIELDS = ("dataset", "data_dir", "bits", "epochs", "batch_size",
-                  "learning_rate", "lr_schedule", "augment", "train_examples",
-                  "seed", "noise_analysis", "noise_every", "export_tflite",
-                  "strategy", "verbose")
+class _ModelArgsParser(flags.ArgumentParser):
+
+  def parse(self, argument):
+    if isinstance(argument, dict):
+      return argument
+    try:
+      return _model_args(argument)
+    except flags.ValidationError as e:
+      raise ValueError(str(e)) from e
 
 
-def _config_values(task: str, model_dir: str, overrides) -> dict:
-  # --model_args becomes `model_kwargs` (parsed); the rest map by name.
-  names = _SHARED_FIELDS + tuple(n for n in TASK_FLAGS[task]
-                                 if n != "model_args")
-  values = {name: FLAGS[name].value for name in names}
-  values.update(model_dir=model_dir, per_channel={
-      "auto": None, "true": True, "false": False}[FLAGS.per_channel])
-  values.update(overrides)
-  return values
+def _define_run() -> Dict[str, flags.FlagHolder]:
+  from kqreg import runs  # pylint: disable=g-import-not-at-top
+  h = {}
+  h["dataset"] = flags.DEFINE_string(
+      "dataset", None,
+      "TFDS dataset prepared in --data_dir, or an offline one. "
+      "Classification (default kqreg_digits): mnist, fashion_mnist, cifar10, "
+      "..., offline kqreg_mnist, kqreg_digits, kqreg_textures. Detection "
+      "(default kqreg_shapes): voc/2007, voc/2012, coco/2017, offline "
+      "kqreg_shapes.")
+  h["data_dir"] = flags.DEFINE_string(
+      "data_dir", None, "TFDS data dir holding prepared real datasets.")
+  h["bits"] = flags.DEFINE(
+      _PolicyParser(), "bits", "fp",
+      "Bit policy: fp, w8, w4 (weight-only), w4a8, n4 (the noise-only twin "
+      "of w4), 'w4,first=w8,last=w8', 'w4a8,conv2d_3=w2,Dense=w8', ...",
+      serializer=_PolicySerializer())
+  h["per_channel"] = flags.DEFINE_enum(
+      "per_channel", "auto", ["auto", "true", "false"],
+      "Weight ranges per output channel: auto = per channel for conv layers, "
+      "per tensor for Dense.")
+  h["epochs"] = flags.DEFINE_integer(
+      "epochs", None, "Training epochs (classification 30, detection 10).",
+      lower_bound=1)
+  h["batch_size"] = flags.DEFINE_integer(
+      "batch_size", None,
+      "Global batch size, split across replicas (classification 64, "
+      "detection 16).", lower_bound=1)
+  h["learning_rate"] = flags.DEFINE_float(
+      "learning_rate", 1e-3, "Peak learning rate.", lower_bound=0.0)
+  h["lr_schedule"] = flags.DEFINE_enum(
+      "lr_schedule", "constant", list(runs.LR_SCHEDULES),
+      "Learning-rate schedule over the whole run.")
+  h["augment"] = flags.DEFINE_bool(
+      "augment", None,
+      "Random flip + pad-and-crop (classification, default off) or flip + "
+      "translation (detection, default on).")
+  h["train_examples"] = flags.DEFINE_integer(
+      "train_examples", None,
+      "Train on the first n examples only (small sets make overfitting, and "
+      "so regularization, visible).", lower_bound=1)
+  h["val_examples"] = flags.DEFINE_integer(
+      "val_examples", None,
+      "Evaluate on the first n validation examples only.", lower_bound=1)
+  h["seed"] = flags.DEFINE_integer(
+      "seed", 0, "Seed for weights, shuffling, augmentation, label noise.")
+  h["noise_analysis"] = flags.DEFINE_bool(
+      "noise_analysis", True, "Record per-layer weight noise every epoch.")
+  h["noise_every"] = flags.DEFINE_integer(
+      "noise_every", 1, "Epochs between noise records.", lower_bound=1)
+  h["export_tflite"] = flags.DEFINE_bool(
+      "export_tflite", False,
+      "Write model.tflite after training and verify it in LiteRT on the "
+      "validation split (figures in result.json).")
+  h["strategy"] = flags.DEFINE_enum(
+      "strategy", "default", list(runs.STRATEGIES), "tf.distribute strategy.")
+  h["deterministic"] = flags.DEFINE_bool(
+      "deterministic", False,
+      "TensorFlow op determinism: bit-identical reruns on CPU.")
+  h["virtual_cpus"] = flags.DEFINE_integer(
+      "virtual_cpus", 0,
+      "Split the CPU into n logical devices, e.g. to try --strategy=mirrored "
+      "on one machine (0: off).", lower_bound=0)
+  h["verbose"] = flags.DEFINE_integer(
+      "verbose", 2, "Keras fit verbosity: 0 silent, 1 bar, 2 line/epoch.")
+  return h
 
 
-def train_config(model_dir: str, **overrides) -> training.TrainConfig:
-  """A `TrainConfig` from the parsed flags, with `overrides` on top."""
-  return training.TrainConfig(**_config_values(
-      "classify", model_dir,
-      dict(dict(model_kwargs=model_args(FLAGS.model_args)), **overrides)))
+def _define_classify() -> Dict[str, flags.FlagHolder]:
+  from kqreg import classify, models  # pylint: disable=g-import-not-at-top
+  h = {}
+  h["model"] = flags.DEFINE_enum("model", "cnn", list(models.MODELS),
+                                 "Model from the kqreg zoo.")
+  h["model_args"] = flags.DEFINE(
+      _ModelArgsParser(), "model_args", "{}",
+      "Overrides of the model preset as a Python dict literal, e.g. "
+      "\"{'widths': (16, 32, 64), 'dropout': 0.1}\" (keys per model in "
+      "kqreg.models.MODELS).")
+  h["optimizer"] = flags.DEFINE_enum("optimizer", "adam",
+                                     list(classify.OPTIMIZERS), "Optimizer.")
+  h["weight_decay"] = flags.DEFINE_float(
+      "weight_decay", 0.0, "Decoupled weight decay.", lower_bound=0.0)
+  h["label_noise"] = flags.DEFINE_float(
+      "label_noise", 0.0,
+      "Fraction of training labels replaced by another class (seeded by "
+      "--seed, recorded in result.json); validation and test stay clean.",
+      lower_bound=0.0, upper_bound=0.99)
+  h["jit_compile"] = flags.DEFINE_bool("jit_compile", False,
+                                       "XLA-compile the training step.")
+  return h
 
 
-def detect_config(model_dir: str, **overrides):
-  """A `kqreg.detection.DetectConfig` from the parsed flags + `overrides`."""
-  from kqreg.detection import training as detect_training  # pylint: disable=g-import-not-at-top
-  return detect_training.DetectConfig(**_config_values("detect", model_dir,
-                                                       overrides))
+def import_detection() -> None:
+  """Imports kqreg.detection without keras-cv's stdout banner.
+
+  keras-cv (through keras-core) prints "Using TensorFlow backend" at import;
+  a trainer's stdout is for its results.
+  """
+  with contextlib.redirect_stdout(io.StringIO()):
+    import kqreg.detection  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+
+
+def _define_detect() -> Dict[str, flags.FlagHolder]:
+  import_detection()
+  from kqreg.detection import model as model_lib  # pylint: disable=g-import-not-at-top
+  h = {}
+  h["backbone"] = flags.DEFINE_enum("backbone", "xs",
+                                    list(model_lib.BACKBONES),
+                                    "YOLOv8 backbone size.")
+  h["image_size"] = flags.DEFINE_integer(
+      "image_size", 64, "Square input size, a multiple of 32.", lower_bound=32)
+  h["fpn_depth"] = flags.DEFINE_integer(
+      "fpn_depth", 1, "Depth of the FPN's CSP blocks.", lower_bound=1)
+  h["max_boxes"] = flags.DEFINE_integer("max_boxes", 32,
+                                        "Boxes kept per image.", lower_bound=1)
+  h["map_examples"] = flags.DEFINE_integer(
+      "map_examples", 64,
+      "Validation images for the per-epoch mAP (0: off).", lower_bound=0)
+  flags.register_validator(
+      "image_size", lambda v: v % model_lib.SIZE_MULTIPLE == 0,
+      message=f"--image_size must be a multiple of {model_lib.SIZE_MULTIPLE}, "
+      "e.g. 64 or 96.")
+  return h
+
+
+def _define_sweep() -> Dict[str, flags.FlagHolder]:
+  from kqreg import runs  # pylint: disable=g-import-not-at-top
+  h = {}
+  h["task"] = flags.DEFINE_enum("task", "classify", list(runs.TASKS),
+                                "What to train: classifiers or detectors.")
+  h["sweep_bits"] = flags.DEFINE_string(
+      "sweep_bits", "fp,w8,w6,w4,w3,w2",
+      "Bit policies to sweep, comma separated; use ';' to separate policies "
+      "that contain commas themselves ('fp;w4,first=w8;w2,first=w8').")
+  h["seeds"] = flags.DEFINE_list("seeds", ["0", "1", "2"],
+                                 "Seeds to run each policy with.")
+  h["output_dir"] = flags.DEFINE_string(
+      "output_dir", "runs/sweep", "Folder for the runs and the report.")
+  h["title"] = flags.DEFINE_string("title", "Bit-width sweep",
+                                   "Title of report.md.")
+  h["workers"] = flags.DEFINE_integer(
+      "workers", 0,
+      "Runs trained at once, each in its own process with its share of the "
+      "cores (0: one per 2 cores, at least 1; 1: in this process).",
+      lower_bound=0)
+  return h
+
+
+def _define_export() -> Dict[str, flags.FlagHolder]:
+  h = {}
+  h["output"] = flags.DEFINE_string(
+      "output", None,
+      "The .tflite file to write (default <model_dir>/model.tflite); its "
+      "report goes to <output>.json.")
+  h["int_io"] = flags.DEFINE_bool("int_io", False,
+                                  "int8 input and output tensors.")
+  h["allow_activation_widening"] = flags.DEFINE_bool(
+      "allow_activation_widening", False,
+      "Export models with activations below 8 bits anyway (TFLite computes "
+      "them in 8 bits).")
+  h["allow_float"] = flags.DEFINE_bool(
+      "allow_float", False, "Export a run that was never quantized as float32.")
+  h["verify_examples"] = flags.DEFINE_integer(
+      "verify_examples", 256,
+      "Validation examples to compare file and Keras model on (0: skip "
+      "verification).", lower_bound=0)
+  return h
+
+
+def _define_benchmark() -> Dict[str, flags.FlagHolder]:
+  h = {}
+  h["output_dir"] = flags.DEFINE_string(
+      "output_dir", "runs/benchmark", "Folder for benchmark.json and .md.")
+  h["quick"] = flags.DEFINE_bool(
+      "quick", False, "A small, fast run (a smoke test of the benchmark).")
+  h["repeats"] = flags.DEFINE_integer("repeats", 5,
+                                      "Repetitions per timing (median).",
+                                      lower_bound=1)
+  h["rounds"] = flags.DEFINE_integer(
+      "rounds", 10,
+      "Interleaved rounds of 10 steps per step-time comparison.",
+      lower_bound=1)
+  return h
+
+
+def _define_model_dir() -> Dict[str, flags.FlagHolder]:
+  return {"model_dir": flags.DEFINE_string(
+      "model_dir", None,
+      "Run folder: training writes it (rerunning the same command resumes); "
+      "kqreg-export reads it.")}
+
+
+_GROUPS: Dict[str, Callable[[], Dict[str, flags.FlagHolder]]] = {
+    "model_dir": _define_model_dir, "run": _define_run, "classify": _define_classify,
+    "detect": _define_detect, "sweep": _define_sweep,
+    "export": _define_export, "benchmark": _define_benchmark,
+}
+_DEFINED: Dict[str, Dict[str, flags.FlagHolder]] = {}
+
+# Flags whose default differs between the tasks; None in the flag means
+# "the task's default".
+TASK_DEFAULTS = {
+    "classify": {"dataset": "kqreg_digits", "epochs": 30, "batch_size": 64,
+                 "augment": False},
+    "detect": {"dataset": "kqreg_shapes", "epochs": 10, "batch_size": 16,
+               "augment": True},
+}
+
+
+def define_flags(*groups: str) -> types.SimpleNamespace:
+  """Defines the flags of `groups` (idempotent); returns their FlagHolders."""
+  holders = {}
+  for group in groups:
+    if group not in _DEFINED:
+      _DEFINED[group] = _GROUPS[group]()
+    holders.update(_DEFINED[group])
+  return types.SimpleNamespace(**holders)
+
+
+def given(name: str) -> bool:
+  """True if flag `name` was set on the command line or in a flagfile."""
+  return name in FLAGS and FLAGS[name].present
+
+
+def check_task_flags(task: str) -> None:
+  """Refuses a flag given that only the other task uses."""
+  from kqreg import runs  # pylint: disable=g-import-not-at-top
+  for other in runs.TASKS:
+    if other == task or other not in _DEFINED:
+      continue
+    for name in _DEFINED[other]:
+      if given(name):
+        raise runs.ConfigError(
+            f"--{name} applies to --task={other} only; drop it or switch "
+            "--task.")
+
+
+def run_config(task: str, model_dir: str, **overrides):
+  """The task's `RunConfig` from the parsed flags, `overrides` on top."""
+  from kqreg import runs  # pylint: disable=g-import-not-at-top
+  config_class = runs.task_named(task).config_class
+  values = {name: holder.value for name, holder in _DEFINED["run"].items()}
+  values.update({name: holder.value
+                 for name, holder in _DEFINED.get(task, {}).items()})
+  for name, default in TASK_DEFAULTS[task].items():
+    if values[name] is None:
+      values[name] = default
+  values["per_channel"] = {"auto": None, "true": True,
+                           "false": False}[values["per_channel"]]
+  if "model_args" in values:
+    values["model_kwargs"] = values.pop("model_args")
+  values.update(model_dir=model_dir, **overrides)
+  fields = {f for f in config_class.__dataclass_fields__}
+  return config_class(**{k: v for k, v in values.items() if k in fields})
 
 
 def parser(prog: str):
@@ -261,30 +368,21 @@ def parser(prog: str):
   return _parse
 
 
-def fail(prog: str, error: BaseException, status: int = 2) -> None:
+def fail(prog: str, error: BaseException, status: int = EXIT_BAD_INPUT):
   """Exits with `status` and one readable line (no traceback)."""
   message = str(error).strip().splitlines()
   sys.stderr.write(f"{prog}: error: {' '.join(message)}\n")
   sys.exit(status)
 
 
-# Exit statuses: 2 bad input, 3 training diverged, 130 interrupted (as
-# shells report SIGINT).
-EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
-
-
 def run_guarded(prog: str, fn):
   """Calls `fn()`, turning kqreg's user-facing errors into one-line exits."""
-  from kqreg.data import DatasetError  # pylint: disable=g-import-not-at-top
-  from kqreg.export import ExportError  # pylint: disable=g-import-not-at-top
-  from kqreg.models import UnknownModelError  # pylint: disable=g-import-not-at-top
-  from kqreg.policy import PolicyError  # pylint: disable=g-import-not-at-top
+  from kqreg import runs  # pylint: disable=g-import-not-at-top
   try:
     return fn()
-  except (training.ConfigError, training.CheckpointError, DatasetError,
-          UnknownModelError, PolicyError, ExportError) as e:
+  except runs.BAD_INPUT_ERRORS as e:
     fail(prog, e, EXIT_BAD_INPUT)
-  except training.TrainingDiverged as e:
+  except runs.TrainingDiverged as e:
     fail(prog, e, EXIT_DIVERGED)
-  except training.TrainingInterrupted as e:
+  except runs.TrainingInterrupted as e:
     fail(prog, e, EXIT_INTERRUPTED)

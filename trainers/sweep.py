@@ -1,11 +1,11 @@
 """Trains one configuration over bit settings and seeds, then reports.
 
-  kqreg-sweep --flagfile=configs/digits_sweep.cfg
+  kqreg-sweep --flagfile=configs/mnist_sweep.cfg
   kqreg-sweep --task=detect --flagfile=configs/shapes_yolov8.cfg \
       --sweep_bits=fp,w8,w4 --output_dir=runs/shapes_sweep
 
 --task=classify trains classifiers (kqreg-classify's flags), --task=detect
-YOLOv8 detectors (kqreg-detect's flags).
+YOLOv8 detectors (kqreg-detect's flags). --workers runs several at once.
 
 Each run goes to --output_dir/runs/<bits>_seed<seed> (finished runs are
 skipped on rerun, interrupted ones resume). Writes report.md, results.csv,
@@ -20,56 +20,41 @@ import sys
 import time
 
 from absl import app
-from absl import logging
 from absl import flags
+from absl import logging
 
-from trainers import flags as kqreg_flags
+from . import flags as kqreg_flags
 
-import tf_keras  # noqa: E402
-
-from kqreg import report, training  # noqa: E402
-from kqreg.policy import BitPolicy, PolicyError  # noqa: E402
-
-FLAGS = flags.FLAGS
-
-
-def _define_sweep_flags() -> None:
-  flags.DEFINE_enum("task", "classify", list(report.TASKS),
-                    "What to train: classifiers or detectors.")
-  flags.DEFINE_string(
-      "sweep_bits", "fp,w8,w6,w4,w3,w2",
-      "Bit policies to sweep, comma separated; use ';' to separate policies "
-      "that contain commas themselves ('fp;w4,first=w8;w2,first=w8').")
-  flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run each policy with.")
-  flags.DEFINE_string("output_dir", "runs/sweep",
-                      "Folder for the runs and the report.")
-  flags.DEFINE_string("title", "Bit-width sweep", "Title of report.md.")
+PROG = "kqreg-sweep"
 
 
 def parse_sweep_bits(text: str):
-  """Splits --sweep_bits and validates each policy."""
+  """Splits --sweep_bits into policy strings, each validated."""
+  from kqreg import runs  # pylint: disable=g-import-not-at-top
+  from kqreg.policy import BitPolicy, PolicyError  # pylint: disable=g-import-not-at-top
   separator = ";" if ";" in text else ","
   policies = [p.strip() for p in text.split(separator) if p.strip()]
   if not policies:
-    raise training.ConfigError("--sweep_bits: give at least one bit policy.")
+    raise runs.ConfigError("--sweep_bits: give at least one bit policy.")
   for policy in policies:
     try:
       BitPolicy.parse(policy)
     except PolicyError as e:
-      raise training.ConfigError(f"--sweep_bits: {e}") from e
+      raise runs.ConfigError(f"--sweep_bits: {e}") from e
   if len(set(policies)) != len(policies):
-    raise training.ConfigError(f"--sweep_bits: {text!r} repeats a policy.")
+    raise runs.ConfigError(f"--sweep_bits: {text!r} repeats a policy.")
   return policies
 
 
 def parse_seeds(values):
+  from kqreg import runs  # pylint: disable=g-import-not-at-top
   try:
     seeds = [int(v) for v in values]
   except ValueError as e:
-    raise training.ConfigError(
+    raise runs.ConfigError(
         f"--seeds: expected integers, got {','.join(values)!r}.") from e
   if not seeds or len(set(seeds)) != len(seeds):
-    raise training.ConfigError(
+    raise runs.ConfigError(
         f"--seeds: give distinct integers, got {','.join(values)!r}.")
   return seeds
 
@@ -78,80 +63,64 @@ def run_dir_name(bits: str, seed: int) -> str:
   return f"{re.sub(r'[^A-Za-z0-9]+', '_', bits).strip('_')}_seed{seed}"
 
 
-def _read_history(path):
-  return [{k: float(v) for k, v in row.items() if v not in ("", None)}
-          for row in training.read_history(path)]
-
-
-def _main(argv) -> None:
-  logging.set_verbosity(logging.ERROR)  # TF/TFDS info and timing notes; kqreg warns via `warnings`
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  kqreg_flags.run_guarded("kqreg-sweep", _sweep)
-
-
-def _sweep() -> None:
+def _sweep(holders) -> None:
   """Runs every (policy, seed), then writes and prints the report."""
-  task = report.TASKS[FLAGS.task]
-  kqreg_flags.check_task_flags(task.name)
-  kqreg_flags.use_task_defaults(task.name)
-  policies = parse_sweep_bits(FLAGS.sweep_bits)
-  seeds = parse_seeds(FLAGS.seeds)
-  run_fn = _classify_run if task is report.CLASSIFICATION else _detect_run
-  start = time.time()
-  records = []
-  total = len(policies) * len(seeds)
-  for policy in policies:
-    for seed in seeds:
-      model_dir = os.path.join(FLAGS.output_dir, "runs",
-                               run_dir_name(policy, seed))
-      result, figures = run_fn(model_dir, policy, seed)
-      tf_keras.backend.clear_session()
-      state = "skipped (done)" if result.get("skipped") else (
-          f"{result['wall_time_s']:.0f}s")
-      print(f"[{len(records) + 1}/{total}] bits={policy} seed={seed}: "
-            f"{figures}  [{state}]", flush=True)
-      records.append(report.RunRecord(
-          policy, seed, result,
-          _read_history(os.path.join(model_dir, "history.csv"))))
+  from kqreg import runs  # pylint: disable=g-import-not-at-top
+  from kqreg.study import report  # pylint: disable=g-import-not-at-top
+  from kqreg.study import sweep  # pylint: disable=g-import-not-at-top
+  task = holders.task.value
+  kqreg_flags.check_task_flags(task)
+  policies = parse_sweep_bits(holders.sweep_bits.value)
+  seeds = parse_seeds(holders.seeds.value)
+  output_dir = holders.output_dir.value
+  runs._make_dir(output_dir, "output_dir")  # pylint: disable=protected-access
+  grid = list(sweep.grid(policies, seeds))
+  configs = [kqreg_flags.run_config(
+      task, os.path.join(output_dir, "runs", run_dir_name(policy, seed)),
+      bits=policy, seed=seed) for policy, seed in grid]
+  workers = holders.workers.value or sweep.default_workers()
+  start, done = time.time(), [0]
+
+  def _line(index, result):
+    done[0] += 1
+    policy, seed = grid[index]
+    state = ("skipped (done)" if result.get("skipped") else
+             f"{result['wall_time_s']:.0f}s")
+    print(f"[{done[0]}/{len(grid)}] bits={policy} seed={seed}: "
+          f"{runs.task_named(task).summary(result)}  [{state}]", flush=True)
+
+  results = sweep.run_configs(configs, workers=workers, on_result=_line)
+  records = [report.RunRecord(policy, seed, result, result.get("history", []))
+             for (policy, seed), result in zip(grid, results)]
   command = " ".join(["kqreg-sweep"] + sys.argv[1:])
-  summary = report.write_report(FLAGS.output_dir, records, policies,
-                                title=FLAGS.title, command=command,
-                                wall_time_s=time.time() - start, task=task)
+  summary = report.write_report(
+      output_dir, records, policies, title=holders.title.value,
+      command=command, wall_time_s=time.time() - start,
+      task=report.TASKS[task])
   print()
   print(summary["table"])
   print()
   print("Verdict:")
   print("\n".join(summary["verdict"]))
-  print(f"\nReport: {os.path.join(FLAGS.output_dir, 'report.md')} "
+  print(f"\nReport: {os.path.join(output_dir, 'report.md')} "
         f"(plots and CSVs beside it)")
 
 
-def _classify_run(model_dir: str, policy: str, seed: int):
-  result = training.run(kqreg_flags.train_config(model_dir, bits=policy,
-                                                 seed=seed))
-  return result, (f"train acc {result['train_accuracy']:.3f}  val acc "
-                  f"{result['val_accuracy']:.3f}  val loss "
-                  f"{result['val_loss']:.3f}  gap "
-                  f"{result['gap_accuracy']:+.3f}")
-
-
-def _detect_run(model_dir: str, policy: str, seed: int):
-  from kqreg.detection import training as detect_training  # pylint: disable=g-import-not-at-top
-  result = detect_training.run(kqreg_flags.detect_config(
-      model_dir, bits=policy, seed=seed))
-  return result, (f"train loss {result['train_loss']:.3f}  val loss "
-                  f"{result['val_loss']:.3f}  mAP@0.5 "
-                  f"{result['val_map50']:.3f}  mAP@[.5:.95] "
-                  f"{result['val_map']:.3f}")
+def _main(argv, holders) -> None:
+  logging.set_verbosity(logging.ERROR)  # TF/TFDS info; kqreg warns itself
+  if len(argv) > 1:
+    kqreg_flags.fail(PROG, app.UsageError(
+        f"unexpected arguments: {' '.join(argv[1:])}"))
+  kqreg_flags.run_guarded(PROG, lambda: _sweep(holders))
 
 
 def main() -> None:
-  kqreg_flags.define_flags("classify", "detect")
-  _define_sweep_flags()
+  kqreg_flags.quiet_import()
+  holders = kqreg_flags.define_flags("run", "classify", "detect", "sweep")
   # One line per finished run; --verbose=2 brings back a line per epoch.
-  FLAGS.set_default("verbose", 0)
-  app.run(_main, flags_parser=kqreg_flags.parser("kqreg-sweep"))
+  flags.FLAGS.set_default("verbose", 0)
+  app.run(lambda argv: _main(argv, holders),
+          flags_parser=kqreg_flags.parser(PROG))
 
 
 if __name__ == "__main__":

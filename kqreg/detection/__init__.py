@@ -7,19 +7,10 @@ Importing this package registers the offline TFDS builder `kqreg_shapes`
   model     `build_detector`: YOLOv8 with every Conv2D under a bit policy
   metrics   `mean_average_precision`, `evaluate_map`: COCO-style mAP
   export    `export_detector`: the network as TFLite, mAP checked in LiteRT
-  training  `DetectConfig`, `run`: train, checkpoint, evaluate, result.json
+  task      `DetectConfig`, `run`: the detection hooks of `kqreg.runs`
 """
 
-import contextlib
-import io
-
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
-
-# keras-cv prints "Using TensorFlow backend" on stdout at import; every
-# kqreg.detection module imports it through here, so callers' output stays
-# their own.
-with contextlib.redirect_stdout(io.StringIO()):
-  import keras_cv  # noqa: F401,E402
 
 from kqreg.detection import shapes  # noqa: F401  (registers kqreg_shapes)
 from kqreg.detection.data import (OFFLINE_DETECTION_DATASETS, DetectionInfo,
@@ -28,9 +19,11 @@ from kqreg.detection.export import export_detector, head_model
 from kqreg.detection.metrics import evaluate_map, mean_average_precision
 from kqreg.detection.model import (BACKBONES, DetectorError,
                                    QuantizedYOLOV8Detector, build_detector)
+from kqreg.detection.task import DetectConfig, run
 
 __all__ = [
     "BACKBONES",
+    "DetectConfig",
     "DetectionInfo",
     "DetectorError",
     "OFFLINE_DETECTION_DATASETS",
@@ -42,4 +35,5 @@ __all__ = [
     "load_detection",
     "mean_average_precision",
     "pipeline",
+    "run",
 ]

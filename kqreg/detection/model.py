@@ -20,6 +20,7 @@ from (repeat, concat, split, add) have no weights and stay float.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 from typing import Dict, Optional, Tuple
@@ -31,20 +32,15 @@ from keras_cv.src.models.object_detection.yolo_v8 import (
     yolo_v8_detector as _yolo)
 from keras_cv.src.models.task import Task
 
+from kqreg import _tfmot
 from kqreg import policy as policy_lib
 from kqreg.quantize import quantize
-from kqreg.training import ConfigError
+from kqreg.runs import ConfigError
 
 __all__ = ["BACKBONES", "DetectorError", "QuantizedYOLOV8Detector",
+           "quiet_keras_cv_warnings",
            "layer_output",
            "build_detector", "build_backbone"]
-
-# keras-cv's Task and Backbone `__dir__` read every attribute, including
-# Keras 2's deprecated `updates`/`state_updates`, so fitting with checkpoints,
-# saving or converting a detector warns dozens of times about code that is
-# not the user's. Only those warnings, only from keras-cv, are muted.
-warnings.filterwarnings("ignore", message=r".*updates` will be removed",
-                        module=r"keras_cv\.")
 
 # stackwise_channels, stackwise_depth per size (keras-cv's xs/s/m presets).
 BACKBONES: Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...]]] = {
@@ -55,6 +51,22 @@ BACKBONES: Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...]]] = {
 # The backbone's P5 is 1/32 of the input.
 SIZE_MULTIPLE = 32
 _LEVELS = ("P3", "P4", "P5")
+
+
+@contextlib.contextmanager
+def quiet_keras_cv_warnings():
+  """Mutes keras-cv's deprecation warnings about Keras 2 attributes.
+
+  keras-cv's Task and Backbone `__dir__` read every attribute, including
+  Keras 2's deprecated `updates`/`state_updates`, so fitting with
+  checkpoints, saving or converting a detector warns dozens of times about
+  code that is not the user's. Only those warnings, only from keras-cv, and
+  only within the block.
+  """
+  with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r".*updates` will be removed",
+                            module=r"keras_cv\.")
+    yield
 
 
 class DetectorError(ConfigError):
@@ -160,10 +172,9 @@ def _output_in(model: tf_keras.Model, name: str):
   Layers tfmot does not wrap are shared with the float detector, where they
   were called first, so `layer.output` would point into the float graph.
   """
-  layer = model.get_layer(name)
-  for index, node in enumerate(layer._inbound_nodes):  # pylint: disable=protected-access
-    if f"{layer.name}_ib-{index}" in model._network_nodes:  # pylint: disable=protected-access
-      return node.outputs
+  nodes = _tfmot.nodes_in_graph(model, model.get_layer(name))
+  if nodes:
+    return nodes[0].outputs
   raise DetectorError(f"layer {name!r} is not in {model.name!r}; this is a "
                       "kqreg bug, please report it.")
 

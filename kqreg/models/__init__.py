@@ -8,6 +8,8 @@ with explicitly, uniquely named layers (for bit policies) and logit outputs.
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 
 from kqreg.models.presets import MODELS
-from kqreg.models.registry import UnknownModelError, build, describe
+from kqreg.models.registry import (ModelOptionError, UnknownModelError,
+                                   build, describe)
 
-__all__ = ["MODELS", "UnknownModelError", "build", "describe"]
+__all__ = ["MODELS", "ModelOptionError", "UnknownModelError", "build",
+           "describe"]

@@ -21,6 +21,10 @@ class UnknownModelError(ValueError):
   """A model name that is not in `MODELS`."""
 
 
+class ModelOptionError(ValueError):
+  """A preset override (`--model_args`) the model does not have."""
+
+
 def _builder(name: str):
   if name not in MODELS:
     raise UnknownModelError(
@@ -64,7 +68,7 @@ def build(name: str, input_shape: Tuple[int, int, int], num_classes: int, *,
   kwargs = dict(MODELS[name]["kwargs"])
   unknown = sorted(set(overrides) - set(kwargs))
   if unknown:
-    raise ValueError(
+    raise ModelOptionError(
         f"Model {name!r} has no option(s) {', '.join(unknown)}; allowed: "
         f"{', '.join(kwargs) or 'none'}.")
   kwargs.update(overrides)

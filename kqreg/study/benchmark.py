@@ -2,7 +2,8 @@
 
 Every figure is measured in the calling process after warm-up and reported as
 the median of several repetitions, next to a ratio against the float model
-measured the same way in the same run. `trainers/benchmark.py` formats them.
+measured the same way in the same run. `run_benchmark` runs them all;
+`kqreg.study.benchmark_report` formats them and checks the targets.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from kqreg.callbacks import NoiseAnalysisCallback
 from kqreg.quantize import quantize
 
 __all__ = ["machine", "build_variant", "step_time", "paired_step_times",
-           "callback_overhead", "noise_cost", "peak_memory", "check_targets",
+           "callback_overhead", "noise_cost", "peak_memory", "run_benchmark",
            "VARIANTS"]
 
 # Training variants compared per model: (label, how to build it).
@@ -211,9 +212,7 @@ def callback_overhead(*, dataset: str = "kqreg_digits", model_name: str = "cnn",
   per epoch, which is what the ratio should reflect.
   """
   from kqreg import data as data_lib  # pylint: disable=g-import-not-at-top
-  raw, info = data_lib.load(dataset, "train", data_dir=data_dir)
-  val_raw, _ = data_lib.load(dataset, data_lib.validation_split(info),
-                             data_dir=data_dir)
+  raw, val_raw, _, info, _ = data_lib.load_splits(dataset, data_dir)
   train = data_lib.pipeline(raw, batch_size=batch_size, training=True)
   val = data_lib.pipeline(val_raw, batch_size=batch_size, training=False)
   probe = next(iter(data_lib.pipeline(val_raw, batch_size=16, training=False,
@@ -261,7 +260,7 @@ def noise_cost(model: tf_keras.Model, x: np.ndarray,
 _MEMORY_CHILD = """
 import json, resource, sys
 import kqreg
-from kqreg import benchmark
+from kqreg.study import benchmark
 model = benchmark.build_variant({model!r}, {variant!r}, {shape!r})
 benchmark.step_time(model, {shape!r}, steps={steps}, repeats=1, warmup=1)
 # VmHWM is this process's own peak: Linux carries ru_maxrss over from the
@@ -279,7 +278,8 @@ def peak_memory(model_name: str, variant: str, input_shape,
   code = _MEMORY_CHILD.format(model=model_name, variant=variant,
                               shape=tuple(input_shape), steps=steps)
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = os.path.dirname(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))))
   env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
   out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
                        capture_output=True, text=True, timeout=900)
@@ -287,59 +287,125 @@ def peak_memory(model_name: str, variant: str, input_shape,
   return json.loads(line)["maxrss_kb"] / 1024.0
 
 
-def _ratio(rows, model, variant, jit=False) -> Optional[float]:
-  for row in rows:
-    if (row["model"], row["variant"], row["jit"]) == (model, variant, jit):
-      return row["ratio"]
-  return None
+# (name, kwargs, input shape) of the models timed per step.
+_FULL_MODELS = (
+    ("cnn", {}, (32, 32, 3)),
+    ("resnet20", {}, (32, 32, 3)),
+    ("mobilenetv2", {}, (96, 96, 3)),
+)
+_QUICK_MODELS = (("cnn", {"widths": (16, 32, 64)}, (32, 32, 3)),)
+_NOISE_MODELS = (
+    ("mlp", {"hidden": (64,)}, (32, 32, 3)),
+    ("cnn", {"widths": (16, 32, 64)}, (32, 32, 3)),
+    ("cnn", {}, (32, 32, 3)),
+    ("resnet20", {}, (32, 32, 3)),
+    ("mobilenetv2", {}, (96, 96, 3)),
+)
 
 
-def check_targets(results: Dict) -> List[Dict[str, object]]:
-  """The project's targets against a benchmark run's numbers.
-
-  Targets (issue 8): kqreg w8a8's step-time overhead over float at most half
-  of stock tfmot's on the same model; weight-only w4 within 5% of float; the
-  noise callback under 2% of an epoch; int8 TFLite at most 0.27x the float
-  file and no slower; packed int4 at most 0.15x the float file.
-
-  Returns:
-    One row per target and model: `target`, `measured` (text), `holds`
-    (None when the run lacks the figure).
-  """
+def _step_times(models, repeats, steps, jit_options):
   rows = []
-  models = list(dict.fromkeys(r["model"] for r in results["step_time"]))
-  for model in models:
-    tfmot_r = _ratio(results["step_time"], model, "tfmot_8bit")
-    w8a8 = _ratio(results["step_time"], model, "kqreg_w8a8")
-    w4 = _ratio(results["step_time"], model, "kqreg_w4")
-    holds = None
-    if tfmot_r is not None and w8a8 is not None:
-      holds = (w8a8 - 1) <= 0.5 * (tfmot_r - 1)
-    rows.append({
-        "target": f"{model}: w8a8 overhead <= half of stock tfmot's",
-        "measured": (f"tfmot {_pct(tfmot_r)}, kqreg w8a8 {_pct(w8a8)}"),
-        "holds": holds})
-    rows.append({"target": f"{model}: w4 within 5% of float",
-                 "measured": f"w4 {_pct(w4)}",
-                 "holds": None if w4 is None else w4 <= 1.05})
-  share = results["callback"]["callback_share"]
-  rows.append({"target": "noise callback < 2% of epoch time",
-               "measured": f"{share * 100:.1f}%", "holds": share < 0.02})
-  by_format = {r["format"]: r for r in results["tflite"]}
-  int8, int4 = by_format.get("int8 (w8a8)"), by_format.get("int4 (w4a8)")
-  if int8:
-    rows.append({"target": "int8 TFLite <= 0.27x float file",
-                 "measured": f"{int8['size_ratio']:.3f}x",
-                 "holds": int8["size_ratio"] <= 0.27})
-    rows.append({"target": "int8 TFLite latency <= 1.0x float",
-                 "measured": f"{int8['latency_ratio']:.2f}x",
-                 "holds": int8["latency_ratio"] <= 1.0})
-  if int4:
-    rows.append({"target": "packed int4 TFLite <= 0.15x float file",
-                 "measured": f"{int4['size_ratio']:.3f}x",
-                 "holds": int4["size_ratio"] <= 0.15})
+  for name, kwargs, shape in models:
+    for jit in jit_options:
+      variants = {variant: build_variant(name, variant, shape, **kwargs)
+                  for variant in VARIANTS}
+      timed = paired_step_times(variants, shape, steps=steps,
+                                          repeats=repeats, jit_compile=jit)
+      for variant, result in timed.items():
+        row = {"model": name, "variant": variant, "jit": jit,
+               "step_ms": None, "ratio": None, "ratio_iqr": None,
+               "note": result.get("error", "")}
+        if "error" not in result:
+          row.update(step_ms=result["step_s"] * 1e3, ratio=result["ratio"],
+                     ratio_iqr=[result["ratio_low"], result["ratio_high"]])
+          print(f"step time {name} {variant} jit={jit}: "
+                f"{row['step_ms']:.1f} ms, {row['ratio']:.3f}x float", flush=True)
+        rows.append(row)
   return rows
 
 
-def _pct(ratio: Optional[float]) -> str:
-  return "–" if ratio is None else f"{(ratio - 1) * 100:+.0f}%"
+def _noise_costs(models, repeats):
+  rows = []
+  for name, kwargs, shape in models:
+    model = build_variant(name, "kqreg_w4", shape, **kwargs)
+    x = np.random.default_rng(0).random((64, *shape), dtype=np.float32)
+    model(x, training=True)  # ranges from the weights
+    row = {"model": name, **noise_cost(model, x, repeats=repeats)}
+    rows.append(row)
+    print(f"noise cost {name}: {row['params']:,} params, weight_noise "
+          f"{row['weight_noise_s'] * 1e3:.1f} ms, propagation "
+          f"{row['propagation_s'] * 1e3:.1f} ms", flush=True)
+  return rows
+
+
+def _tflite(quick):
+  """File size and LiteRT latency of float32, int8 and packed int4 exports."""
+  from kqreg import export  # pylint: disable=g-import-not-at-top
+  shape = (32, 32, 3)
+  kwargs = {"widths": (16, 32, 64)} if quick else {}
+  x = np.random.default_rng(0).random((32 if quick else 128, *shape),
+                                      dtype=np.float32)
+  rows, base = [], None
+  folder = tempfile.mkdtemp(prefix="kqreg-bench-tflite-")
+  for label, variant in (("float32", "float"), ("int8 (w8a8)", "kqreg_w8a8"),
+                         ("int4 (w4a8)", "kqreg_w4a8")):
+    model = build_variant("cnn", variant, shape, **kwargs)
+    model(x, training=True)
+    path = os.path.join(folder, f"{variant}.tflite")
+    report = export.export_tflite(model, path, representative_data=x[:16],
+                                  allow_float=variant == "float")
+    check = export.verify_tflite(path, model, x)
+    size, latency = report["size_bytes"], check["latency_ms_per_example"]
+    if base is None:
+      base = (size, latency)
+    rows.append({"format": label, "file_bytes": size,
+                 "size_ratio": size / base[0], "latency_ms": latency,
+                 "latency_ratio": latency / base[1],
+                 "top1_agreement": check.get("top1_agreement")})
+    print(f"tflite {label}: {size:,} bytes, {latency:.3f} ms/image", flush=True)
+  return rows
+
+
+def _memory(quick):
+  rows = []
+  shape = (32, 32, 3)
+  # Each variant is a fresh process (TensorFlow's import alone is ~0.5 GiB).
+  variants = ("float", "kqreg_w4a8") if quick else ("float", "tfmot_8bit",
+                                                     "kqreg_w8a8",
+                                                     "kqreg_w4a8")
+  for variant in variants:
+    mib = peak_memory("cnn", variant, shape, steps=5 if quick else 30)
+    rows.append({"model": "cnn", "variant": variant, "peak_rss_mib": mib})
+    print(f"peak memory cnn {variant}: {mib:.0f} MiB", flush=True)
+  base = rows[0]["peak_rss_mib"]
+  for row in rows:
+    row["ratio"] = row["peak_rss_mib"] / base
+  return rows
+
+
+
+def run_benchmark(*, quick: bool = False, repeats: int = 5,
+                  rounds: int = 10) -> Dict[str, object]:
+  """Every measurement of the benchmark, as one JSON-ready dict.
+
+  `quick` shrinks it to a smoke run (small CNN only, fewer repetitions).
+  Prints one line per figure as it is measured (a full run takes long).
+  """
+  repeats = 3 if quick else repeats
+  results: Dict[str, object] = {
+      "quick": quick,
+      "machine": machine(),
+      "command": " ".join(["kqreg-benchmark"] + sys.argv[1:]),
+  }
+  results["step_time"] = _step_times(
+      _QUICK_MODELS if quick else _FULL_MODELS, 3 if quick else rounds,
+      5 if quick else 10, (False,) if quick else (False, True))
+  results["callback"] = callback_overhead(
+      epochs=3 if quick else 6, **({"widths": (16, 32, 64)} if quick else {}))
+  print(f"noise callback: {results['callback']['ratio']:.3f}x epoch time",
+        flush=True)
+  results["noise_cost"] = _noise_costs(_NOISE_MODELS[:2] if quick else
+                                       _NOISE_MODELS, repeats)
+  results["tflite"] = _tflite(quick)
+  results["memory"] = _memory(quick)
+  return results

@@ -1,0 +1,197 @@
+"""The run library through the classification task: outputs, resume, refusals."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+import tf_keras
+
+from kqreg import classify, runs
+from kqreg.data import DatasetError
+
+
+def _config(tmp_path, **overrides):
+  values = dict(model_dir=str(tmp_path / "run"), dataset="kqreg_digits",
+                model="cnn", model_kwargs={"widths": (8, 16)}, bits="w4a8",
+                epochs=2, batch_size=32, train_examples=64, verbose=0)
+  values.update(overrides)
+  return classify.ClassifyConfig(**values)
+
+
+def _history(model_dir):
+  with open(os.path.join(model_dir, "history.csv"), newline="") as f:
+    return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("dataset", ["kqreg_digits", "kqreg_textures"])
+def test_run_writes_every_output_on_offline_datasets(dataset, tmp_path):
+  result = runs.run(_config(tmp_path, dataset=dataset))
+  run_dir = tmp_path / "run"
+  for name in ("params.json", "history.csv", "noise.csv", "noise.jsonl",
+               "model.keras", "result.json"):
+    assert (run_dir / name).exists(), name
+  assert os.listdir(run_dir / "tensorboard")
+  assert [row["epoch"] for row in _history(run_dir)] == ["0", "1"]
+  for key in ("train_accuracy", "val_accuracy", "test_accuracy", "train_loss",
+              "val_loss", "gap_accuracy", "gap_loss", "params", "wall_time_s"):
+    assert key in result, key
+  assert result["gap_accuracy"] == pytest.approx(
+      result["train_accuracy"] - result["val_accuracy"])
+  assert result["train_examples"] == 64 and result["task"] == "classify"
+  assert result["noise"]["delta_std"] > 0
+  assert json.loads((run_dir / "result.json").read_text()) == result
+  params = json.loads((run_dir / "params.json").read_text())
+  assert params["task"] == "classify" and params["config"]["bits"] == "w4a8"
+
+
+def test_bits_are_parsed_once_into_a_policy(tmp_path):
+  from kqreg.policy import BitPolicy
+  config = _config(tmp_path, bits="w4a8,first=w8")
+  assert isinstance(config.bits, BitPolicy)
+  assert config.identity()["bits"] == "w4a8,first=w8"
+
+
+def test_finished_run_is_not_trained_again(tmp_path):
+  first = runs.run(_config(tmp_path, bits="w4"))
+  again = runs.run(_config(tmp_path, bits="w4"))
+  assert again["skipped"] and again["wall_time_s"] == first["wall_time_s"]
+
+
+def test_model_dir_of_other_settings_is_refused(tmp_path):
+  runs.run(_config(tmp_path, bits="w4"))
+  with pytest.raises(runs.ConfigError, match=r"--bits='w4' there, 'w8' now"):
+    runs.run(_config(tmp_path, bits="w8"))
+
+
+def test_refused_run_leaves_model_dir_usable(tmp_path):
+  with pytest.raises(DatasetError):
+    runs.run(_config(tmp_path, dataset="cifar10", data_dir=str(tmp_path / "none")))
+  assert not (tmp_path / "run" / "params.json").exists()
+  result = runs.run(_config(tmp_path, bits="fp", epochs=1))
+  assert not result.get("skipped") and not result["resumed"]
+  assert result["dataset"] == "kqreg_digits" and len(_history(tmp_path / "run")) == 1
+
+
+def test_model_dir_that_cannot_be_created_is_one_config_error(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  with pytest.raises(runs.ConfigError, match=r"--model_dir=.* cannot be created"):
+    runs.run(_config(tmp_path, model_dir=str(blocker / "run")))
+
+
+@pytest.mark.parametrize("overrides, flag", [
+    ({"epochs": 0}, "--epochs"),
+    ({"batch_size": -1}, "--batch_size"),
+    ({"optimizer": "lion"}, "--optimizer: unknown optimizer 'lion'"),
+    ({"lr_schedule": "linear"}, "--lr_schedule"),
+    ({"strategy": "gpu"}, "--strategy"),
+    ({"model": "vit"}, "--model: unknown model 'vit'"),
+    ({"bits": "w4,conv="}, "--bits: Bad policy token"),
+    ({"train_examples": 100000}, "--train_examples=100000 is larger than the training split"),
+    ({"learning_rate": 0.0}, "--learning_rate"),
+    ({"label_noise": 1.0}, "--label_noise"),
+    ({"model_kwargs": {"no_such_arg": 1}}, "--model_args: .*no_such_arg"),
+    ({"bits": "w4a4", "export_tflite": True}, "--export_tflite with --bits=w4a4"),
+])
+def test_bad_settings_name_the_flag(overrides, flag, tmp_path):
+  with pytest.raises(runs.ConfigError, match=flag):
+    runs.run(_config(tmp_path, **overrides))
+  assert not (tmp_path / "run" / "params.json").exists()
+
+
+def test_real_dataset_path_runs_on_tfds_mock_data(tmp_path):
+  with tfds.testing.mock_data(num_examples=40):
+    result = runs.run(_config(tmp_path, dataset="cifar10", bits="w4", epochs=1,
+                              train_examples=None, noise_analysis=False))
+  # mock_data yields num_examples for any split string, "train[:90%]" too.
+  assert result["train_examples"] == 40
+  assert {"val_accuracy", "test_accuracy"} <= set(result)
+  # cifar10 has no validation split: the last tenth of train, by the one rule
+  # that export uses too.
+  assert result["val_split"] == "train[90%:]"
+
+
+def test_validation_is_the_same_split_for_training_and_export(tmp_path):
+  with tfds.testing.mock_data(num_examples=40):
+    result = runs.run(_config(tmp_path, dataset="cifar10", bits="w8a8", epochs=1,
+                              train_examples=None, noise_analysis=False,
+                              export_tflite=True))
+  assert result["tflite"]["split"] == result["val_split"] == "train[90%:]"
+
+
+def test_label_noise_is_recorded_and_reaches_training_labels_only(tmp_path):
+  result = runs.run(_config(tmp_path, bits="fp", label_noise=0.25, epochs=1))
+  record = result["label_noise"]
+  assert record["count"] == 16 and record["examples"] == 64
+  assert record["fraction"] == 0.25
+  # Noisy labels in training, clean ones in validation: a second run with
+  # the same seed flips the same examples.
+  again = runs.run(_config(tmp_path, bits="fp", label_noise=0.25, epochs=1,
+                           model_dir=str(tmp_path / "again")))
+  assert again["label_noise"] == record
+
+
+@pytest.mark.parametrize("optimizer, schedule, optimizer_class, lr_class", [
+    ("sgd", "cosine", "SGD", "CosineDecay"),
+    ("adamw", "step", "AdamW", "PiecewiseConstantDecay"),
+    ("rmsprop", "constant", "RMSprop", None)])
+def test_optimizers_and_schedules_are_built_and_train(optimizer, schedule,
+                                                      optimizer_class, lr_class,
+                                                      tmp_path):
+  config = _config(tmp_path, optimizer=optimizer, lr_schedule=schedule,
+                   weight_decay=1e-4, bits="w4").validate()
+  data = classify.TASK.load(config)
+  model = classify.TASK.build(config, data, steps_per_epoch=2)
+  assert type(model.optimizer).__name__ == optimizer_class
+  lr = model.optimizer._learning_rate  # pylint: disable=protected-access
+  assert (type(lr).__name__ == lr_class) if lr_class else not hasattr(lr, "get_config")
+  x, y = next(iter(classify.TASK.datasets(config, data)["train"]))
+  kernels = [w for w in model.trainable_weights if "kernel" in w.name]
+  before = [w.numpy().copy() for w in kernels]
+  model.train_on_batch(x, y)
+  assert all(not np.array_equal(b, w.numpy()) for b, w in zip(before, kernels))
+  tf_keras.backend.clear_session()
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_records_noise(tmp_path):
+  config = _config(tmp_path, optimizer="sgd", learning_rate=1e12, bits="w8",
+                   epochs=3, model="mlp", model_kwargs={"hidden": (32,)})
+  with pytest.raises(runs.TrainingDiverged, match=r"loss became nan at epoch \d+, step \d+"):
+    runs.run(config)
+  assert not (tmp_path / "run" / "result.json").exists()
+  records = [json.loads(l) for l in open(tmp_path / "run" / "noise.jsonl")]
+  assert "nan_step" in records[-1]["logs"]
+
+
+def test_callback_order_puts_the_nan_stop_first(tmp_path):
+  from kqreg.callbacks import (CheckedBackupAndRestore, EpochCSVLogger,
+                               NoiseAnalysisCallback, StopOnNaN)
+  noise = NoiseAnalysisCallback(str(tmp_path))
+  extra = tf_keras.callbacks.Callback()
+  order = [type(c) for c in runs.callbacks_in_order(
+      out_dir=str(tmp_path), backup_dir=str(tmp_path / "b"),
+      task_callbacks=[extra], noise_callback=noise)]
+  assert order[:5] == [StopOnNaN, tf_keras.callbacks.Callback,
+                       NoiseAnalysisCallback, EpochCSVLogger,
+                       CheckedBackupAndRestore]
+
+
+def test_load_run_restores_task_config_and_model(tmp_path):
+  result = runs.run(_config(tmp_path, bits="w4", epochs=1, noise_analysis=False))
+  task, config, model = runs.load_run(str(tmp_path / "run"))
+  assert task is classify.TASK and str(config.bits) == "w4"
+  assert config.identity() == _config(tmp_path, bits="w4", epochs=1,
+                                      noise_analysis=False).identity()
+  data = task.load(config)
+  val = classify.TASK.datasets(config, data)["val"]
+  loss = model.evaluate(val, verbose=0, return_dict=True)["loss"]
+  assert loss == pytest.approx(result["val_loss"], rel=1e-5)
+
+
+def test_load_run_refuses_a_folder_without_task(tmp_path):
+  (tmp_path / "params.json").write_text(json.dumps({"identity": {}}))
+  with pytest.raises(runs.ConfigError, match="names no task"):
+    runs.load_run(str(tmp_path))
