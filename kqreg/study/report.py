@@ -32,6 +32,7 @@ import numpy as np
 from kqreg.io_utils import atomic_write_text
 from kqreg.study import arms as arms_lib
 from kqreg.study import figures
+from kqreg.study import overfitting as overfitting_lib
 from kqreg.study import statistics as stats_lib
 
 __all__ = ["RunRecord", "SweepTask", "CLASSIFICATION", "DETECTION", "TASKS",
@@ -142,7 +143,9 @@ VERDICT_METHOD = (
     "arm's curves), and the null is simulated: {draws} flat curves of the "
     "same length with AR(1) noise of that ρ; a run fires when its rise, in "
     "units of its noise, exceeds the null's 1 − α quantile. The seeds of an "
-    "arm are combined with Stouffer's method and the arms Holm-corrected; "
+    "arm are combined with Stouffer's method (on each seed's mean normal "
+    "score, so a curve that ends at its minimum, p = 1, does not veto the "
+    "arm) and the arms Holm-corrected; "
     "an arm overfits when its adjusted p ≤ α. In simulation (5 seeds, "
     "30–150 epochs) an arm without overfitting is called overfitting in "
     "0.02–0.05 of sweeps for ρ up to 0.4, 0.06–0.07 at ρ = 0.6 and ~0.1 at "
@@ -164,20 +167,20 @@ class RunRecord:
 
   def rise_test(self, alpha: float = stats_lib.ALPHA,
                 rho: Optional[float] = None
-               ) -> Optional[stats_lib.RiseTest]:
+               ) -> Optional[overfitting_lib.RiseTest]:
     """The overfitting test of this run's validation loss (None if short).
 
     `rho`, the epoch noise's correlation, is estimated from this curve
     alone when not given (the report passes the arm's pooled estimate).
     """
-    return stats_lib.rise_test(self.curve("val_loss"), alpha, rho)
+    return overfitting_lib.rise_test(self.curve("val_loss"), alpha, rho)
 
   def value(self, key: str) -> Optional[float]:
     """A figure of the run by key: result keys plus derived ones.
 
     `noise_std` / `noise_model_std` read `result["noise"]["delta_std"]` /
     `["model_std"]`; `val_loss_rise` and `val_loss_rise_noise` come from the
-    history (`statistics.rise_test`); `best_val_loss` falls back to the
+    history (`overfitting_lib.rise_test`); `best_val_loss` falls back to the
     history's minimum.
     """
     if key == "noise_std":
@@ -271,11 +274,11 @@ def compare(records: Sequence[RunRecord], bits_order: Sequence[str],
 
 def overfitting(records: Sequence[RunRecord], bits_order: Sequence[str],
                 alpha: float = stats_lib.ALPHA
-               ) -> Dict[str, stats_lib.ArmOverfitting]:
+               ) -> Dict[str, overfitting_lib.ArmOverfitting]:
   """Per arm, the overfitting verdict from all its seeds' validation loss."""
   curves = {arm: [r.curve("val_loss") for r in records if r.bits == arm]
             for arm in _present(records, bits_order)}
-  return stats_lib.overfitting_verdict(curves, alpha)
+  return overfitting_lib.overfitting_verdict(curves, alpha)
 
 
 def seed_warnings(records: Sequence[RunRecord], bits_order: Sequence[str],
@@ -319,7 +322,7 @@ def _comparison_phrase(c: stats_lib.Comparison, name: str,
           f"with {round(100 * stats_lib.POWER)}% power)")
 
 
-def _overfitting_line(v: stats_lib.ArmOverfitting) -> str:
+def _overfitting_line(v: overfitting_lib.ArmOverfitting) -> str:
   judged = "it overfits" if v.overfits else "no overfitting shown"
   return (f"- {v.arm}: validation loss (running median) ends {v.rise_mean:.3f} "
           f"above its minimum (mean of {v.seeds} seeds; flat noise alone "
@@ -333,7 +336,7 @@ def verdict(records: Sequence[RunRecord], bits_order: Sequence[str],
             reference: str = arms_lib.REFERENCE,
             alpha: float = stats_lib.ALPHA,
             comparisons: Optional[Sequence[stats_lib.Comparison]] = None,
-            overfit: Optional[Dict[str, stats_lib.ArmOverfitting]] = None
+            overfit: Optional[Dict[str, overfitting_lib.ArmOverfitting]] = None
            ) -> List[str]:
   """Plain-language lines: seed warnings, overfitting per arm, comparisons.
 
@@ -387,7 +390,7 @@ def verdict_table(comparisons: Sequence[stats_lib.Comparison],
   return "\n".join(lines)
 
 
-def overfitting_table(overfit: Dict[str, stats_lib.ArmOverfitting]) -> str:
+def overfitting_table(overfit: Dict[str, overfitting_lib.ArmOverfitting]) -> str:
   """One Markdown row per arm: rise, noise, null threshold, seeds, p."""
   lines = ["| arm | seeds | val loss rise | epoch noise σ̂ | noise ρ̂ | "
            "null threshold | seeds firing | p (Stouffer) | p (Holm) | "
@@ -415,7 +418,7 @@ def _csv_text(rows: Sequence[Dict]) -> str:
 
 
 def _run_rows(records: Sequence[RunRecord], task: SweepTask, alpha: float,
-              overfit: Dict[str, stats_lib.ArmOverfitting]) -> List[Dict]:
+              overfit: Dict[str, overfitting_lib.ArmOverfitting]) -> List[Dict]:
   rows = []
   for r in records:
     row = {"bits": r.bits, "seed": r.seed}
