@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Union
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
@@ -25,6 +25,7 @@ import tf_keras
 
 from kqreg import _tfmot
 from kqreg import configs as configs_lib
+from kqreg.graph import QuantizeError, _split_separable, flatten_nested
 from kqreg import policy as policy_lib
 from kqreg import quantizers
 
@@ -62,10 +63,6 @@ _GRID_PRESERVING = (
 _FUSABLE = (tf_keras.layers.BatchNormalization, tf_keras.layers.ReLU,
             tf_keras.layers.Activation)
 _FUSED_ACTIVATIONS = frozenset({"linear", "relu", "relu6"})
-
-
-class QuantizeError(ValueError):
-  """A model kqreg cannot annotate or quantize, with what to do about it."""
 
 
 class QuantizeLayer(_tfmot.QuantizeLayer):
@@ -133,165 +130,6 @@ def is_quantized(model: tf_keras.Model) -> bool:
   """True if `model` holds a tfmot quantize wrapper or layer (nested too)."""
   return (any(True for _ in _tfmot.iter_wrappers(model)) or
           any(True for _ in _tfmot.iter_quantize_layers(model)))
-
-
-def _check_graph_model(model, what: str) -> None:
-  if not isinstance(model, tf_keras.Model):
-    raise QuantizeError(
-        f"`{what}` must be a tf_keras Model. Received: {type(model)!r}. "
-        "If it is a Keras 3 model, build it after `import kqreg` so it "
-        "uses tf_keras.")
-  if not (isinstance(model, tf_keras.Sequential) or
-          getattr(model, "_is_graph_network", False)):
-    raise QuantizeError(
-        f"`{what}` is a subclassed model ({type(model).__name__}), which "
-        "cannot be cloned layer by layer. Rebuild it as a Sequential or "
-        "Functional model, or quantize its layers one by one with "
-        "`kqreg.quantize_annotate_layer`.")
-  if not model.built:
-    raise QuantizeError(
-        f"`{what}` is not built. Call `model.build(input_shape)` or give "
-        "its first layer an `input_shape` before quantizing.")
-
-
-def _is_graph_submodel(layer) -> bool:
-  return (isinstance(layer, tf_keras.Model) and
-          getattr(layer, "_is_graph_network", False))
-
-
-def _run_graph(model: tf_keras.Model, inputs: List[tf.Tensor],
-               replace: Optional[Dict[str, Callable]] = None):
-  """Calls `model`'s layers on `inputs`, inlining nested graph models.
-
-  `replace` maps a layer name to a callable used in that layer's place.
-  """
-  replace = replace or {}
-  tensor_dict = {}
-  usage = model._tensor_usage_count  # pylint: disable=protected-access
-  for x, y in zip(model.inputs, inputs):
-    tensor_dict[str(id(x))] = [y] * usage[str(id(x))]
-  nodes_by_depth = model._nodes_by_depth  # pylint: disable=protected-access
-  for depth in sorted(nodes_by_depth, reverse=True):
-    for node in nodes_by_depth[depth]:
-      if node.is_input or any(i not in tensor_dict
-                              for i in node.flat_input_ids):
-        continue
-      args, kwargs = node.map_arguments(tensor_dict)
-      if _is_graph_submodel(node.layer):
-        sub_inputs = tf.nest.flatten(args[0] if args else kwargs["inputs"])
-        outputs = _run_graph(node.layer, sub_inputs, replace)
-      else:
-        outputs = replace.get(node.layer.name, node.layer)(*args, **kwargs)
-      for x_id, y in zip(node.flat_output_ids, tf.nest.flatten(outputs)):
-        tensor_dict[x_id] = [y] * usage[x_id]
-  outputs = [tensor_dict[str(id(x))].pop() for x in model.outputs]
-  return tf.nest.pack_sequence_as(model._nested_outputs, outputs)  # pylint: disable=protected-access
-
-
-def _fresh_inputs(model: tf_keras.Model) -> List:
-  return [
-      tf_keras.Input(batch_shape=x.shape, dtype=x.dtype,
-                     name=x.name.split(":")[0].replace("/", "_"))
-      for x in model.inputs
-  ]
-
-
-def _separable_halves(layer: tf_keras.layers.SeparableConv2D
-                     ) -> Tuple[tf_keras.layers.DepthwiseConv2D,
-                                tf_keras.layers.Conv2D]:
-  """`layer` as DepthwiseConv2D + 1x1 Conv2D holding copies of its weights.
-
-  TFLite needs an activation range between the two (tfmot's 8-bit scheme
-  splits the layer the same way, `SeparableConvQuantize`); without one the
-  converter leaves both float. The pointwise half keeps `layer`'s name, the
-  depthwise half is named `<name>_depthwise`.
-  """
-  config = layer.get_config()
-  depthwise = tf_keras.layers.DepthwiseConv2D(
-      kernel_size=config["kernel_size"], strides=config["strides"],
-      padding=config["padding"], depth_multiplier=config["depth_multiplier"],
-      data_format=config["data_format"],
-      dilation_rate=config["dilation_rate"], use_bias=False,
-      depthwise_initializer=config["depthwise_initializer"],
-      depthwise_regularizer=config["depthwise_regularizer"],
-      depthwise_constraint=config["depthwise_constraint"],
-      name=f"{layer.name}_depthwise", dtype=layer.dtype_policy)
-  pointwise = tf_keras.layers.Conv2D(
-      config["filters"], 1, data_format=config["data_format"],
-      activation=config["activation"], use_bias=config["use_bias"],
-      kernel_initializer=config["pointwise_initializer"],
-      bias_initializer=config["bias_initializer"],
-      kernel_regularizer=config["pointwise_regularizer"],
-      bias_regularizer=config["bias_regularizer"],
-      activity_regularizer=config["activity_regularizer"],
-      kernel_constraint=config["pointwise_constraint"],
-      bias_constraint=config["bias_constraint"],
-      trainable=layer.trainable, name=layer.name, dtype=layer.dtype_policy)
-  # Build from the kernels' shapes: a layer shared by several graphs has no
-  # single input shape.
-  _, _, channels, multiplier = layer.depthwise_kernel.shape
-
-  def _shape(c):
-    return ((None, c, None, None) if config["data_format"] == "channels_first"
-            else (None, None, None, c))
-
-  depthwise.build(_shape(channels))
-  pointwise.build(_shape(channels * multiplier))
-  depthwise.set_weights([layer.depthwise_kernel.numpy()])
-  pointwise.set_weights([layer.pointwise_kernel.numpy()] +
-                        ([layer.bias.numpy()] if layer.use_bias else []))
-  return depthwise, pointwise
-
-
-def _chain(first, second) -> Callable:
-  def call(inputs, **kwargs):
-    return second(first(inputs, **kwargs), **kwargs)
-  return call
-
-
-def _split_separable(model: tf_keras.Model, names) -> tf_keras.Model:
-  """`model` with each SeparableConv2D in `names` as its two halves."""
-  replace = {}
-  for name in names:
-    depthwise, pointwise = _separable_halves(model.get_layer(name))
-    replace[name] = _chain(depthwise, pointwise)
-  inputs = _fresh_inputs(model)
-  return tf_keras.Model(inputs, _run_graph(model, inputs, replace),
-                        name=model.name)
-
-
-def flatten_nested(model: tf_keras.Model) -> tf_keras.Model:
-  """Inlines nested Functional/Sequential sub-models into one flat graph.
-
-  tfmot's `quantize_apply` refuses a model that holds another model (a
-  backbone inside a detector, say). The flat model shares the original layer
-  objects, hence their weights; its layers carry their own names, prefixed by
-  the sub-model's name only where two would clash.
-
-  Returns:
-    `model` itself when nothing is nested, else a new Functional model.
-  """
-  _check_graph_model(model, "model")
-  if not any(_is_graph_submodel(layer) for layer in model.layers):
-    return model
-  names = set()
-  for layer in _iter_leaf_layers(model):
-    if layer.name in names:
-      raise QuantizeError(
-          f"Layer name {layer.name!r} occurs in two nested sub-models of "
-          f"{model.name!r}; give the layers unique names before quantizing.")
-    names.add(layer.name)
-  inputs = _fresh_inputs(model)
-  outputs = _run_graph(model, inputs)
-  return tf_keras.Model(inputs, outputs, name=model.name)
-
-
-def _iter_leaf_layers(model):
-  for layer in model.layers:
-    if _is_graph_submodel(layer):
-      yield from _iter_leaf_layers(layer)
-    elif not isinstance(layer, tf_keras.layers.InputLayer):
-      yield layer
 
 
 def _graph_consumers(model: tf_keras.Model) -> Dict[str, List]:

@@ -25,18 +25,14 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import csv
 import dataclasses
 import importlib
-import json
 import math
 import os
 import shutil
-import signal
 import tempfile
-import threading
 import time
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
@@ -50,158 +46,34 @@ from kqreg import policy as policy_lib
 from kqreg.callbacks import (CheckedBackupAndRestore, CheckpointError,
                              EpochCSVLogger, NoiseAnalysisCallback, StopOnNaN,
                              TrainingDiverged)
+from kqreg.distribute import (interrupt_on_sigterm, is_chief, make_strategy,
+                              shard_by_example, split_cpu)
 from kqreg.io_utils import atomic_write_json
 from kqreg.quantize import quantize_scope
+from kqreg.run_config import (LR_SCHEDULES, STRATEGIES, ConfigError,
+                              RunConfig, TrainingInterrupted)
+from kqreg.run_dir import (check_model_dir, finished_result, make_dir,
+                           read_history, read_params, save_model,
+                           val_loss_summary, write_params)
 from kqreg.summary import profile
 
 __all__ = ["RunConfig", "Task", "Data", "run", "load_run", "task_named",
            "ConfigError", "TrainingInterrupted", "TrainingDiverged",
            "CheckpointError", "BAD_INPUT_ERRORS", "make_strategy",
            "learning_rate_schedule", "interrupt_on_sigterm", "check_model_dir",
-           "finished_result", "val_loss_summary", "read_history",
+           "finished_result", "val_loss_summary", "read_history", "read_params",
+           "is_chief", "callbacks_in_order", "data_errors", "make_dir",
            "count_examples", "LR_SCHEDULES", "STRATEGIES", "TASKS"]
 
-LR_SCHEDULES = ("constant", "cosine", "step")
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 # Task name -> module holding its `TASK` (imported on demand: detection
 # pulls in keras-cv).
 TASKS = {"classify": "kqreg.classify", "detect": "kqreg.detection.task"}
-
-
-class ConfigError(ValueError):
-  """A run config that cannot run, with the flag to change."""
-
-
-class TrainingInterrupted(RuntimeError):
-  """SIGINT/SIGTERM stopped training; the last finished epoch is kept."""
-
 
 # Every error a user fixes by changing a flag or a file: trainers exit 2 on
 # them with one line.
 BAD_INPUT_ERRORS = (ConfigError, CheckpointError, data_lib.DatasetError,
                     models_lib.UnknownModelError, policy_lib.PolicyError,
                     export_lib.ExportError)
-
-
-def _positive_int(value, allow_none: bool = False) -> bool:
-  if allow_none and value is None:
-    return True
-  return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-@dataclasses.dataclass
-class RunConfig:
-  """The fields every task's run depends on; tasks subclass it.
-
-  Attributes:
-    model_dir: output folder; rerunning into it resumes.
-    dataset: TFDS name prepared in `data_dir`, or an offline `kqreg_*` set.
-    data_dir: TFDS data dir.
-    bits: a `BitPolicy` (a policy string is parsed once, here).
-    per_channel: None for each layer family's default.
-    epochs: training epochs.
-    batch_size: global batch size (split across replicas).
-    learning_rate: peak learning rate.
-    lr_schedule: one of `LR_SCHEDULES`.
-    augment: the task's random augmentation of training images.
-    train_examples: train on the first n examples (None: all).
-    val_examples: validate on the first n validation examples (None: all).
-    seed: seeds weights, shuffling and augmentation.
-    noise_analysis: record weight noise each `noise_every` epochs.
-    noise_every: epochs between noise records.
-    export_tflite: write model.tflite after training and check it in LiteRT.
-    strategy: one of `STRATEGIES`.
-    deterministic: TensorFlow op determinism (bit-identical reruns on CPU).
-    virtual_cpus: split the CPU into this many logical devices (0: don't),
-      so `mirrored` can be tried on one machine.
-    verbose: Keras fit verbosity (0 silent, 1 progress bar, 2 line/epoch).
-  """
-  model_dir: str
-  dataset: str = "kqreg_digits"
-  data_dir: Optional[str] = None
-  bits: Any = "fp"
-  per_channel: Optional[bool] = None
-  epochs: int = 30
-  batch_size: int = 64
-  learning_rate: float = 1e-3
-  lr_schedule: str = "constant"
-  augment: bool = False
-  train_examples: Optional[int] = None
-  val_examples: Optional[int] = None
-  seed: int = 0
-  noise_analysis: bool = True
-  noise_every: int = 1
-  export_tflite: bool = False
-  strategy: str = "default"
-  deterministic: bool = False
-  virtual_cpus: int = 0
-  verbose: int = 2
-
-  TASK: ClassVar[str] = ""
-  # Fields that define what is trained: a model dir written under other
-  # values cannot be resumed into. Tasks add theirs.
-  IDENTITY: ClassVar[Tuple[str, ...]] = (
-      "dataset", "bits", "per_channel", "train_examples", "seed",
-      "batch_size", "learning_rate", "lr_schedule", "augment", "epochs")
-
-  def __post_init__(self):
-    self._parse_bits()
-
-  def _parse_bits(self) -> None:
-    try:
-      self.bits = policy_lib.BitPolicy.parse(self.bits)
-    except policy_lib.PolicyError as e:
-      raise ConfigError(f"--bits: {e}") from e
-
-  def validate(self) -> "RunConfig":
-    """Raises `ConfigError` naming the field (flag) that is wrong."""
-    self._parse_bits()  # a field set after construction
-    for name in ("epochs", "batch_size", "noise_every"):
-      self.need(_positive_int(getattr(self, name)), name,
-                f"must be a positive integer, got {getattr(self, name)!r}")
-    for name in ("train_examples", "val_examples"):
-      self.need(_positive_int(getattr(self, name), allow_none=True), name,
-                f"must be a positive integer, got {getattr(self, name)!r}")
-    self.need(isinstance(self.learning_rate, (int, float))
-              and self.learning_rate > 0, "learning_rate",
-              f"must be positive, got {self.learning_rate!r}")
-    self.need(self.lr_schedule in LR_SCHEDULES, "lr_schedule",
-              f"unknown schedule {self.lr_schedule!r}; use one of "
-              f"{', '.join(LR_SCHEDULES)}")
-    self.need(self.strategy in STRATEGIES, "strategy",
-              f"unknown strategy {self.strategy!r}; use one of "
-              f"{', '.join(STRATEGIES)}")
-    self.need(isinstance(self.virtual_cpus, int) and self.virtual_cpus >= 0,
-              "virtual_cpus", f"must be >= 0, got {self.virtual_cpus!r}")
-    if self.export_tflite:
-      self.check_exportable()
-    return self
-
-  def check_exportable(self) -> None:
-    """Refuses `export_tflite` for bits that export refuses, before training."""
-    try:
-      export_lib.check_exportable(self.bits)
-    except export_lib.ExportError as e:
-      raise ConfigError(f"--export_tflite with --bits={self.bits}: {e}"
-                        ) from e
-
-  @staticmethod
-  def need(ok: bool, flag: str, message: str) -> None:
-    if not ok:
-      raise ConfigError(f"--{flag}: {message}")
-
-  def identity(self) -> Dict[str, Any]:
-    return {k: _jsonable(getattr(self, k)) for k in self.IDENTITY}
-
-  def to_json(self) -> Dict[str, Any]:
-    return {f.name: _jsonable(getattr(self, f.name))
-            for f in dataclasses.fields(self)}
-
-
-def _jsonable(value):
-  if isinstance(value, policy_lib.BitPolicy):
-    return str(value)
-  return json.loads(json.dumps(value, default=list))
 
 
 @dataclasses.dataclass
@@ -303,47 +175,6 @@ def _task_of(config: RunConfig) -> Task:
   return task_named(config.TASK)
 
 
-@contextlib.contextmanager
-def interrupt_on_sigterm():
-  """Turns SIGTERM into KeyboardInterrupt (as SIGINT) within the block."""
-  if threading.current_thread() is not threading.main_thread():
-    yield
-    return
-
-  def _raise(signum, frame):
-    del frame
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-  previous = signal.signal(signal.SIGTERM, _raise)
-  try:
-    yield
-  finally:
-    signal.signal(signal.SIGTERM, previous)
-
-
-def make_strategy(name: str) -> tf.distribute.Strategy:
-  """The `tf.distribute` strategy called `name` (see `STRATEGIES`)."""
-  if name == "default":
-    return tf.distribute.get_strategy()
-  if name == "mirrored":
-    return tf.distribute.MirroredStrategy()
-  if name == "multi_worker":
-    if "TF_CONFIG" not in os.environ:
-      raise ConfigError("--strategy=multi_worker reads the cluster from the "
-                        "TF_CONFIG environment variable, which is not set.")
-    return tf.distribute.MultiWorkerMirroredStrategy()
-  if name == "tpu":
-    try:
-      resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
-      tf.config.experimental_connect_to_cluster(resolver)
-      tf.tpu.experimental.initialize_tpu_system(resolver)
-    except (ValueError, tf.errors.OpError) as e:
-      raise ConfigError(f"--strategy=tpu: no TPU found ({e}).") from e
-    return tf.distribute.TPUStrategy(resolver)
-  raise ConfigError(f"--strategy: unknown strategy {name!r}; use one of "
-                    f"{', '.join(STRATEGIES)}")
-
-
 def learning_rate_schedule(name: str, learning_rate: float,
                            total_steps: int):
   """`LR_SCHEDULES[name]` over `total_steps` (a float for "constant").
@@ -358,79 +189,6 @@ def learning_rate_schedule(name: str, learning_rate: float,
         [int(total_steps * 0.5), int(total_steps * 0.75)],
         [learning_rate, learning_rate * 0.1, learning_rate * 0.01])
   return learning_rate
-
-
-def check_model_dir(model_dir: str, identity: Dict[str, Any]) -> bool:
-  """Checks model_dir/params.json against `identity`; True if finished.
-
-  Raises `ConfigError` naming every flag that differs from the run already
-  in `model_dir`. params.json itself is written once data and model are
-  built, so a run refused for bad input leaves nothing that blocks a fixed
-  rerun.
-  """
-  params_path = os.path.join(model_dir, "params.json")
-  if os.path.exists(params_path):
-    try:
-      with open(params_path) as f:
-        saved = json.load(f)["identity"]
-    except (OSError, ValueError, KeyError) as e:
-      raise ConfigError(
-          f"--model_dir: {params_path} is unreadable ({e}); use a new "
-          "--model_dir or delete it.") from e
-    differ = [k for k in identity if saved.get(k) != identity[k]]
-    if differ:
-      details = ", ".join(f"--{k}={saved.get(k)!r} there, {identity[k]!r} now"
-                          for k in differ)
-      raise ConfigError(
-          f"--model_dir {model_dir} holds a run with other settings "
-          f"({details}); use a new --model_dir or the same flags.")
-  return os.path.exists(os.path.join(model_dir, "result.json"))
-
-
-def finished_result(model_dir: str,
-                    identity: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-  """A finished run's result.json with `skipped` set, or None to train."""
-  if not check_model_dir(model_dir, identity):
-    return None
-  with open(os.path.join(model_dir, "result.json")) as f:
-    result = json.load(f)
-  result["skipped"] = True
-  return result
-
-
-def _make_dir(path: str, flag: str) -> None:
-  try:
-    os.makedirs(path, exist_ok=True)
-  except OSError as e:
-    raise ConfigError(
-        f"--{flag}={path!r} cannot be created ({e.strerror or e}); pass a "
-        "writable folder.") from e
-
-
-def _write_params(config: RunConfig) -> None:
-  atomic_write_json(os.path.join(config.model_dir, "params.json"),
-                    {"task": config.TASK, "identity": config.identity(),
-                     "config": config.to_json()})
-
-
-def read_params(model_dir: str) -> Dict[str, Any]:
-  """params.json of a run folder, with errors that say what to pass."""
-  path = os.path.join(model_dir, "params.json")
-  try:
-    with open(path) as f:
-      params = json.load(f)
-  except FileNotFoundError as e:
-    raise ConfigError(
-        f"--model_dir={model_dir!r} has no params.json; pass a folder "
-        "written by kqreg-classify or kqreg-detect.") from e
-  except (OSError, ValueError) as e:
-    raise ConfigError(f"{path!r} is unreadable: {e}") from e
-  if not isinstance(params, dict) or "task" not in params or (
-      "config" not in params):
-    raise ConfigError(
-        f"{path!r} names no task or config (written by an older kqreg); "
-        "train the run again with this version.")
-  return params
 
 
 def load_run(model_dir: str) -> Tuple[Task, RunConfig, tf_keras.Model]:
@@ -471,45 +229,6 @@ def data_errors(config: RunConfig):
         "(offline kqreg_* sets regenerate on the next run).") from e
 
 
-def _shard_by_example(ds: tf.data.Dataset,
-                      strategy: tf.distribute.Strategy) -> tf.data.Dataset:
-  """Multi-worker: shard by example (offline TFDS sets are a single file)."""
-  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-    return ds
-  options = tf.data.Options()
-  options.experimental_distribute.auto_shard_policy = (
-      tf.data.experimental.AutoShardPolicy.DATA)
-  return ds.with_options(options)
-
-
-def _split_cpu(n: int) -> None:
-  """Splits the CPU into `n` logical devices (for `mirrored` on one host)."""
-  cpus = tf.config.list_physical_devices("CPU")
-  try:
-    tf.config.set_logical_device_configuration(
-        cpus[0], [tf.config.LogicalDeviceConfiguration()] * n)
-  except RuntimeError as e:
-    current = len(tf.config.list_logical_devices("CPU"))
-    if current == n:
-      return
-    raise ConfigError(
-        f"--virtual_cpus={n}: TensorFlow already set up {current} CPU "
-        "device(s) in this process; pass it on the command line of a fresh "
-        "process.") from e
-
-
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-  """True unless this process is a non-chief worker of a cluster."""
-  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-    return True
-  resolver = strategy.cluster_resolver
-  task_type, task_id = resolver.task_type, resolver.task_id
-  if task_type in (None, "chief"):
-    return True
-  has_chief = "chief" in resolver.cluster_spec().as_dict()
-  return task_type == "worker" and task_id == 0 and not has_chief
-
-
 def callbacks_in_order(*, out_dir: str, backup_dir: str,
                        task_callbacks: Sequence[tf_keras.callbacks.Callback],
                        noise_callback: Optional[NoiseAnalysisCallback],
@@ -545,35 +264,6 @@ def count_examples(ds: tf.data.Dataset) -> int:
   return int(ds.reduce(0, lambda count, _: count + 1))
 
 
-def val_loss_summary(history: List[Dict[str, str]]) -> Dict[str, Any]:
-  """`best_val_loss`, `best_epoch`, `last_epoch_val_loss` of history rows."""
-  # An epoch whose validation loss overflowed is logged empty.
-  finite = [row for row in history if row.get("val_loss") not in ("", None)]
-  if not finite:
-    return {}
-  best = min(finite, key=lambda row: float(row["val_loss"]))
-  return {"best_val_loss": float(best["val_loss"]),
-          "best_epoch": int(float(best["epoch"])),
-          "last_epoch_val_loss": float(finite[-1]["val_loss"])}
-
-
-def read_history(path: str) -> List[Dict[str, str]]:
-  """The rows of a run's history.csv ([] before the first epoch ends)."""
-  if not os.path.exists(path):
-    return []
-  with open(path, newline="") as f:
-    return list(csv.DictReader(f))
-
-
-def _save_model(model: tf_keras.Model, out_dir: str) -> None:
-  # Keras writes in place: save beside, then rename, so a kill leaves no
-  # truncated model.keras.
-  partial = os.path.join(out_dir, ".partial-model.keras")
-  with quantize_scope():
-    model.save(partial)
-  os.replace(partial, os.path.join(out_dir, "model.keras"))
-
-
 def run(config: RunConfig) -> Dict[str, Any]:
   """Trains (or resumes) one run; see `_run`."""
   with _task_of(config).quiet():
@@ -603,7 +293,7 @@ def _run(config: RunConfig) -> Dict[str, Any]:
     return finished
   start = time.time()
   if config.virtual_cpus:
-    _split_cpu(config.virtual_cpus)
+    split_cpu(config.virtual_cpus)
   tf_keras.utils.set_random_seed(config.seed)
   if config.deterministic:
     tf.config.experimental.enable_op_determinism()
@@ -612,20 +302,20 @@ def _run(config: RunConfig) -> Dict[str, Any]:
   # Non-chief workers write to a scratch folder (they must still save:
   # saving runs collective ops).
   if chief:
-    _make_dir(config.model_dir, "model_dir")
+    make_dir(config.model_dir, "model_dir")
     out_dir = config.model_dir
   else:
     out_dir = tempfile.mkdtemp(prefix="kqreg-worker-")
 
   with data_errors(config):
     data = task.load(config)
-  datasets = {k: _shard_by_example(ds, strategy)
+  datasets = {k: shard_by_example(ds, strategy)
               for k, ds in task.datasets(config, data).items()}
   steps_per_epoch = math.ceil(data.n_train / config.batch_size)
   with strategy.scope():
     model = task.build(config, data, steps_per_epoch)
   if chief:
-    _write_params(config)
+    write_params(config)
 
   noise_callback = None
   if config.noise_analysis:
@@ -665,7 +355,7 @@ def _run(config: RunConfig) -> Dict[str, Any]:
                 weight_bytes=prof.weight_bytes,
                 noise=noise_lib.weight_noise_means(model), resumed=resumed,
                 replicas=strategy.num_replicas_in_sync)
-  _save_model(model, out_dir)
+  save_model(model, out_dir)
   if config.export_tflite:
     result["tflite"] = task.export(model, config, data,
                                    os.path.join(out_dir, "model.tflite"))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 
 from absl import app
-from absl import flags
 from absl import logging
 
 from . import flags as kqreg_flags
@@ -26,7 +25,7 @@ def _run(holders) -> str:
   from kqreg.io_utils import atomic_write_json, atomic_write_text  # pylint: disable=g-import-not-at-top
   from kqreg.study import benchmark, benchmark_report  # pylint: disable=g-import-not-at-top
   output_dir = holders.output_dir.value
-  runs._make_dir(output_dir, "output_dir")  # pylint: disable=protected-access
+  runs.make_dir(output_dir, "output_dir")
   results = benchmark.run_benchmark(quick=holders.quick.value,
                                     repeats=holders.repeats.value,
                                     rounds=holders.rounds.value)

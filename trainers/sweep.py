@@ -73,7 +73,7 @@ def _sweep(holders) -> None:
   policies = parse_sweep_bits(holders.sweep_bits.value)
   seeds = parse_seeds(holders.seeds.value)
   output_dir = holders.output_dir.value
-  runs._make_dir(output_dir, "output_dir")  # pylint: disable=protected-access
+  runs.make_dir(output_dir, "output_dir")
   grid = list(sweep.grid(policies, seeds))
   configs = [kqreg_flags.run_config(
       task, os.path.join(output_dir, "runs", run_dir_name(policy, seed)),

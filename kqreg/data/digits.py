@@ -54,22 +54,15 @@ class KqregDigits(OfflineBuilder):
   name = "kqreg_digits"
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=(
-            "The 1,797 8x8 handwritten digits bundled with scikit-learn "
-            "(UCI optdigits test set), upsampled to 32x32x1 uint8, with fixed "
-            "stratified train/validation/test splits of "
-            f"{SPLIT_SIZES['train']}/{SPLIT_SIZES['validation']}/"
-            f"{SPLIT_SIZES['test']}. Prepares offline."),
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=IMAGE_SHAPE),
-            "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-        }),
-        supervised_keys=("image", "label"),
+    return self.image_classification_info(
+        ("The 1,797 8x8 handwritten digits bundled with scikit-learn "
+         "(UCI optdigits test set), upsampled to 32x32x1 uint8, with fixed "
+         "stratified train/validation/test splits of "
+         f"{SPLIT_SIZES['train']}/{SPLIT_SIZES['validation']}/"
+         f"{SPLIT_SIZES['test']}. Prepares offline."),
+        IMAGE_SHAPE, num_classes=NUM_CLASSES,
         homepage="https://scikit-learn.org/stable/modules/generated/"
-                 "sklearn.datasets.load_digits.html",
-    )
+                 "sklearn.datasets.load_digits.html")
 
   def _split_generators(self, dl_manager):
     """Returns SplitGenerators; nothing is downloaded."""

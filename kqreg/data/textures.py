@@ -123,18 +123,11 @@ class KqregTextures(OfflineBuilder):
   name = "kqreg_textures"
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=(
-            "Procedurally generated 32x32x3 images of 10 shape/texture classes "
-            f"({', '.join(CLASS_NAMES)}) on noisy textured backgrounds. "
-            "Deterministic (fixed seed per split); prepares offline."),
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=IMAGE_SHAPE),
-            "label": tfds.features.ClassLabel(names=CLASS_NAMES),
-        }),
-        supervised_keys=("image", "label"),
-    )
+    return self.image_classification_info(
+        ("Procedurally generated 32x32x3 images of 10 shape/texture classes "
+         f"({', '.join(CLASS_NAMES)}) on noisy textured backgrounds. "
+         "Deterministic (fixed seed per split); prepares offline."),
+        IMAGE_SHAPE, class_names=CLASS_NAMES)
 
   def _split_generators(self, dl_manager):
     """Returns SplitGenerators; nothing is downloaded."""

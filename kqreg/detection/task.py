@@ -19,7 +19,7 @@ detector and writes to `model_dir`:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Dict, Optional, Tuple
+from typing import Any, ClassVar, Dict, Tuple
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
@@ -27,6 +27,7 @@ import tensorflow as tf
 import tf_keras
 
 from kqreg import data as data_lib
+from kqreg import run_config
 from kqreg import runs
 from kqreg.detection import data as detection_data
 from kqreg.detection import export as export_lib
@@ -73,7 +74,7 @@ class DetectConfig(runs.RunConfig):
   def validate(self) -> "DetectConfig":
     super().validate()
     for name in ("max_boxes", "fpn_depth"):
-      self.need(runs._positive_int(getattr(self, name)), name,  # pylint: disable=protected-access
+      self.need(run_config.positive_int(getattr(self, name)), name,
                 f"must be a positive integer, got {getattr(self, name)!r}")
     self.need(isinstance(self.map_examples, int) and self.map_examples >= 0,
               "map_examples", f"must be >= 0, got {self.map_examples!r}")
