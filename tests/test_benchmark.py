@@ -32,8 +32,10 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path):
   assert sizes[2] < sizes[1] < sizes[0]
   assert [row["variant"] for row in data["memory"]] == ["float", "kqreg_w4a8"]
   text = (tmp_path / "benchmark.md").read_text()
+  assert [row["workers"] for row in data["sweep"]] == [1, 2]
+  assert all(row["runs"] == 2 and row["runs_per_minute"] > 0 for row in data["sweep"])
   for heading in ("Training step time", "NoiseAnalysisCallback", "Noise analysis cost",
-                  "TFLite", "Peak resident memory", "Targets"):
+                  "TFLite", "Peak resident memory", "Targets", "Sweep throughput"):
     assert heading in text
   assert text in result.stdout
   # The sign is timing noise in a quick run (CI once measured tfmot faster than float).

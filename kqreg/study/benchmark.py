@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
@@ -30,7 +30,8 @@ from kqreg.callbacks import NoiseAnalysisCallback
 from kqreg.quantize import quantize
 
 __all__ = ["machine", "build_variant", "step_time", "paired_step_times",
-           "callback_overhead", "noise_cost", "peak_memory", "run_benchmark",
+           "callback_overhead", "noise_cost", "peak_memory", "sweep_throughput",
+           "run_benchmark",
            "VARIANTS"]
 
 # Training variants compared per model: (label, how to build it).
@@ -384,6 +385,39 @@ def _memory(quick):
 
 
 
+def sweep_throughput(*, quick: bool = False,
+                     workers: Tuple[int, ...] = (1, 2)) -> List[Dict[str, object]]:
+  """Runs per minute of a sweep of the main job's kind, by `--workers`.
+
+  The same runs (configs/mnist_sweep.cfg's model and data, fewer epochs and
+  seeds) are trained once per worker count into fresh folders, timed as a
+  whole: process start-up, tracing, training, evaluation and the noise
+  callback included, as a user's sweep pays them.
+  """
+  from kqreg import classify  # pylint: disable=g-import-not-at-top
+  from kqreg.study import sweep  # pylint: disable=g-import-not-at-top
+  runs, epochs, examples = (2, 1, 32) if quick else (8, 30, 500)
+  rows = []
+  for n in workers:
+    folder = tempfile.mkdtemp(prefix=f"kqreg-bench-sweep-{n}-")
+    configs = [classify.ClassifyConfig(
+        model_dir=os.path.join(folder, f"run{i}"), dataset="kqreg_mnist",
+        model="cnn", model_kwargs={"widths": (16, 32, 64),
+                                   "batch_norm": False},
+        train_examples=examples, label_noise=0.4, batch_size=64,
+        learning_rate=0.003, epochs=epochs, bits="w4" if i % 2 else "fp",
+        seed=i, verbose=0) for i in range(runs)]
+    start = time.time()
+    sweep.run_configs(configs, workers=n)
+    seconds = time.time() - start
+    rows.append({"workers": n, "runs": runs, "epochs": epochs,
+                 "train_examples": examples, "seconds": seconds,
+                 "runs_per_minute": 60.0 * runs / seconds})
+    print(f"sweep throughput, {n} worker(s): {rows[-1]['runs_per_minute']:.2f} "
+          "runs/min", flush=True)
+  return rows
+
+
 def run_benchmark(*, quick: bool = False, repeats: int = 5,
                   rounds: int = 10) -> Dict[str, object]:
   """Every measurement of the benchmark, as one JSON-ready dict.
@@ -408,4 +442,5 @@ def run_benchmark(*, quick: bool = False, repeats: int = 5,
                                        _NOISE_MODELS, repeats)
   results["tflite"] = _tflite(quick)
   results["memory"] = _memory(quick)
+  results["sweep"] = sweep_throughput(quick=quick)
   return results

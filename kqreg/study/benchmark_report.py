@@ -112,6 +112,16 @@ def markdown(results) -> str:
   for r in check_targets(results):
     verdict = {True: "yes", False: "**no**", None: "–"}[r["holds"]]
     lines.append(f"| {r['target']} | {r['measured']} | {verdict} |")
+  if results.get("sweep"):
+    first = results["sweep"][0]
+    lines += ["", "## Sweep throughput (kqreg-sweep --workers)", "",
+              f"{first['runs']} runs of the main job's model and data "
+              f"({first['epochs']} epochs, {first['train_examples']} images, "
+              "noise analysis on), timed whole per worker count.", "",
+              "| workers | runs | seconds | runs/min |", "|---|---|---|---|"]
+    for r in results["sweep"]:
+      lines.append(f"| {r['workers']} | {r['runs']} | {r['seconds']:.1f} | "
+                   f"{r['runs_per_minute']:.2f} |")
   lines += ["", "## Peak resident memory (fresh process, training)", "",
             "| model | variant | MiB | × float |", "|---|---|---|---|"]
   for r in results["memory"]:
