@@ -195,3 +195,23 @@ def test_load_run_refuses_a_folder_without_task(tmp_path):
   (tmp_path / "params.json").write_text(json.dumps({"identity": {}}))
   with pytest.raises(runs.ConfigError, match="names no task"):
     runs.load_run(str(tmp_path))
+
+
+@pytest.mark.parametrize("error, refused", [
+    (IndexError("Read less bytes than requested"), True),  # truncated .data
+    (ValueError("Received incompatible tensor with shape (3,)"), True),
+    (IndexError("list index out of range"), False),  # a bug, not bad input
+    (KeyError("x"), False),
+])
+def test_checkpoint_errors_are_refused_only_when_they_mean_a_bad_checkpoint(
+    error, refused, tmp_path, monkeypatch):
+  from kqreg.callbacks import CheckedBackupAndRestore
+
+  def _raise(self, logs=None):
+    raise error
+
+  monkeypatch.setattr(tf_keras.callbacks.BackupAndRestore, "on_train_begin", _raise)
+  callback = CheckedBackupAndRestore(str(tmp_path / "backup"))
+  expected = runs.CheckpointError if refused else type(error)
+  with pytest.raises(expected):
+    callback.on_train_begin()
