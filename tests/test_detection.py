@@ -320,8 +320,8 @@ def test_multi_worker_detection_on_loopback_chief_writes(shapes_dir, tmp_path):
     s.close()
   model_dir = tmp_path / "run"
   args = [sys.executable, "-m", "trainers.detect", f"--data_dir={shapes_dir}",
-          "--bits=w8", "--image_size=32", "--epochs=2", "--batch_size=4",
-          "--train_examples=16", "--val_examples=4", "--map_examples=0",
+          "--bits=w8", "--image_size=32", "--epochs=1", "--batch_size=4",
+          "--train_examples=8", "--val_examples=4", "--map_examples=0",
           "--noise_analysis=false", "--noaugment", "--verbose=0",
           "--strategy=multi_worker", f"--model_dir={model_dir}"]
   procs = [subprocess.Popen(
@@ -334,7 +334,7 @@ def test_multi_worker_detection_on_loopback_chief_writes(shapes_dir, tmp_path):
     assert proc.returncode == 0, err[-2000:]
   result = json.loads((model_dir / "result.json").read_text())
   assert result["replicas"] == 2 and result["task"] == "detect"
-  assert [row["epoch"] for row in result["history"]] == [0.0, 1.0]
+  assert [row["epoch"] for row in result["history"]] == [0.0]
   for name in ("history.csv", "model.keras", "params.json"):
     assert (model_dir / name).exists(), name
   # Only the chief writes: the second worker's scratch folder is elsewhere.
