@@ -112,6 +112,9 @@ class ClassificationTask(runs.Task):
 
   name = "classify"
   config_class = ClassifyConfig
+  headline = (("train_accuracy", "train acc", ".3f"),
+              ("val_accuracy", "val acc", ".3f"),
+              ("val_loss", "val loss", ".3f"), ("gap_accuracy", "gap", "+.3f"))
 
   def load(self, config: ClassifyConfig) -> runs.Data:
     train, val, test, info, splits = data_lib.load_splits(
@@ -171,11 +174,6 @@ class ClassificationTask(runs.Task):
         loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"], jit_compile=config.jit_compile)
     return model
-
-  def summary(self, result: Dict[str, Any]) -> str:
-    return (f"train acc {result['train_accuracy']:.3f}  val acc "
-            f"{result['val_accuracy']:.3f}  val loss {result['val_loss']:.3f}  "
-            f"gap {result['gap_accuracy']:+.3f}")
 
   def tflite_summary(self, figures: Dict[str, Any]) -> str:
     return (f"{super().tflite_summary(figures)}, top-1 agreement "

@@ -138,9 +138,13 @@ class Task(abc.ABC):
              path: str, **options) -> Dict[str, Any]:
     """Writes `path` (.tflite) and returns its checked figures."""
 
-  @abc.abstractmethod
+  # (result key, label, format) of the headline figures `summary` prints.
+  headline: Tuple[Tuple[str, str, str], ...] = ()
+
   def summary(self, result: Dict[str, Any]) -> str:
     """The headline figures of a finished run's result, in one line."""
+    return "  ".join(f"{label} {format(result[key], spec)}"
+                     for key, label, spec in self.headline)
 
   def tflite_summary(self, figures: Dict[str, Any]) -> str:
     """One line on an exported file (`result["tflite"]`)."""

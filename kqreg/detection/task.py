@@ -138,6 +138,8 @@ class DetectionTask(runs.Task):
 
   name = "detect"
   config_class = DetectConfig
+  headline = (("train_loss", "train loss", ".3f"), ("val_loss", "val loss", ".3f"),
+              ("val_map50", "mAP@0.5", ".3f"), ("val_map", "mAP@[.5:.95]", ".3f"))
   write_graph = False  # the detector subclass refuses graph serialization
 
   def load(self, config: DetectConfig) -> runs.Data:
@@ -197,11 +199,6 @@ class DetectionTask(runs.Task):
 
   def quiet(self):
     return model_lib.quiet_keras_cv_warnings()
-
-  def summary(self, result: Dict[str, Any]) -> str:
-    return (f"train loss {result['train_loss']:.3f}  val loss "
-            f"{result['val_loss']:.3f}  mAP@0.5 {result['val_map50']:.3f}  "
-            f"mAP@[.5:.95] {result['val_map']:.3f}")
 
   def tflite_summary(self, figures: Dict[str, Any]) -> str:
     return (f"{super().tflite_summary(figures)}; on {figures['examples']} "
