@@ -90,9 +90,10 @@ def test_killed_run_resumes_without_losing_or_repeating_epochs(tmp_path):
 def test_sweep_runs_reports_and_skips_finished_runs(tmp_path):
   out = tmp_path / "sweep"
   # Two worker processes: the runs finish in any order, the report keeps
-  # the grid's.
+  # the grid's. A fresh data dir: the sweep prepares the set once, before
+  # the workers start (two preparing it at once would race).
   args = [*TINY, "--epochs=2", "--sweep_bits=fp,w4", "--seeds=0,1", f"--output_dir={out}",
-          "--noise_analysis=false", "--workers=2"]
+          "--noise_analysis=false", "--workers=2", f"--data_dir={tmp_path / 'tfds'}"]
   result = _run("trainers.sweep", *args)
   assert result.returncode == 0, result.stderr
   lines = result.stdout.splitlines()

@@ -66,6 +66,22 @@ def _run_here(config) -> Dict[str, Any]:
     tf_keras.backend.clear_session()
 
 
+def _prepare_data(configs: Sequence[Any]) -> None:
+  """Prepares each dataset once, here, before workers open it.
+
+  Two workers preparing an offline set (kqreg_mnist, ...) into one TFDS
+  folder at the same time would race.
+  """
+  from kqreg import runs  # pylint: disable=g-import-not-at-top
+  seen = set()
+  for config in configs:
+    key = (config.TASK, config.dataset, config.data_dir)
+    if key not in seen:
+      seen.add(key)
+      with runs.data_errors(config):
+        runs.task_named(config.TASK).load(config)
+
+
 def run_configs(configs: Sequence[Any], workers: int = 1,
                 on_result: Optional[Callable[[int, Dict[str, Any]], None]]
                 = None) -> List[Dict[str, Any]]:
@@ -91,6 +107,7 @@ def run_configs(configs: Sequence[Any], workers: int = 1,
         on_result(i, results[i])
     return results  # type: ignore[return-value]
   workers = min(workers, len(configs))
+  _prepare_data(configs)
   threads = max(1, (os.cpu_count() or 1) // workers)
   # spawn: a fork of a process that already runs TensorFlow deadlocks.
   context = multiprocessing.get_context("spawn")
