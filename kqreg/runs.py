@@ -7,7 +7,7 @@ the hooks of `Task`: data, model, extra callbacks, final evaluation, export.
   1. validate the config; a finished run returns its result.json
   2. identity check against the model dir's params.json (resume or refuse)
   3. seed, determinism, virtual CPUs, `tf.distribute` strategy, chief
-  4. data (task hook), one validation rule (`kqreg.data.load_splits`),
+  4. data (task hook), one validation rule (`kqreg.data.splits`),
      sharded by example under multi-worker
   5. model (task hook) under the strategy's scope; params.json
   6. callbacks in one fixed order: StopOnNaN first, so a diverged epoch
@@ -18,7 +18,10 @@ the hooks of `Task`: data, model, extra callbacks, final evaluation, export.
   8. evaluate (task hook), profile, noise means
   9. model.keras and result.json written atomically; optional TFLite export
 
-Only the chief of a multi-worker cluster writes the model dir.
+Only the chief of a multi-worker cluster writes the model dir. The fields
+every task shares and the run errors are in `run_config`, the model dir's
+files in `run_dir`, strategies and signals in `distribute`; this module
+re-exports what callers use.
 """
 
 from __future__ import annotations
