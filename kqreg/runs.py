@@ -109,7 +109,7 @@ class Task(abc.ABC):
 
   @abc.abstractmethod
   def load(self, config: RunConfig) -> Data:
-    """The raw splits, by `kqreg.data.load_splits`'s validation rule."""
+    """The raw splits, by `kqreg.data.splits`' validation rule."""
 
   @abc.abstractmethod
   def datasets(self, config: RunConfig, data: Data
@@ -273,11 +273,12 @@ def count_examples(ds: tf.data.Dataset) -> int:
 
 def run(config: RunConfig) -> Dict[str, Any]:
   """Trains (or resumes) one run; see `_run`."""
-  with _task_of(config).quiet():
-    return _run(config)
+  task = _task_of(config)
+  with task.quiet():
+    return _run(config, task)
 
 
-def _run(config: RunConfig) -> Dict[str, Any]:
+def _run(config: RunConfig, task: Task) -> Dict[str, Any]:
   """Trains (or resumes) one run of `config`'s task; returns result.json.
 
   Returns:
@@ -293,7 +294,6 @@ def _run(config: RunConfig) -> Dict[str, Any]:
       `BAD_INPUT_ERRORS`).
     TrainingInterrupted, TrainingDiverged, CheckpointError.
   """
-  task = _task_of(config)
   config.validate()
   finished = finished_result(config.model_dir, config.identity())
   if finished is not None:

@@ -1,5 +1,6 @@
 """The base of kqreg's offline TFDS builders (data made here, not fetched)."""
 
+import abc
 from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
@@ -46,11 +47,13 @@ class ArrayImageBuilder(OfflineBuilder, skip_registration=True):
   by their index, so a split is the same set whatever the order.
   """
 
+  @abc.abstractmethod
   def _arrays(self) -> Tuple[np.ndarray, np.ndarray]:
-    raise NotImplementedError
+    """All images (N, H, W, C) uint8 and labels (N,) int."""
 
+  @abc.abstractmethod
   def _split_indices(self) -> Dict[str, np.ndarray]:
-    raise NotImplementedError
+    """Split name -> indices into `_arrays()`."""
 
   def _split_generators(self, dl_manager):
     """Returns SplitGenerators; nothing is downloaded."""

@@ -29,11 +29,12 @@ def default_workers(cores: Optional[int] = None) -> int:
 
 
 def _init_worker(threads: int) -> None:
-  # Before TensorFlow sets up its devices: the thread pools are fixed then.
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  # TensorFlow is already imported here (unpickling this function imports
+  # kqreg), so its import lines reach stderr; its devices are not set up
+  # yet: the thread pools are fixed now, and the device-setup lines muted.
   os.environ["OMP_NUM_THREADS"] = str(threads)
   saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-  os.dup2(devnull, 2)  # TensorFlow's C++ start-up lines
+  os.dup2(devnull, 2)
   try:
     import kqreg  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
