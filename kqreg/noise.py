@@ -37,6 +37,7 @@ import tensorflow as tf
 import tf_keras
 
 from kqreg import _tfmot
+from kqreg import first_order
 from kqreg import quantizers
 
 __all__ = [
@@ -314,60 +315,6 @@ def _noise_drawn(qat_model: tf_keras.Model
           q, quantizers.WeightNoiseQuantizer) else q)
 
 
-def _first_order_kind(layer) -> Optional[str]:
-  """Which linear map `layer` is, if the first-order model covers it.
-
-  Returns "dense", "conv" or "depthwise" (one kernel, channels last), or
-  None (transposed and separable convolutions, grouped or channels-first).
-  """
-  if isinstance(layer, tf_keras.layers.Dense):
-    return "dense"
-  if isinstance(layer, (tf_keras.layers.Conv2DTranspose,
-                        tf_keras.layers.SeparableConv2D)):
-    return None
-  if getattr(layer, "data_format", "channels_last") != "channels_last":
-    return None
-  if isinstance(layer, tf_keras.layers.DepthwiseConv2D):
-    return "depthwise"
-  if isinstance(layer, tf_keras.layers.Conv2D) and layer.groups == 1:
-    return "conv"
-  return None
-
-
-def _linear(layer, kind: str, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-  """`layer`'s linear map of `x` by `kernel`: no bias, no activation."""
-  if kind == "dense":
-    return tf.tensordot(x, kernel, [[x.shape.rank - 1], [0]])
-  if kind == "depthwise":
-    return tf.nn.depthwise_conv2d(x, kernel, (1, *layer.strides, 1),
-                                  layer.padding.upper(),
-                                  dilations=layer.dilation_rate)
-  return tf.nn.conv2d(x, kernel, layer.strides, layer.padding.upper(),
-                      dilations=layer.dilation_rate)
-
-
-def _receptive_energy(layer, kind: str, x: tf.Tensor) -> tf.Tensor:
-  """Σ over output positions of ‖x over the receptive field‖², per channel.
-
-  Returns a vector over the output channels of the kernel's channels-last
-  layout (Dense/Conv2D: out channels; DepthwiseConv2D: in·multiplier).
-  """
-  x2 = tf.square(tf.cast(x, tf.float32))
-  if kind == "dense":
-    return tf.fill((layer.units,), tf.reduce_sum(x2))
-  kh, kw = layer.kernel_size
-  if kind == "depthwise":
-    ones = tf.ones((kh, kw, x.shape[-1], layer.depth_multiplier))
-    energy = tf.nn.depthwise_conv2d(x2, ones, (1, *layer.strides, 1),
-                                    layer.padding.upper(),
-                                    dilations=layer.dilation_rate)
-    return tf.reduce_sum(energy, axis=(0, 1, 2))
-  ones = tf.ones((kh, kw, x.shape[-1], 1))
-  energy = tf.nn.conv2d(x2, ones, layer.strides, layer.padding.upper(),
-                        dilations=layer.dilation_rate)
-  return tf.fill((layer.filters,), tf.reduce_sum(energy))
-
-
 def _check_probe(model: tf_keras.Model, x) -> List[tf.Tensor]:
   inputs = tf.nest.flatten(x)
   if len(inputs) != len(model.inputs):
@@ -432,7 +379,7 @@ class _PropagationProbe:
                            "ref": norm(y_f)}
     for x_in, wrapper in zip(float_run[:k], self.weighted):
       layer, qw = wrapper.layer, self.noisy.get(wrapper.name)
-      kind = _first_order_kind(layer) if qw else None
+      kind = first_order.kind(layer) if qw else None
       if kind is None:
         # With float weights, this layer's output on its float-run input is
         # the float run's own output y_f: only the noisy side is recomputed.
@@ -444,15 +391,15 @@ class _PropagationProbe:
       # the float linear output, before activation and output quantizer.
       x_in = tf.cast(x_in, tf.float32)
       w = tf.convert_to_tensor(qw.weight)
-      y_lin = _linear(layer, kind, x_in, w)
+      y_lin = first_order.linear(layer, kind, x_in, w)
       if getattr(layer, "use_bias", False) and layer.bias is not None:
         y_lin = y_lin + layer.bias
       _, _, step = qw.grid()
-      energy = _receptive_energy(layer, kind, x_in)
+      energy = first_order.receptive_energy(layer, kind, x_in)
       variance = tf.broadcast_to(
           tf.reshape(tf.square(step) / 12.0, (-1,)), energy.shape)
       out[wrapper.name].update(
-          local=norm(_linear(layer, kind, x_in, qw.delta())),
+          local=norm(first_order.linear(layer, kind, x_in, qw.delta())),
           predicted=tf.sqrt(tf.reduce_sum(variance * energy)),
           linear_ref=norm(y_lin))
     outputs_q = tf.nest.flatten(quant_run[k + n:])

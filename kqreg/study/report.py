@@ -20,9 +20,7 @@ conclusion, and with too few seeds it says so.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -34,6 +32,9 @@ from kqreg.study import arms as arms_lib
 from kqreg.study import figures
 from kqreg.study import overfitting as overfitting_lib
 from kqreg.study import statistics as stats_lib
+from kqreg.study import tables
+from kqreg.study.tables import (markdown_table, overfitting_table,
+                                 verdict_table)
 
 __all__ = ["RunRecord", "SweepTask", "CLASSIFICATION", "DETECTION", "TASKS",
            "METRICS", "DETECTION_METRICS", "VERDICT_METHOD", "aggregate",
@@ -223,29 +224,6 @@ def aggregate(records: Sequence[RunRecord], bits_order: Sequence[str],
   return rows
 
 
-def _fmt(mean, std, digits=3):
-  if mean is None:
-    return "–"
-  if std is None:
-    return f"{mean:.{digits}f}"
-  return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def markdown_table(rows: Sequence[Dict],
-                   task: SweepTask = CLASSIFICATION) -> str:
-  """The aggregated rows as a Markdown table (mean ± std over seeds)."""
-  header = ["bits", "seeds"] + [label for _, label in task.metrics]
-  lines = ["| " + " | ".join(header) + " |",
-           "|" + "---|" * len(header)]
-  for row in rows:
-    cells = [row["bits"], str(row["seeds"])]
-    for key, _ in task.metrics:
-      digits = 5 if key.startswith("noise") else 3
-      cells.append(_fmt(row[f"{key}_mean"], row[f"{key}_std"], digits))
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines)
-
-
 def _present(records: Sequence[RunRecord],
              bits_order: Sequence[str]) -> List[str]:
   have = {r.bits for r in records}
@@ -298,12 +276,6 @@ def seed_warnings(records: Sequence[RunRecord], bits_order: Sequence[str],
   return lines
 
 
-def _p(p: float) -> str:
-  if not math.isfinite(p):
-    return "–"
-  return "<0.001" if p < 0.001 else f"{p:.3f}"
-
-
 def _comparison_phrase(c: stats_lib.Comparison, name: str,
                        first: bool = True) -> str:
   if not math.isfinite(c.p):
@@ -313,7 +285,7 @@ def _comparison_phrase(c: stats_lib.Comparison, name: str,
     return f"{name}: no values"
   level = round(100 * (1 - c.alpha))
   head = (f"{name} {c.diff:+.3f} ({level}% CI {c.ci_low:+.3f} to "
-          f"{c.ci_high:+.3f}, Holm p {_p(c.p_holm)})")
+          f"{c.ci_high:+.3f}, Holm p {tables.p_text(c.p_holm)})")
   if c.significant:
     return f"{head}, {'lower' if c.diff < 0 else 'higher'} than {c.reference}"
   if not first:  # the first phrase of a line spells the MDD out
@@ -327,8 +299,8 @@ def _overfitting_line(v: overfitting_lib.ArmOverfitting) -> str:
   return (f"- {v.arm}: validation loss (running median) ends {v.rise_mean:.3f} "
           f"above its minimum (mean of {v.seeds} seeds; flat noise alone "
           f"exceeds {v.threshold_mean:.3f} with probability α); {v.fired} of "
-          f"{v.seeds} seeds fire, combined p {_p(v.p)}, Holm p "
-          f"{_p(v.p_holm)}: {judged}.")
+          f"{v.seeds} seeds fire, combined p {tables.p_text(v.p)}, Holm p "
+          f"{tables.p_text(v.p_holm)}: {judged}.")
 
 
 def verdict(records: Sequence[RunRecord], bits_order: Sequence[str],
@@ -364,57 +336,6 @@ def verdict(records: Sequence[RunRecord], bits_order: Sequence[str],
     label = arm if ref == reference else f"{arm} vs {ref}"
     lines.append(f"- {label}: " + "; ".join(parts) + ".")
   return lines
-
-
-def verdict_table(comparisons: Sequence[stats_lib.Comparison],
-                  task: SweepTask = CLASSIFICATION) -> str:
-  """One Markdown row per (arm, reference, metric)."""
-  names = dict(task.compared)
-  lines = ["| arm | vs | metric | seeds | mean diff | 95% CI | p (Welch) | "
-           "p (Holm) | significant | MDD (80%) |",
-           "|" + "---|" * 10]
-  for c in comparisons:
-    level = round(100 * (1 - c.alpha))
-    tested = math.isfinite(c.p)  # no spread: no interval, no MDD to give
-    ci = f"{c.ci_low:+.3f} to {c.ci_high:+.3f}" if tested else "–"
-    if level != 95:
-      ci += f" ({level}%)"
-    sig = ("–" if not math.isfinite(c.p) else
-           (f"yes (α={c.alpha:g})" if c.significant else "no"))
-    mdd = f"{c.mdd:.3f}" if tested else "–"
-    diff = "–" if not math.isfinite(c.diff) else f"{c.diff:+.3f}"
-    lines.append(f"| {c.arm} | {c.reference} | "
-                 f"{names.get(c.metric, c.metric)} | {c.n}/{c.n_ref} | "
-                 f"{diff} | {ci} | {_p(c.p)} | {_p(c.p_holm)} | {sig} | "
-                 f"{mdd} |")
-  return "\n".join(lines)
-
-
-def overfitting_table(overfit: Dict[str, overfitting_lib.ArmOverfitting]) -> str:
-  """One Markdown row per arm: rise, noise, null threshold, seeds, p."""
-  lines = ["| arm | seeds | val loss rise | epoch noise σ̂ | noise ρ̂ | "
-           "null threshold | seeds firing | p (Stouffer) | p (Holm) | "
-           "overfits |",
-           "|" + "---|" * 10]
-  for v in overfit.values():
-    lines.append(f"| {v.arm} | {v.seeds} | {v.rise_mean:.4f} | "
-                 f"{v.noise_mean:.4f} | {v.rho:.2f} | "
-                 f"{v.threshold_mean:.4f} | "
-                 f"{v.fired}/{v.seeds} | {_p(v.p)} | {_p(v.p_holm)} | "
-                 f"{'yes' if v.overfits else 'no'} |")
-  return "\n".join(lines)
-
-
-def _csv_text(rows: Sequence[Dict]) -> str:
-  out = io.StringIO()
-  if rows:
-    fieldnames = list(rows[0])
-    for row in rows[1:]:
-      fieldnames += [k for k in row if k not in fieldnames]
-    writer = csv.DictWriter(out, fieldnames=fieldnames)
-    writer.writeheader()
-    writer.writerows(rows)
-  return out.getvalue()
 
 
 def _run_rows(records: Sequence[RunRecord], task: SweepTask, alpha: float,
@@ -468,10 +389,11 @@ def write_report(output_dir: str, records: Sequence[RunRecord],
   comparison_table = verdict_table(comparisons, task)
   overfit_table = overfitting_table(overfit)
   atomic_write_text(os.path.join(output_dir, "runs.csv"),
-                    _csv_text(_run_rows(records, task, alpha, overfit)))
-  atomic_write_text(os.path.join(output_dir, "results.csv"), _csv_text(rows))
+                    tables.csv_text(_run_rows(records, task, alpha, overfit)))
+  atomic_write_text(os.path.join(output_dir, "results.csv"),
+                    tables.csv_text(rows))
   atomic_write_text(os.path.join(output_dir, "comparisons.csv"),
-                    _csv_text([c.as_dict() for c in comparisons]))
+                    tables.csv_text([c.as_dict() for c in comparisons]))
   plots = figures.write_figures(output_dir, records, rows,
                                 _present(records, bits_order), task)
   md = [f"# {title}", ""]
