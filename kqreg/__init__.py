@@ -21,6 +21,8 @@ from kqreg.callbacks import NoiseAnalysisCallback
 from kqreg.export import (ExportError, check_exportable, export_tflite,
                           verify_tflite)
 from kqreg.summary import ModelProfile, LayerProfile, profile, summary
+from kqreg.layer_sensitivity import sensitivity
+from kqreg.bit_allocation import allocate
 
 __version__ = "0.1.0"
 
@@ -54,4 +56,6 @@ __all__ = [
     "ModelProfile",
     "profile",
     "summary",
+    "sensitivity",
+    "allocate",
 ]

@@ -168,6 +168,7 @@ class ClassificationTask(runs.Task):
                                      **config.model_kwargs)
     except models_lib.ModelOptionError as e:
       raise runs.ConfigError(f"--model_args: {e}") from e
+    runs.initial_weights(float_model, config)
     model = quantize(float_model, config.bits, per_channel=config.per_channel)
     model.compile(
         optimizer=_optimizer(config, steps_per_epoch),

@@ -10,6 +10,7 @@ import dataclasses
 import json
 from typing import Any, ClassVar, Dict, Optional, Tuple
 
+from kqreg import auto_bits
 from kqreg import policy as policy_lib
 
 __all__ = ["RunConfig", "ConfigError", "TrainingInterrupted", "LR_SCHEDULES",
@@ -41,7 +42,8 @@ class RunConfig:
     model_dir: output folder; rerunning into it resumes.
     dataset: TFDS name prepared in `data_dir`, or an offline `kqreg_*` set.
     data_dir: TFDS data dir.
-    bits: a `BitPolicy` (a policy string is parsed once, here).
+    bits: a `BitPolicy`, or an `auto_bits.AutoPolicy` for "auto:<budget>"
+      (a string is parsed once, here).
     per_channel: None for each layer family's default.
     epochs: training epochs.
     batch_size: global batch size (split across replicas).
@@ -59,6 +61,8 @@ class RunConfig:
     virtual_cpus: split the CPU into this many logical devices (0: don't),
       so `mirrored` can be tried on one machine.
     verbose: Keras fit verbosity (0 silent, 1 progress bar, 2 line/epoch).
+    init_from: a finished float run's model dir whose trained weights
+      initialize the model before quantization (same task and model).
   """
   model_dir: str
   dataset: str = "kqreg_digits"
@@ -80,20 +84,22 @@ class RunConfig:
   deterministic: bool = False
   virtual_cpus: int = 0
   verbose: int = 2
+  init_from: Optional[str] = None
 
   TASK: ClassVar[str] = ""
   # Fields that define what is trained: a model dir written under other
   # values cannot be resumed into. Tasks add theirs.
   IDENTITY: ClassVar[Tuple[str, ...]] = (
       "dataset", "bits", "per_channel", "train_examples", "seed",
-      "batch_size", "learning_rate", "lr_schedule", "augment", "epochs")
+      "batch_size", "learning_rate", "lr_schedule", "augment", "epochs",
+      "init_from")
 
   def __post_init__(self):
     self._parse_bits()
 
   def _parse_bits(self) -> None:
     try:
-      self.bits = policy_lib.BitPolicy.parse(self.bits)
+      self.bits = auto_bits.parse(self.bits)
     except policy_lib.PolicyError as e:
       raise ConfigError(f"--bits: {e}") from e
 
@@ -124,8 +130,11 @@ class RunConfig:
   def check_exportable(self) -> None:
     """Refuses `export_tflite` for bits that export refuses, before training."""
     from kqreg import export as export_lib  # pylint: disable=g-import-not-at-top
+    policies = (self.bits.candidates() if isinstance(
+        self.bits, auto_bits.AutoPolicy) else (self.bits,))
     try:
-      export_lib.check_exportable(self.bits)
+      for policy in policies:
+        export_lib.check_exportable(policy)
     except export_lib.ExportError as e:
       raise ConfigError(f"--export_tflite with --bits={self.bits}: {e}"
                         ) from e
@@ -144,6 +153,6 @@ class RunConfig:
 
 
 def _jsonable(value):
-  if isinstance(value, policy_lib.BitPolicy):
+  if isinstance(value, (policy_lib.BitPolicy, auto_bits.AutoPolicy)):
     return str(value)
   return json.loads(json.dumps(value, default=list))

@@ -9,7 +9,9 @@ the hooks of `Task`: data, model, extra callbacks, final evaluation, export.
   3. seed, determinism, virtual CPUs, `tf.distribute` strategy, chief
   4. data (task hook), one validation rule (`kqreg.data.splits`),
      sharded by example under multi-worker
-  5. model (task hook) under the strategy's scope; params.json
+  5. params.json; an `auto:<budget>` policy resolved (`auto_bits`); the
+     model (task hook) under the strategy's scope, from `init_from`'s
+     weights when given
   6. callbacks in one fixed order: StopOnNaN first, so a diverged epoch
      reaches neither history.csv nor the backup; then the task's, noise,
      history, backup, TensorBoard
@@ -41,6 +43,7 @@ from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
 import tf_keras
 
+from kqreg import auto_bits
 from kqreg import data as data_lib
 from kqreg import export as export_lib
 from kqreg import models as models_lib
@@ -66,7 +69,8 @@ __all__ = ["RunConfig", "Task", "Data", "run", "load_run", "task_named",
            "learning_rate_schedule", "interrupt_on_sigterm", "check_model_dir",
            "finished_result", "val_loss_summary", "read_history", "read_params",
            "is_chief", "callbacks_in_order", "data_errors", "make_dir",
-           "count_examples", "LR_SCHEDULES", "STRATEGIES", "TASKS"]
+           "count_examples", "initial_weights", "LR_SCHEDULES", "STRATEGIES",
+           "TASKS"]
 
 # Task name -> module holding its `TASK` (imported on demand: detection
 # pulls in keras-cv).
@@ -271,6 +275,47 @@ def count_examples(ds: tf.data.Dataset) -> int:
   return int(ds.reduce(0, lambda count, _: count + 1))
 
 
+def _allocate(config: RunConfig, task: Task, data: Data,
+              train: tf.data.Dataset, steps_per_epoch: int
+              ) -> Tuple[RunConfig, auto_bits.Allocation]:
+  """`config` with its auto policy resolved (`kqreg.auto_bits.resolve`)."""
+  float_config = dataclasses.replace(config, bits="fp")
+  allocation = auto_bits.resolve(
+      config.bits, model_dir=config.model_dir,
+      build_float=lambda: task.build(float_config, data, steps_per_epoch),
+      calibration=next(iter(train)))
+  return dataclasses.replace(config, bits=allocation.policy), allocation
+
+
+def initial_weights(float_model: tf_keras.Model, config: RunConfig) -> None:
+  """Loads `config.init_from`'s trained float weights into `float_model`.
+
+  Raises:
+    ConfigError: the folder holds no finished float run of the same task and
+      architecture.
+  """
+  if not config.init_from:
+    return
+  flag = f"--init_from={config.init_from!r}"
+  params = read_params(config.init_from)
+  if params["task"] != config.TASK:
+    raise ConfigError(f"{flag} is a {params['task']} run, not {config.TASK}.")
+  source_bits = params["config"].get("bits", "fp")
+  if not policy_lib.BitPolicy.parse(source_bits).is_float:
+    raise ConfigError(
+        f"{flag} was trained at --bits={source_bits}; initialize from a "
+        "float (--bits=fp) run.")
+  _, _, source = load_run(config.init_from)
+  ours = [tuple(w.shape) for w in float_model.weights]
+  theirs = [tuple(w.shape) for w in source.weights]
+  if ours != theirs:
+    raise ConfigError(
+        f"{flag} holds another architecture ({len(theirs)} weights against "
+        f"{len(ours)}, or other shapes); pass a run of the same --model and "
+        "--model_args on the same dataset.")
+  float_model.set_weights(source.get_weights())
+
+
 def run(config: RunConfig) -> Dict[str, Any]:
   """Trains (or resumes) one run; see `_run`."""
   task = _task_of(config)
@@ -316,13 +361,23 @@ def _run(config: RunConfig, task: Task) -> Dict[str, Any]:
 
   with data_errors(config):
     data = task.load(config)
-  datasets = {k: shard_by_example(ds, strategy)
-              for k, ds in task.datasets(config, data).items()}
+  pipelines = task.datasets(config, data)
+  datasets = {k: shard_by_example(ds, strategy) for k, ds in pipelines.items()}
   steps_per_epoch = math.ceil(data.n_train / config.batch_size)
+  # From here on `config` holds the policy the run trains; params.json keeps
+  # what was asked for (an auto budget), so a rerun of the same flags resumes.
+  asked, allocation = config, None
+  if isinstance(config.bits, auto_bits.AutoPolicy):
+    with data_errors(config):
+      config, allocation = _allocate(config, task, data,
+                                     pipelines["train_eval"],
+                                     steps_per_epoch)
   with strategy.scope():
     model = task.build(config, data, steps_per_epoch)
   if chief:
-    write_params(config)
+    write_params(asked)
+    if allocation is not None:
+      allocation.write(config.model_dir)
 
   noise_callback = None
   if config.noise_analysis:
@@ -349,6 +404,9 @@ def _run(config: RunConfig, task: Task) -> Dict[str, Any]:
     ) from None
 
   result = task.header(config, data)
+  result["bits"] = str(asked.bits)
+  if allocation is not None:
+    result.update(policy=str(config.bits), allocation=allocation.record)
   result.update(data.extra)
   with data_errors(config):
     result.update(task.evaluate(model, config, data, datasets))

@@ -26,7 +26,7 @@ class LayerProfile:
   """One layer's bits and storage.
 
   Attributes:
-    name: layer name (the wrapped layer's name for quantized layers).
+    name: layer name (for a quantized layer its wrapper's, quant_<layer>).
     layer_type: class name of the (wrapped) layer.
     weight_bits: bits of its quantized kernels, None if float.
     activation_bits: bits of its activation/output quantizer, None if float.

@@ -2,8 +2,9 @@
 
 Each entry point calls `quiet_import()` and then `define_flags(groups...)`,
 which returns the `FlagHolder`s of the groups it defined (absl's typed
-handles: `holders.bits.value`). Groups: "model_dir", "run" (what classification and
-detection runs share), "classify", "detect", "sweep", "export", "benchmark".
+handles: `holders.bits.value`). Groups: "model_dir", "run" (what
+classification and detection runs share), "classify", "detect", "sweep",
+"export", "benchmark", "sensitivity".
 All flags are optional, so tests need none; each entry point marks its
 required ones.
 
@@ -54,14 +55,19 @@ def quiet_import() -> None:
 
 
 class _PolicyParser(flags.ArgumentParser):
-  """Parses `--bits` into a `kqreg.BitPolicy` (errors quote the token)."""
+  """Parses `--bits` into a `kqreg.BitPolicy` or an auto policy.
 
-  syntactic_help = "a bit policy such as w4a8 or 'w4,first=w8,last=w8'"
+  Errors quote the token.
+  """
+
+  syntactic_help = ("a bit policy such as w4a8 or 'w4,first=w8,last=w8', or "
+                    "auto:<budget>")
 
   def parse(self, argument):
-    from kqreg.policy import BitPolicy, PolicyError  # pylint: disable=g-import-not-at-top
+    from kqreg import auto_bits  # pylint: disable=g-import-not-at-top
+    from kqreg.policy import PolicyError  # pylint: disable=g-import-not-at-top
     try:
-      return BitPolicy.parse(argument)
+      return auto_bits.parse(argument)
     except PolicyError as e:
       raise ValueError(str(e)) from e
 
@@ -115,7 +121,12 @@ def _define_run() -> Dict[str, flags.FlagHolder]:
   h["bits"] = flags.DEFINE(
       _PolicyParser(), "bits", "fp",
       "Bit policy: fp, w8, w4 (weight-only), w4a8, n4 (the noise-only twin "
-      "of w4), 'w4,first=w8,last=w8', 'w4a8,conv2d_3=w2,Dense=w8', ...",
+      "of w4), 'w4,first=w8,last=w8', 'w4a8,conv2d_3=w2,Dense=w8', ...; "
+      "or auto:<budget>[:<base>] to choose bits per layer from measured "
+      "noise under a budget: mean weight bits (auto:4.0), a fraction of "
+      "float32 size (auto:0.15x) or weight bytes (auto:120KiB); the base "
+      "policy (default w8a8) gives activation bits, first/last pins and skips, "
+      "e.g. auto:3.5:w8a8,first=w8a8.",
       serializer=_PolicySerializer())
   h["per_channel"] = flags.DEFINE_enum(
       "per_channel", "auto", ["auto", "true", "false"],
@@ -165,6 +176,11 @@ def _define_run() -> Dict[str, flags.FlagHolder]:
       "on one machine (0: off).", lower_bound=0)
   h["verbose"] = flags.DEFINE_integer(
       "verbose", 2, "Keras fit verbosity: 0 silent, 1 bar, 2 line/epoch.")
+  h["init_from"] = flags.DEFINE_string(
+      "init_from", None,
+      "Model dir of a finished float (--bits=fp) run of the same model: its "
+      "trained weights initialize this run before quantization (short QAT "
+      "from a float checkpoint; auto: measures sensitivity on them).")
   return h
 
 
@@ -285,6 +301,31 @@ def _define_benchmark() -> Dict[str, flags.FlagHolder]:
   return h
 
 
+def _define_sensitivity() -> Dict[str, flags.FlagHolder]:
+  h = {}
+  h["sensitivity_bits"] = flags.DEFINE_list(
+      "sensitivity_bits", ["2", "3", "4", "6", "8"],
+      "Weight bit-widths to measure each layer at.")
+  h["budget"] = flags.DEFINE_string(
+      "budget", None,
+      "Also allocate bits under this budget, spelled as in --bits=auto: "
+      "(4.0 mean bits, 0.15x of float32, 120KiB), and print the policy.")
+  h["choices"] = flags.DEFINE_list(
+      "choices", ["2", "3", "4", "8"], "Bit-widths --budget may choose from.")
+  h["base"] = flags.DEFINE_string(
+      "base", "w8a8",
+      "Base policy of the allocation: activation bits, first/last pins, "
+      "skips (as in --bits=auto:<budget>:<base>).")
+  h["calibration_examples"] = flags.DEFINE_integer(
+      "calibration_examples", 256,
+      "Training examples in the calibration batch.", lower_bound=1)
+  h["output_dir"] = flags.DEFINE_string(
+      "output_dir", None,
+      "Folder for sensitivity.csv and sensitivity.png (default "
+      "<model_dir>/sensitivity).")
+  return h
+
+
 def _define_model_dir() -> Dict[str, flags.FlagHolder]:
   return {"model_dir": flags.DEFINE_string(
       "model_dir", None,
@@ -296,6 +337,7 @@ _GROUPS: Dict[str, Callable[[], Dict[str, flags.FlagHolder]]] = {
     "model_dir": _define_model_dir, "run": _define_run, "classify": _define_classify,
     "detect": _define_detect, "sweep": _define_sweep,
     "export": _define_export, "benchmark": _define_benchmark,
+    "sensitivity": _define_sensitivity,
 }
 _DEFINED: Dict[str, Dict[str, flags.FlagHolder]] = {}
 
