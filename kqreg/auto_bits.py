@@ -33,6 +33,7 @@ import tf_keras
 from kqreg import bit_allocation
 from kqreg import layer_sensitivity
 from kqreg import policy as policy_lib
+from kqreg import sensitivity_report
 from kqreg.io_utils import atomic_write_json
 
 __all__ = ["AutoPolicy", "Allocation", "AUTO_PREFIX", "loss_of", "ALLOCATION_FILE", "parse", "resolve"]
@@ -118,7 +119,7 @@ class Allocation:
     """allocation.json, sensitivity.csv and sensitivity.png (when measured)."""
     if not self.rows:
       return
-    layer_sensitivity.write_sensitivity(self.rows, model_dir)
+    sensitivity_report.write_sensitivity(self.rows, model_dir)
     atomic_write_json(os.path.join(model_dir, ALLOCATION_FILE), self.record)
 
 

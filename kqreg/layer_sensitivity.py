@@ -18,8 +18,8 @@ measures, on one calibration batch:
 * `weight_bytes`: what l's kernels take in the exported .tflite file at b
   bits (`stored_bytes`).
 
-Data first, printing on top (`sensitivity_table`, `write_sensitivity`), as
-larq's profiles do. `kqreg.allocate` turns the rows into a `BitPolicy` under
+Data first, printing on top (`kqreg.sensitivity_report`), as larq's
+profiles do. Which layers count and their bytes: `kqreg.quantizable`. `kqreg.allocate` turns the rows into a `BitPolicy` under
 a size budget.
 
 Example:
@@ -34,18 +34,14 @@ model = tf_keras.Sequential([
 ])
 x = np.random.default_rng(0).random((32, 8, 8, 1), dtype=np.float32)
 rows = kqreg.sensitivity(model, x, bits=(2, 4, 8))
-from kqreg.layer_sensitivity import sensitivity_table
+from kqreg.sensitivity_report import sensitivity_table
 print(sensitivity_table(rows))
 ```
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import math
-import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
@@ -60,21 +56,10 @@ from kqreg import noise as noise_lib
 from kqreg import policy as policy_lib
 from kqreg import quantizers
 from kqreg.graph import flatten_nested
-from kqreg.io_utils import atomic_write_text
+from kqreg.quantizable import quantizable_layers, storage_type, stored_bytes
 from kqreg.quantize import is_quantized
 
-__all__ = [
-    "SENSITIVITY_KEYS",
-    "DEFAULT_BITS",
-    "QuantizableLayer",
-    "quantizable_layers",
-    "stored_bytes",
-    "storage_type",
-    "sensitivity",
-    "sensitivity_table",
-    "split_data",
-    "write_sensitivity",
-]
+__all__ = ["SENSITIVITY_KEYS", "DEFAULT_BITS", "sensitivity", "split_data"]
 
 SENSITIVITY_KEYS = ("layer", "layer_type", "bits", "params", "weight_bytes",
                     "storage", "measured", "measured_local", "predicted",
@@ -84,148 +69,6 @@ DEFAULT_BITS = (2, 3, 4, 6, 8)
 # A fresh tfmot weight quantizer holds this range until its first training
 # step sets the weights' own (tfmot's LastValueQuantizer initializers).
 _UNSET_RANGE = 6.0
-
-
-# ----------------------------------------------------------------------------
-# Which layers, and what their kernels cost in the file.
-
-
-def stored_bytes(params: int, bits: int, int4: bool) -> int:
-  """Bytes of a `params`-element kernel at `bits` in kqreg's .tflite export.
-
-  `export_tflite` stores <= 4-bit kernels as packed INT4 (two per byte) and
-  5..8-bit ones as INT8 (`kqreg.export.convert`); a weight-only model (no
-  activation quantizer anywhere) is calibrated by the converter, which
-  stores every kernel as INT8 (`int4=False`). Kernel data only: the float32
-  scale per channel, the zero points and the int32 biases are not counted.
-  """
-  if int4 and bits <= 4:
-    return (int(params) + 1) // 2
-  return int(params)
-
-
-def storage_type(bits: int, int4: bool) -> str:
-  """"INT4" or "INT8": the tensor type `stored_bytes` counts."""
-  return "INT4" if int4 and bits <= 4 else "INT8"
-
-
-@dataclasses.dataclass(frozen=True)
-class QuantizableLayer:
-  """One layer whose kernels a policy quantizes.
-
-  Attributes:
-    name: the layer's name (the wrapped layer's for a QAT model), as a
-      policy names it.
-    layer_type: its class name.
-    params: kernel elements (biases not counted).
-    bits: the `Bits` the base policy resolves it to.
-    pinned: an override of the base policy (not its default token) sets its
-      bits: `first=`, `last=`, a name, glob or class.
-  """
-  name: str
-  layer_type: str
-  params: int
-  bits: policy_lib.Bits
-  pinned: bool
-
-
-def _resolve(layers: Sequence, weighted: Sequence, policy: policy_lib.BitPolicy
-             ) -> Dict[str, policy_lib.Bits]:
-  """Layer name -> bits under `policy`, as `quantize.plan` resolves them."""
-  first = weighted[0].name if weighted else None
-  last = weighted[-1].name if weighted else None
-  return {l.name: policy.bits_for(l, is_first=l.name == first,
-                                  is_last=l.name == last) for l in layers}
-
-
-def _is_weighted(layer) -> bool:
-  family = configs_lib.family_of(layer)
-  return family is not None and family.weighted
-
-
-def _graph_layers(model: tf_keras.Model) -> Tuple[tf_keras.Model, List]:
-  """(the flat model, its layers as a policy sees them: wrappers unwrapped)."""
-  if is_quantized(model):
-    flat = model
-  else:
-    flat = flatten_nested(model)
-  layers = []
-  for layer in flat.layers:
-    if isinstance(layer, (tf_keras.layers.InputLayer, _tfmot.QuantizeLayer)):
-      continue
-    layers.append(layer.layer if isinstance(layer, _tfmot.QuantizeWrapper)
-                  else layer)
-  return flat, layers
-
-
-def _kernel_params(model: tf_keras.Model) -> Dict[str, int]:
-  """Layer name -> kernel elements of every layer kqreg can quantize."""
-  if is_quantized(model):
-    found: Dict[str, int] = {}
-    for qw in noise_lib.quantized_weights(model):
-      found[qw.layer_name] = found.get(qw.layer_name, 0) + int(
-          np.prod(qw.weight.shape))
-    return found
-  _, layers = _graph_layers(model)
-  return {l.name: sum(int(np.prod(getattr(l, attr).shape))
-                      for attr, _ in configs_lib.family_of(l).weights)
-          for l in layers if _is_weighted(l)}
-
-
-def quantizable_layers(model: tf_keras.Model,
-                       base: Union[None, str, policy_lib.BitPolicy] = None
-                       ) -> Tuple[List[QuantizableLayer], bool]:
-  """The layers whose weight bits can be chosen, and whether INT4 is stored.
-
-  Args:
-    model: a float model, or a QAT model from `kqreg.quantize` (then only
-      its layers with weight quantizers count).
-    base: a `BitPolicy` or its string. Its `skip` patterns and overrides to
-      float weights leave layers out; its other overrides pin layers; the
-      default token's weight bits are ignored (its activation bits are
-      not). None: every quantizable layer is free (for a QAT model: weight
-      bits as trained, storage as its activation quantizers imply).
-
-  Returns:
-    (layers in graph order, int4): `int4` is True when the exported file
-    stores <= 4-bit kernels as INT4, i.e. when some activation is quantized
-    (see `stored_bytes`).
-
-  Raises:
-    PolicyError: `base` is malformed or names layers the model lacks.
-  """
-  _, layers = _graph_layers(model)
-  params = _kernel_params(model)
-  weighted = [l for l in layers if _is_weighted(l)]
-  if base is None:
-    if is_quantized(model):
-      from kqreg.export import model_info  # pylint: disable=g-import-not-at-top
-      int4 = bool(model_info.activation_bits(model))
-    else:
-      int4 = False
-    bits = {l.name: policy_lib.Bits(8) for l in layers}
-    pinned = {l.name: False for l in layers}
-  else:
-    base = policy_lib.BitPolicy.parse(base)
-    if base.default.weight is None:
-      # `fp` or `a8`: the layers its default reaches are free all the same;
-      # their weight bits are what is being chosen.
-      base = dataclasses.replace(
-          base, default=policy_lib.Bits(8, base.default.activation))
-    base.check_against(layers)
-    bits = _resolve(layers, weighted, base)
-    # A layer the default token reaches changes with it; a pinned one not.
-    other = 2 if base.default.weight != 2 else 3
-    moved = _resolve(layers, weighted, dataclasses.replace(
-        base, default=dataclasses.replace(base.default, weight=other)))
-    pinned = {name: moved[name] == bits[name] for name in bits}
-    int4 = any(bits[l.name].activation is not None for l in layers
-               if configs_lib.family_of(l) is not None)
-  found = [QuantizableLayer(l.name, type(l).__name__, params[l.name],
-                            bits[l.name], pinned[l.name])
-           for l in weighted
-           if l.name in params and bits[l.name].weight is not None]
-  return found, int4
 
 
 # ----------------------------------------------------------------------------
@@ -548,143 +391,3 @@ def sensitivity(model: tf_keras.Model,
                             if loss_fn else None),
       })
   return rows
-
-
-# ----------------------------------------------------------------------------
-# Printing and files.
-
-
-def _grid(rows: Sequence[Dict[str, Any]], key: str
-          ) -> Tuple[List[str], List[int], np.ndarray]:
-  """(layers in row order, bits, values[layer, bits]) of one column."""
-  layers = list(dict.fromkeys(r["layer"] for r in rows))
-  bits = sorted({r["bits"] for r in rows})
-  values = np.full((len(layers), len(bits)), np.nan)
-  for r in rows:
-    if r.get(key) is not None:
-      values[layers.index(r["layer"]), bits.index(r["bits"])] = r[key]
-  return layers, bits, values
-
-
-def _fmt(value: float) -> str:
-  return "-" if value is None or math.isnan(value) else f"{value:.2e}"
-
-
-def sensitivity_table(rows: Sequence[Dict[str, Any]]) -> str:
-  """The rows as printable text: one line per layer, one column per bits.
-
-  The first block holds `measured` (‖y_q − y‖/‖y‖ at the model output),
-  a second `loss_increase` when the rows have it.
-  """
-  if not rows:
-    return "(no quantizable layers)"
-  info = {r["layer"]: (r["layer_type"], r["params"]) for r in rows}
-  blocks = [("measured", "‖y_q − y‖/‖y‖ at the model output, that layer "
-                         "alone at b bits")]
-  if any(r.get("loss_increase") is not None for r in rows):
-    blocks.append(("loss_increase", "loss increase, that layer alone at b "
-                                    "bits"))
-  lines = []
-  for key, title in blocks:
-    layers, bits, values = _grid(rows, key)
-    header = ["layer", "type", "params"] + [f"w{b}" for b in bits]
-    table = [header] + [
-        [name, info[name][0], f"{info[name][1]:,}"] +
-        [_fmt(v) for v in values[i]] for i, name in enumerate(layers)]
-    widths = [max(len(r[c]) for r in table) for c in range(len(header))]
-    lines.append(title)
-    for row in table:
-      lines.append("  ".join(cell.ljust(w) if c < 2 else cell.rjust(w)
-                             for c, (cell, w) in enumerate(zip(row, widths))))
-    lines.append("")
-  return "\n".join(lines).rstrip()
-
-
-def _csv_text(rows: Sequence[Dict[str, Any]]) -> str:
-  buffer = io.StringIO()
-  keys = list(SENSITIVITY_KEYS) + sorted(
-      {k for r in rows for k in r} - set(SENSITIVITY_KEYS))
-  writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
-  writer.writeheader()
-  for r in rows:
-    writer.writerow({k: "" if r.get(k) is None else r[k] for k in keys})
-  return buffer.getvalue()
-
-
-def _heat_map(ax, fig, layers, bits, values, title, label, symmetric):
-  import matplotlib.colors as mcolors  # pylint: disable=g-import-not-at-top
-  finite = values[np.isfinite(values)]
-  if symmetric:
-    # Loss increases can be negative: linear near 0, log beyond.
-    peak = float(np.max(np.abs(finite))) if finite.size else 1.0
-    small = finite[np.abs(finite) > 0]
-    # At most three decades of log scale a side: below that, linear.
-    linthresh = max(float(np.min(np.abs(small))) if small.size else 1.0,
-                    peak * 1e-3)
-    norm = mcolors.SymLogNorm(linthresh=linthresh, vmin=-peak, vmax=peak)
-    cmap = "RdBu_r"
-  else:
-    positive = finite[finite > 0]
-    low = float(positive.min()) if positive.size else 1e-6
-    high = float(positive.max()) if positive.size else 1.0
-    norm = mcolors.LogNorm(vmin=low, vmax=max(high, low * 10))
-    cmap = "viridis"
-  image = ax.imshow(np.where(values > 0, values, np.nan)
-                    if not symmetric else values,
-                    aspect="auto", cmap=cmap, norm=norm)
-  ax.set_xticks(range(len(bits)), [f"w{b}" for b in bits])
-  ax.set_yticks(range(len(layers)), layers,
-                fontsize=8 if len(layers) <= 40 else 5)
-  ax.set_xlabel("weight bits of that layer (all others float)")
-  ax.set_title(title)
-  if len(layers) <= 40:
-    for i in range(len(layers)):
-      for j in range(len(bits)):
-        if np.isfinite(values[i, j]):
-          # Dark text on the light end of either colour map.
-          level = float(norm(values[i, j]))
-          light = level > 0.7 or (symmetric and 0.3 < level < 0.7)
-          ax.text(j, i, f"{values[i, j]:.1e}", ha="center", va="center",
-                  fontsize=6, color="black" if light else "white")
-  fig.colorbar(image, ax=ax, label=label)
-
-
-def write_sensitivity(rows: Sequence[Dict[str, Any]],
-                      output_dir: str) -> Dict[str, str]:
-  """Writes `sensitivity.csv` and `sensitivity.png` into `output_dir`.
-
-  The CSV holds one line per row (`SENSITIVITY_KEYS`, empty for None). The
-  PNG is a heat map, layers × bits, of `measured` on a log colour scale,
-  with a second panel of `loss_increase` (symmetric log scale) when the
-  rows have a non-zero one.
-
-  Returns:
-    {"csv": path, "png": path}.
-  """
-  os.makedirs(output_dir, exist_ok=True)
-  csv_path = os.path.join(output_dir, "sensitivity.csv")
-  png_path = os.path.join(output_dir, "sensitivity.png")
-  atomic_write_text(csv_path, _csv_text(rows))
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")  # files only: no display on training machines
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  panels = [("measured", "Output perturbation, one layer quantized",
-             "‖y_q − y‖/‖y‖ (log scale)", False)]
-  # An untrained model's loss may not move at all: no empty panel then.
-  if any(r.get("loss_increase") for r in rows):
-    panels.append(("loss_increase", "Loss increase, one layer quantized",
-                   "loss(b bits) − loss(float) (symlog scale)", True))
-  n_layers = len({r["layer"] for r in rows})
-  fig, axes = plt.subplots(
-      1, len(panels), squeeze=False,
-      figsize=(4.5 * len(panels) + 2, max(3.0, 0.25 * n_layers + 1.5)))
-  for ax, (key, title, label, symmetric) in zip(axes[0], panels):
-    layers, bits, values = _grid(rows, key)
-    _heat_map(ax, fig, layers, bits, values, title, label, symmetric)
-  fig.tight_layout()
-  # Save to a temporary name, then rename: a killed run leaves no half PNG.
-  tmp = png_path + ".tmp.png"
-  fig.savefig(tmp, dpi=120)
-  plt.close(fig)
-  os.replace(tmp, png_path)
-  return {"csv": csv_path, "png": png_path}

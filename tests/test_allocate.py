@@ -10,7 +10,7 @@ import pytest
 import tf_keras
 from kqreg import export
 from kqreg.bit_allocation import Budget, allocation, parse_budget, solve
-from kqreg.layer_sensitivity import stored_bytes
+from kqreg.quantizable import stored_bytes
 
 CHOICES = (2, 3, 4, 8)
 

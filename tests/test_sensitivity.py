@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 import tf_keras
 from kqreg import quantizers
-from kqreg.layer_sensitivity import (SENSITIVITY_KEYS, quantizable_layers,
-                                     sensitivity_table, stored_bytes,
-                                     write_sensitivity)
+from kqreg.layer_sensitivity import SENSITIVITY_KEYS
+from kqreg.quantizable import quantizable_layers, stored_bytes
+from kqreg.sensitivity_report import sensitivity_table, write_sensitivity
 
 from conftest import small_cnn
 

@@ -45,6 +45,7 @@ def _calibration(task, config, examples: int):
 
 def _run(holders) -> str:
   from kqreg import auto_bits, bit_allocation, layer_sensitivity, runs  # pylint: disable=g-import-not-at-top
+  from kqreg import sensitivity_report  # pylint: disable=g-import-not-at-top
   from kqreg import policy as policy_lib  # pylint: disable=g-import-not-at-top
   model_dir = holders.model_dir.value
   if not model_dir or not os.path.isdir(model_dir):
@@ -69,9 +70,9 @@ def _run(holders) -> str:
   output_dir = holders.output_dir.value or os.path.join(model_dir,
                                                         "sensitivity")
   runs.make_dir(output_dir, "output_dir")
-  layer_sensitivity.write_sensitivity(rows, output_dir)
+  sensitivity_report.write_sensitivity(rows, output_dir)
   shown = [r for r in rows if r["bits"] in bits]
-  lines = [layer_sensitivity.sensitivity_table(shown),
+  lines = [sensitivity_report.sensitivity_table(shown),
            f"written: {os.path.join(output_dir, 'sensitivity.csv')}, "
            f"{os.path.join(output_dir, 'sensitivity.png')}"]
   if budget is not None:
