@@ -165,3 +165,29 @@ def test_sensitivity_cli_prints_the_table_and_a_policy(float_run, tmp_path):
   assert "conv" in out.stdout
   for name in ("sensitivity.csv", "sensitivity.png"):
     assert (tmp_path / "out" / name).exists(), name
+
+
+def test_readme_mixed_precision_example_runs(tmp_path, monkeypatch):
+  import re
+  import tf_keras
+  readme = open(os.path.join(os.path.dirname(__file__), "..",
+                             "README.md")).read()
+  section = readme.split("## Choose bits per layer")[1]
+  code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+  float_model = tf_keras.Sequential([
+      tf_keras.Input((12, 12, 1)),
+      tf_keras.layers.Conv2D(16, 3, activation="relu", name="block1_conv1"),
+      tf_keras.layers.Conv2D(32, 3, activation="relu", name="block3_conv2"),
+      tf_keras.layers.GlobalAveragePooling2D(),
+      tf_keras.layers.Dense(10, name="head")])
+  float_model.compile(loss=tf_keras.losses.SparseCategoricalCrossentropy(
+      from_logits=True))
+  rng = np.random.default_rng(0)
+  namespace = {"float_model": float_model,
+               "x_calib": rng.random((32, 12, 12, 1), dtype=np.float32),
+               "y_calib": rng.integers(0, 10, 32)}
+  monkeypatch.chdir(tmp_path)
+  exec(compile(code, "README.md", "exec"), namespace)  # pylint: disable=exec-used
+  policy = namespace["policy"]
+  assert str(policy).startswith("w") and "last=w8a8" in str(policy)
+  assert (tmp_path / "runs" / "sens" / "sensitivity.png").exists()
