@@ -23,10 +23,10 @@ PROG = "kqreg-benchmark"
 def _run(holders) -> str:
   from kqreg import runs  # pylint: disable=g-import-not-at-top
   from kqreg.io_utils import atomic_write_json, atomic_write_text  # pylint: disable=g-import-not-at-top
-  from kqreg.study import benchmark, benchmark_report  # pylint: disable=g-import-not-at-top
+  from kqreg.study import benchmark_report, benchmark_suite  # pylint: disable=g-import-not-at-top
   output_dir = holders.output_dir.value
   runs.make_dir(output_dir, "output_dir")
-  results = benchmark.run_benchmark(quick=holders.quick.value,
+  results = benchmark_suite.run_benchmark(quick=holders.quick.value,
                                     repeats=holders.repeats.value,
                                     rounds=holders.rounds.value)
   atomic_write_json(os.path.join(output_dir, "benchmark.json"), results)

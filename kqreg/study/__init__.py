@@ -6,7 +6,12 @@
   report.py      RunRecord -> CSVs and report.md with the verdict
   figures.py     validation curves, gap against std(δ), noise against bits
   sweep.py       runs a sweep's configs in worker processes
-  benchmark.py, benchmark_report.py   kqreg-benchmark's measurements and page
+  tables.py      the report's Markdown and CSV tables
+  mixed_precision.py  allocated vs uniform vs first/last-8 at equal size
+  peers.py       tfmot n-bit, QKeras and Larq adapters (build, export)
+  benchmark.py, peer_benchmark.py, benchmark_suite.py, benchmark_report.py
+                 kqreg-benchmark's measurements, the peers table, the whole
+                 run, and its page
 Import the module you need, `from kqreg.study import report`: this package
 imports nothing itself, so the benchmark does not pay for SciPy and the
 report does not pay for TensorFlow beyond `kqreg`'s own import.

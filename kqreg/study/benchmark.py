@@ -31,7 +31,6 @@ from kqreg.quantize import quantize
 
 __all__ = ["machine", "build_variant", "step_time", "paired_step_times",
            "callback_overhead", "noise_cost", "peak_memory", "sweep_throughput",
-           "run_benchmark",
            "VARIANTS"]
 
 # Training variants compared per model: (label, how to build it).
@@ -83,10 +82,14 @@ def _compile_on_batch(model: tf_keras.Model, input_shape, batch_size: int,
   rng = np.random.default_rng(0)
   x = tf.constant(rng.random((batch_size, *input_shape), dtype=np.float32))
   y = tf.constant(rng.integers(0, 10, batch_size))
+  _compile(model, jit_compile)
+  return x, y
+
+
+def _compile(model: tf_keras.Model, jit_compile: bool = False) -> None:
   model.compile(tf_keras.optimizers.Adam(1e-3),
                 tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 jit_compile=jit_compile)
-  return x, y
 
 
 def step_time(model: tf_keras.Model, input_shape, *, batch_size: int = 64,
@@ -151,15 +154,22 @@ def paired_step_times(models: Dict[str, tf_keras.Model], input_shape, *,
       for _ in range(steps):
         model.train_on_batch(x, y)
       times[name].append((time.perf_counter() - start) / steps)
+  results = _paired_ratios(times, baseline)
+  return {name: results.get(name) or failed[name] for name in models}
+
+
+def _paired_ratios(times: Dict[str, List[float]],
+                   baseline: str) -> Dict[str, Dict[str, float]]:
+  """Per-round times (equal counts) -> median and paired ratio to `baseline`."""
   results = {}
-  for name in names:
-    ratios = [t / b for t, b in zip(times[name], times[baseline])]
+  for name, values in times.items():
+    ratios = [t / b for t, b in zip(values, times[baseline])]
     low, _, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (
         ratios * 3)
-    results[name] = {"step_s": statistics.median(times[name]),
+    results[name] = {"step_s": statistics.median(values),
                      "ratio": statistics.median(ratios),
                      "ratio_low": low, "ratio_high": high}
-  return {name: results.get(name) or failed[name] for name in models}
+  return results
 
 
 class _EpochTimer(tf_keras.callbacks.Callback):
@@ -385,6 +395,9 @@ def _memory(quick):
 
 
 
+# ----------------------------------------------------------------------------
+# Peers: other low-bit Keras tools on the same models, data and training.
+
 def sweep_throughput(*, quick: bool = False,
                      workers: Tuple[int, ...] = (1, 2)) -> List[Dict[str, object]]:
   """Runs per minute of a sweep of the main job's kind, by `--workers`.
@@ -416,31 +429,3 @@ def sweep_throughput(*, quick: bool = False,
     print(f"sweep throughput, {n} worker(s): {rows[-1]['runs_per_minute']:.2f} "
           "runs/min", flush=True)
   return rows
-
-
-def run_benchmark(*, quick: bool = False, repeats: int = 5,
-                  rounds: int = 10) -> Dict[str, object]:
-  """Every measurement of the benchmark, as one JSON-ready dict.
-
-  `quick` shrinks it to a smoke run (small CNN only, fewer repetitions).
-  Prints one line per figure as it is measured (a full run takes long).
-  """
-  repeats = 3 if quick else repeats
-  results: Dict[str, object] = {
-      "quick": quick,
-      "machine": machine(),
-      "command": " ".join(["kqreg-benchmark"] + sys.argv[1:]),
-  }
-  results["step_time"] = _step_times(
-      _QUICK_MODELS if quick else _FULL_MODELS, 3 if quick else rounds,
-      5 if quick else 10, (False,) if quick else (False, True))
-  results["callback"] = callback_overhead(
-      epochs=3 if quick else 6, **({"widths": (16, 32, 64)} if quick else {}))
-  print(f"noise callback: {results['callback']['ratio']:.3f}x epoch time",
-        flush=True)
-  results["noise_cost"] = _noise_costs(_NOISE_MODELS[:2] if quick else
-                                       _NOISE_MODELS, repeats)
-  results["tflite"] = _tflite(quick)
-  results["memory"] = _memory(quick)
-  results["sweep"] = sweep_throughput(quick=quick)
-  return results

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
-__all__ = ["check_targets", "markdown"]
+__all__ = ["check_targets", "markdown", "peers_markdown"]
 
 
 def _ratio(rows, model, variant, jit=False) -> Optional[float]:
@@ -69,6 +69,44 @@ def _fmt(value, spec):
   return "–" if value is None else format(value, spec)
 
 
+def peers_markdown(peers: Dict) -> List[str]:
+  """The peers section: one row per tool, bits and model, or its reason."""
+  shape = "×".join(str(d) for d in peers["input_shape"])
+  lines = [f"## Peers ({peers['dataset']} {shape}, {peers['epochs']} "
+           f"epoch(s) of {peers['train_examples']:,} images, batch "
+           f"{peers['batch_size']})", "",
+           "Each tool quantizes the same float model (seed 0), and all train "
+           "on the same batches (Adam 1e-3; BatchNormalization momentum "
+           f"{peers.get('bn_momentum', 'as built')}, so that eval-mode "
+           "statistics follow a short training) in paired rounds: × float is "
+           "the median of each round's step-time ratio to float (middle half "
+           "in brackets); val acc on the validation split "
+           f"({peers['val_examples']:,} images). TFLite: the plain converter "
+           "(default optimizations, 64 training images as representative "
+           "data); kernels as stored in the file, with the most distinct "
+           "values in one output channel. A tool that cannot run here, or "
+           "cannot quantize a layer, says why in the note.", "",
+           "| model | tool | bits | val acc | × float | TFLite | bytes | "
+           "kernels | note |", "|---|---|---|---|---|---|---|---|---|"]
+  for r in peers["rows"]:
+    tool = r["tool"] + (f" {r['version']}" if r["version"] else "")
+    spread = (f" [{r['ratio_iqr'][0]:.2f}–{r['ratio_iqr'][1]:.2f}]"
+              if r.get("ratio_iqr") else "")
+    exported = {True: "yes", False: "**no**", None: "–"}[r["exported"]]
+    kernels = r["kernels"] or "–"
+    if r["kernel_levels"]:
+      kernels += f" (≤{r['kernel_levels']} levels)"
+    note = r["note"]
+    if r["float_ops"]:
+      note = f"{r['float_ops']} conv/dense op(s) in float. {note}".strip()
+    lines.append(f"| {r['model']} | {tool} | {r['bits']} | "
+                 f"{_fmt(r['accuracy'], '.3f')} | "
+                 f"{_fmt(r['ratio'], '.2f')}{spread} | {exported} | "
+                 f"{_fmt(r['file_bytes'], ',')} | {kernels} | "
+                 f"{note.replace('|', '/')} |")
+  return lines
+
+
 def markdown(results) -> str:
   m = results["machine"]
   lines = [f"# kqreg benchmark{' (quick)' if results['quick'] else ''}", "",
@@ -107,6 +145,8 @@ def markdown(results) -> str:
                  f"{r['size_ratio']:.3f} | {r['latency_ms']:.3f} | "
                  f"{r['latency_ratio']:.2f} | "
                  f"{_fmt(r['top1_agreement'], '.3f')} |")
+  if results.get("peers"):
+    lines += ["", *peers_markdown(results["peers"])]
   lines += ["", "## Targets (computed from the numbers above)", "",
             "| target | measured | holds |", "|---|---|---|"]
   for r in check_targets(results):
