@@ -165,3 +165,12 @@ def test_quantizes_w4a8_and_trains_one_step(name):
   kernels = [i for i, w in enumerate(qat.trainable_weights) if "kernel" in w.name]
   assert kernels and all(not np.array_equal(before[i], after[i]) for i in kernels)
   assert qat.predict(x, verbose=0).shape == (8, CLASSES)
+
+
+def test_mobilenetv2_preset_uses_bn_momentum_0_9():
+  # Keras' 0.999 leaves a short run's moving statistics near their initial
+  # values: evaluation then predicts one class.
+  model = models.build("mobilenetv2", SHAPE, 5)
+  momenta = {l.momentum for l in model.layers
+             if isinstance(l, tf_keras.layers.BatchNormalization)}
+  assert momenta == {0.9}

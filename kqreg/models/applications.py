@@ -16,7 +16,7 @@ weights; that is expected here.
 """
 
 import warnings
-from typing import Tuple
+from typing import Optional, Tuple
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import tf_keras
@@ -51,14 +51,23 @@ def _build(app, name: str, input_shape, num_classes: int,
 
 
 def mobilenetv2(input_shape: Tuple[int, int, int], num_classes: int, *,
-                alpha: float = 0.35) -> tf_keras.Model:
+                alpha: float = 0.35,
+                bn_momentum: Optional[float] = None) -> tf_keras.Model:
   """MobileNetV2 (Sandler et al. 2018) at width multiplier `alpha`.
 
   At 32x32x3 input and 10 classes with alpha=0.35: 423,018 parameters
-  (408,938 trainable).
+  (408,938 trainable). `bn_momentum` replaces Keras' 0.999 in every
+  BatchNormalization: at 0.999 the moving statistics need thousands of
+  steps, and a short run evaluates on statistics still near their
+  initial values (one class predicted).
   """
-  return _build(tf_keras.applications.MobileNetV2, "mobilenetv2",
-                input_shape, num_classes, alpha=alpha)
+  model = _build(tf_keras.applications.MobileNetV2, "mobilenetv2",
+                 input_shape, num_classes, alpha=alpha)
+  if bn_momentum is not None:
+    for layer in model.layers:
+      if isinstance(layer, tf_keras.layers.BatchNormalization):
+        layer.momentum = bn_momentum
+  return model
 
 
 def resnet50(input_shape: Tuple[int, int, int],

@@ -30,8 +30,9 @@ MODELS: dict[str, dict] = {
     },
     "mobilenetv2": {
         "builder": "applications.mobilenetv2",
-        "description": "tf_keras.applications.MobileNetV2, alpha=0.35",
-        "kwargs": {"alpha": 0.35},
+        "description": "tf_keras.applications.MobileNetV2, alpha=0.35, "
+                       "BN momentum 0.9",
+        "kwargs": {"alpha": 0.35, "bn_momentum": 0.9},
     },
     "resnet50": {
         "builder": "applications.resnet50",
