@@ -72,6 +72,60 @@ def test_map_half_recall_and_iou_thresholds():
   assert result["map"] == pytest.approx(1.0)
 
 
+# Hand-checked cases: one image, two objects, the first found exactly.
+_TWO_GT = [[0, 0, 10, 10], [20, 0, 30, 10]]
+
+
+@pytest.mark.parametrize("second, scores, iou, ap50", [
+    # Shifted 3 px: IoU 70/130 = 0.54, still a hit: AP 1.
+    ([23, 0, 33, 10], [0.9, 0.8], 70 / 130, 1.0),
+    # Shifted 4 px: IoU 60/140 = 0.43, a miss. Ranked TP, FP: precision 1 up
+    # to recall 0.5, then nothing: 51 of 101 recall points at 1.
+    ([24, 0, 34, 10], [0.9, 0.8], 60 / 140, 51 / 101),
+    # The same miss ranked first: precision 0 then 0.5 at recall 0.5; its
+    # envelope is 0.5 on 51 points.
+    ([24, 0, 34, 10], [0.8, 0.9], 60 / 140, 0.5 * 51 / 101),
+])
+def test_map_counts_iou_above_half_as_hit_and_below_as_miss(
+    second, scores, iou, ap50):
+  gt_b, gt_c = _one_image(_TWO_GT, [0, 0])
+  pred = [np.array([_TWO_GT[0], second], np.float32)]
+  assert metrics.iou_matrix([second], [_TWO_GT[1]])[0, 0] == pytest.approx(iou)
+  result = metrics.mean_average_precision(
+      gt_b, gt_c, pred, [np.array(scores)], [np.array([0, 0])], num_classes=1)
+  assert result["map50"] == pytest.approx(ap50)
+  assert result["ap50_per_class"] == [pytest.approx(ap50)]
+
+
+def test_map_wrong_class_is_a_miss_per_class():
+  # Both boxes exact, the second labelled 0 instead of 1: class 0 finds its
+  # object first (AP 1; the stray box ranks below), class 1 finds nothing.
+  gt_b, gt_c = _one_image(_TWO_GT, [0, 1])
+  result = metrics.mean_average_precision(
+      gt_b, gt_c, gt_b, [np.array([0.9, 0.8])], [np.array([0, 0])],
+      num_classes=3)
+  assert result["ap50_per_class"][:2] == [1.0, 0.0]
+  assert np.isnan(result["ap50_per_class"][2])  # no ground truth: left out
+  assert result["map50"] == pytest.approx(0.5)
+  assert result["classes_with_gt"] == 2
+
+
+def test_map_pools_detections_of_all_images_by_score():
+  # Image 1: exact hit at 0.6. Image 2: a miss at 0.9 (IoU 0) and a hit at
+  # 0.5. Ranked: FP, TP, TP over 2 objects: precision 1/2 at recall 1/2,
+  # 2/3 at recall 1; envelope 2/3 everywhere.
+  gt_b = [np.array([[0, 0, 10, 10]], np.float32),
+          np.array([[0, 0, 10, 10]], np.float32)]
+  gt_c = [np.array([0]), np.array([0])]
+  pred_b = [np.array([[0, 0, 10, 10]], np.float32),
+            np.array([[50, 50, 60, 60], [0, 0, 10, 10]], np.float32)]
+  pred_s = [np.array([0.6]), np.array([0.9, 0.5])]
+  pred_c = [np.array([0]), np.array([0, 0])]
+  result = metrics.mean_average_precision(gt_b, gt_c, pred_b, pred_s, pred_c,
+                                          num_classes=1)
+  assert result["map50"] == pytest.approx(2 / 3)
+
+
 # Data --------------------------------------------------------------------
 
 def test_shapes_generation_is_deterministic_and_valid():
@@ -149,6 +203,14 @@ def test_w4_detector_quantizes_every_conv_to_its_15_level_grid():
     assert np.abs(np.round(levels)).max() <= 7, qw.layer_name
     assert max(len(np.unique(per_channel[:, c]))
                for c in range(per_channel.shape[-1])) > 3, qw.layer_name
+  # Both start at YOLOv8's class prior (5 objects over 3 classes and 16, 4
+  # and 1 cells; capped at p = 0.5), not keras-cv's bias 0.
+  for level, cells in ((1, 16), (2, 4), (3, 1)):
+    name = f"yolo_v8_head_{level}_class_3_conv"
+    p = min(5 / 3 / cells, 0.5)
+    for layer in (float_model.get_layer(name), model.get_layer(f"quant_{name}")):
+      bias = next(w for w in layer.weights if "bias" in w.name).numpy()
+      np.testing.assert_allclose(bias, np.log(p / (1 - p)), rtol=1e-6)
   # keras-cv's pyramid levels name layers of the quantized graph (unwrapped
   # activations at w4, "quant_*" wrappers under an aN policy).
   for name in model.backbone.pyramid_level_inputs.values():
@@ -203,6 +265,12 @@ def test_w4_run_loss_falls_reports_map_and_saves(shapes_sweep, shapes_dir):
     assert 0.0 <= result[key] <= 1.0
     assert all(0.0 <= row[key] <= 1.0 for row in result["history"])
   assert {"val_box_loss", "val_class_loss", "train_loss"} <= set(result)
+  # AP per class, by name; null for a class absent from the 8 images.
+  for key in ("val_ap50_per_class", "val_ap_per_class"):
+    assert set(result[key]) == set(shapes.CLASS_NAMES)
+    assert all(v is None or 0.0 <= v <= 1.0 for v in result[key].values())
+  present = [v for v in result["val_ap50_per_class"].values() if v is not None]
+  assert np.mean(present) == pytest.approx(result["val_map50"])
   assert result["quantized_params"] > 0.9 * result["params"]
   assert result["gap_loss"] == pytest.approx(result["val_loss"] - result["train_loss"])
   assert result["last_epoch_val_loss"] == result["history"][-1]["val_loss"]

@@ -1,9 +1,11 @@
 """Object detection for kqreg: quantization-aware keras-cv YOLOv8.
 
-Importing this package registers the offline TFDS builder `kqreg_shapes`
-(procedural detection scenes, prepares without network access).
+Importing this package registers the offline TFDS builders `kqreg_shapes`
+(procedural shape scenes) and `kqreg_digit_scenes` (real MNIST digits
+composed into scenes); both prepare without network access.
 
   data      `load_detection`, `pipeline`: TFDS -> keras-cv box dicts
+  digit_scenes, shapes   the offline builders
   model     `build_detector`: YOLOv8 with every Conv2D under a bit policy
   metrics   `mean_average_precision`, `evaluate_map`: COCO-style mAP
   export    `export_detector`: the network as TFLite, mAP checked in LiteRT
@@ -12,7 +14,8 @@ Importing this package registers the offline TFDS builder `kqreg_shapes`
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 
-from kqreg.detection import shapes  # noqa: F401  (registers kqreg_shapes)
+# Registers kqreg_digit_scenes and kqreg_shapes with TFDS.
+from kqreg.detection import digit_scenes, shapes  # noqa: F401
 from kqreg.detection.data import (OFFLINE_DETECTION_DATASETS, DetectionInfo,
                                   load_detection, pipeline)
 from kqreg.detection.export import export_detector, head_model

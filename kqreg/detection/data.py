@@ -3,7 +3,8 @@
 `load_detection` goes through `tfds.builder` / `as_dataset` like `tfds.load`,
 so `tfds.testing.mock_data` works for voc/2007, voc/2012 and coco/2017. Any
 dataset with an `image` and `objects: {bbox, label}` (normalized yxyx boxes,
-ClassLabel) fits. Only the offline `kqreg_shapes` is prepared here.
+ClassLabel) fits. Only the offline `kqreg_shapes` and `kqreg_digit_scenes`
+are prepared here.
 
 `pipeline` yields keras-cv's dense bounding-box dicts:
 
@@ -27,12 +28,15 @@ import keras_cv
 
 from kqreg.data.core import (DatasetError, check_positive_int, open_split,
                               shuffle_and_augment)
-from kqreg.detection import shapes  # noqa: F401  (registers kqreg_shapes)
+# Importing the builder modules registers them with TFDS.
+from kqreg.detection import digit_scenes  # noqa: F401
+from kqreg.detection import shapes  # noqa: F401
 
 __all__ = ["OFFLINE_DETECTION_DATASETS", "DetectionInfo", "DatasetError",
            "load_detection", "pipeline", "validation_split"]
 
-OFFLINE_DETECTION_DATASETS: Tuple[str, ...] = ("kqreg_shapes",)
+OFFLINE_DETECTION_DATASETS: Tuple[str, ...] = ("kqreg_shapes",
+                                               "kqreg_digit_scenes")
 _MAX_SHUFFLE_BUFFER = 10_000
 # Random translation of training images, as a fraction of the image size.
 _JITTER = 0.125
@@ -46,13 +50,16 @@ class DetectionInfo:
   """What a detector needs to know about a detection dataset.
 
   `splits` maps split name to number of examples; it is empty when TFDS does
-  not know the splits (e.g. under `tfds.testing.mock_data`).
+  not know the splits (e.g. under `tfds.testing.mock_data`). `flip` is False
+  for datasets whose classes a mirror image would change (digits): their
+  builder sets `HORIZONTAL_FLIP = False`.
   """
 
   name: str
   num_classes: int
   class_names: Tuple[str, ...]
   splits: Dict[str, int]
+  flip: bool = True
 
 
 def _hint() -> str:
@@ -77,7 +84,8 @@ def _info(builder: tfds.core.DatasetBuilder) -> DetectionInfo:
   splits = {str(k): int(v.num_examples)
             for k, v in builder.info.splits.items()}
   return DetectionInfo(name=builder.name, num_classes=int(label.num_classes),
-                       class_names=names, splits=splits)
+                       class_names=names, splits=splits,
+                       flip=bool(getattr(builder, "HORIZONTAL_FLIP", True)))
 
 
 def load_detection(name: str, split: str, data_dir: Optional[str] = None
@@ -139,14 +147,16 @@ def _keep_visible(boxes, classes, before=None):
   return tf.boolean_mask(boxes, keep), tf.boolean_mask(classes, keep)
 
 
-def _augment(seed, image, boxes, classes, size: int):
-  """Random horizontal flip and translation (stateless, seeded)."""
+def _augment(seed, image, boxes, classes, size: int, flip: bool = True):
+  """Random horizontal flip (if `flip`) and translation (stateless, seeded)."""
   flip_seed, shift_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, 2))
-  flip = tf.random.stateless_uniform((), flip_seed) < 0.5
-  image = tf.where(flip, tf.reverse(image, axis=[1]), image)
-  boxes = tf.where(flip, tf.stack([size - boxes[:, 2], boxes[:, 1],
-                                   size - boxes[:, 0], boxes[:, 3]], -1), boxes)
+  if flip:
+    mirror = tf.random.stateless_uniform((), flip_seed) < 0.5
+    image = tf.where(mirror, tf.reverse(image, axis=[1]), image)
+    boxes = tf.where(mirror, tf.stack([size - boxes[:, 2], boxes[:, 1],
+                                       size - boxes[:, 0], boxes[:, 3]], -1),
+                     boxes)
   pad = int(round(size * _JITTER))
   shift = tf.random.stateless_uniform((2,), shift_seed, -pad, pad + 1,
                                       dtype=tf.int32)
@@ -163,15 +173,15 @@ def _augment(seed, image, boxes, classes, size: int):
 
 def pipeline(ds: tf.data.Dataset, *, image_size: int, batch_size: int,
              training: bool, max_boxes: int = 32, augment: bool = True,
-             seed: int = 0, take: Optional[int] = None,
+             flip: bool = True, seed: int = 0, take: Optional[int] = None,
              cache: bool = True) -> tf.data.Dataset:
   """Batches raw detection examples into keras-cv's dense box dicts.
 
   Order: take the first `take` examples (a fixed subset), letterbox to
   `image_size`, keep the first `max_boxes` boxes, cache, then for training
   shuffle (every epoch, deterministic given `seed`) and optionally augment
-  (random flip + translation by up to 1/8 of the image), batch as ragged and
-  pad to `max_boxes` with -1, prefetch.
+  (random horizontal flip unless `flip` is False, translation by up to 1/8
+  of the image), batch as ragged and pad to `max_boxes` with -1, prefetch.
 
   Raises:
     DatasetError: a non-positive size, batch, max_boxes or take.
@@ -193,7 +203,7 @@ def pipeline(ds: tf.data.Dataset, *, image_size: int, batch_size: int,
     ds = ds.cache()
   if training:
     ds = shuffle_and_augment(
-        ds, seed, (lambda s, e: _augment(s, *e, size=image_size))
+        ds, seed, (lambda s, e: _augment(s, *e, size=image_size, flip=flip))
         if augment else None, max_buffer=_MAX_SHUFFLE_BUFFER)
 
   def _to_dict(image, boxes, classes):

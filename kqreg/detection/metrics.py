@@ -114,8 +114,10 @@ def mean_average_precision(gt_boxes: Sequence[np.ndarray],
     num_classes: classes 0 .. num_classes - 1 are evaluated.
 
   Returns:
-    {"map50": mAP@0.5, "map": mAP@[0.5:0.95], "classes_with_gt": k}; the mAPs
-    are NaN when no image holds ground truth.
+    {"map50": mAP@0.5, "map": mAP@[0.5:0.95], "classes_with_gt": k,
+    "ap50_per_class": [AP@0.5 of class 0, 1, ...], "ap_per_class": [...]};
+    the mAPs are NaN when no image holds ground truth, a class's AP is NaN
+    when it has none (and is left out of the means).
 
   Raises:
     ValueError: the per-image lists differ in length.
@@ -131,11 +133,14 @@ def mean_average_precision(gt_boxes: Sequence[np.ndarray],
     for t in range(len(COCO_IOU_THRESHOLDS)):
       ap[cls, t] = average_precision(tp[t], scores, num_gt)
   has_gt = ~np.isnan(ap[:, 0])
+  per_class = {"ap50_per_class": [float(v) for v in ap[:, 0]],
+               "ap_per_class": [float(v) for v in np.mean(ap, axis=1)]}
   if not has_gt.any():
-    return {"map50": float("nan"), "map": float("nan"), "classes_with_gt": 0}
+    return {"map50": float("nan"), "map": float("nan"), "classes_with_gt": 0,
+            **per_class}
   return {"map50": float(np.mean(ap[has_gt, 0])),
           "map": float(np.mean(ap[has_gt])),
-          "classes_with_gt": int(has_gt.sum())}
+          "classes_with_gt": int(has_gt.sum()), **per_class}
 
 
 def _unpad(boxes: np.ndarray, classes: np.ndarray):
@@ -171,7 +176,7 @@ def evaluate_map(model, ds, num_classes: int,
       the same decoding.
 
   Returns:
-    `{"map50": mAP@0.5, "map": mAP@[0.5:0.95]}`.
+    `mean_average_precision`'s dict: mAP@0.5, mAP@[0.5:0.95] and per class.
   """
   gt_boxes, gt_classes, pred_boxes, pred_scores, pred_classes = ([] for _ in
                                                                  range(5))

@@ -7,7 +7,9 @@ and quantizes that whole graph with `kqreg.quantize` — every Conv2D of the
 backbone, the path-aggregation FPN and the head follows the bit policy. The
 result is wrapped back into `QuantizedYOLOV8Detector`, a `YOLOV8Detector`
 that keeps keras-cv's own loss (`compute_loss`, the task-aligned label
-encoder), box decoding and non-max suppression.
+encoder), box decoding and non-max suppression. One departure from keras-cv:
+the class biases start at YOLOv8's object prior (`class_prior_bias`), as in
+Ultralytics' reference, not at 0.
 
 Left out of the quantized graph on purpose: the head's final `box_outputs`
 Activation and the `box`/`class` no-op Concatenates. Under an `aN` policy kqreg
@@ -21,11 +23,13 @@ from (repeat, concat, split, add) have no weights and stay float.
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import warnings
 from typing import Dict, Optional, Tuple
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
+import numpy as np
 import tf_keras
 import keras_cv
 from keras_cv.src.models.object_detection.yolo_v8 import (
@@ -39,7 +43,7 @@ from kqreg.runs import ConfigError
 
 __all__ = ["BACKBONES", "DetectorError", "QuantizedYOLOV8Detector",
            "quiet_keras_cv_warnings",
-           "layer_output",
+           "layer_output", "class_prior_bias",
            "build_detector", "build_backbone"]
 
 # stackwise_channels, stackwise_depth per size (keras-cv's xs/s/m presets).
@@ -51,6 +55,9 @@ BACKBONES: Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...]]] = {
 # The backbone's P5 is 1/32 of the input.
 SIZE_MULTIPLE = 32
 _LEVELS = ("P3", "P4", "P5")
+_STRIDES = (8, 16, 32)
+# Objects per image the class prior assumes (Ultralytics' YOLOv8 value).
+PRIOR_OBJECTS = 5.0
 
 
 @contextlib.contextmanager
@@ -139,6 +146,37 @@ class QuantizedYOLOV8Detector(_yolo.YOLOV8Detector):
     return model
 
 
+def class_prior_bias(num_classes: int, image_size: int, stride: int,
+                     objects: float = PRIOR_OBJECTS) -> float:
+  """The initial class logit of one anchor on the grid of `stride`.
+
+  YOLOv8 (Ultralytics' `Detect.bias_init`) starts every class score at the
+  chance that an anchor holds an object of that class, `objects` per image
+  spread over classes and grid cells: p = objects / num_classes / cells,
+  here as a logit (p capped at 0.5 for tiny grids). keras-cv leaves the
+  bias at 0, so every anchor starts at p = 0.5 for every class: the class
+  loss of a fresh 64-px detector is 10-18x higher (measured: 210 against
+  12 on kqreg_digit_scenes, 138 against 13 on kqreg_shapes), the first
+  steps only push the scores of empty anchors down, and the task-aligned
+  assigner, which weighs anchors by their class score, learns little
+  until that settles (mAP@0.5 after 6 epochs on kqreg_digit_scenes at
+  96 px: 0.59 without the prior, 0.77 with it).
+  """
+  cells = (image_size / stride) ** 2
+  p = min(objects / num_classes / cells, 0.5)
+  return float(math.log(p / (1.0 - p)))
+
+
+def _init_class_prior(detector: tf_keras.Model, num_classes: int,
+                      image_size: int) -> None:
+  """Sets the head's class biases to `class_prior_bias` (float detector)."""
+  for level, stride in enumerate(_STRIDES, start=1):
+    layer = detector.get_layer(f"yolo_v8_head_{level}_class_3_conv")
+    kernel, bias = layer.get_weights()
+    layer.set_weights([kernel, np.full_like(
+        bias, class_prior_bias(num_classes, image_size, stride))])
+
+
 def layer_output(model: tf_keras.Model, name: str):
   """The output of layer `name` (or its "quant_" wrapper) in `model`'s graph.
 
@@ -184,7 +222,8 @@ def build_detector(num_classes: int, backbone: str = "xs",
                    fpn_depth: int = 1, per_channel: Optional[bool] = None,
                    confidence_threshold: float = 0.001,
                    iou_threshold: float = 0.6,
-                   max_detections: int = 100) -> tf_keras.Model:
+                   max_detections: int = 100,
+                   class_prior: bool = True) -> tf_keras.Model:
   """Builds a YOLOv8 detector whose every Conv2D follows `bits`.
 
   Args:
@@ -198,6 +237,9 @@ def build_detector(num_classes: int, backbone: str = "xs",
     confidence_threshold, iou_threshold, max_detections: of the NMS used by
       `predict`; 0.001 as in COCO evaluation, so mAP sees the whole
       precision curve.
+    class_prior: start the class biases at YOLOv8's object prior
+      (`class_prior_bias`) instead of keras-cv's 0; False reproduces
+      keras-cv's initialization.
 
   Returns:
     A `YOLOV8Detector` (float when `bits` is "fp", else a
@@ -218,7 +260,7 @@ def build_detector(num_classes: int, backbone: str = "xs",
                     fpn_depth=fpn_depth, per_channel=per_channel,
                     confidence_threshold=confidence_threshold,
                     iou_threshold=iou_threshold,
-                    max_detections=max_detections)
+                    max_detections=max_detections, class_prior=class_prior)
   policy = policy_lib.BitPolicy.parse(bits)
   float_backbone = build_backbone(backbone, image_size)
   decoder = keras_cv.layers.NonMaxSuppression(
@@ -229,6 +271,9 @@ def build_detector(num_classes: int, backbone: str = "xs",
       num_classes=num_classes, bounding_box_format="xyxy",
       backbone=float_backbone, fpn_depth=fpn_depth,
       prediction_decoder=decoder)
+  if class_prior:
+    # Before quantizing: the QAT graph copies the float weights.
+    _init_class_prior(detector, num_classes, image_size)
   if policy.is_float:
     return detector
 

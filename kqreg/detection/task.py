@@ -13,7 +13,9 @@ detector and writes to `model_dir`:
                        rebuilds it (after `import kqreg.detection`)
   model.tflite(.json)  with `export_tflite`: the network as TFLite and its
                        export report, checked in LiteRT (`export_detector`)
-  result.json          final figures (see `kqreg.runs.run`; plus mAP)
+  result.json          final figures (see `kqreg.runs.run`; plus mAP, and
+                       AP per class by name: `val_ap50_per_class`,
+                       `val_ap_per_class`)
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ class DetectConfig(runs.RunConfig):
 
   Attributes:
     dataset: TFDS detection dataset (voc/2007, voc/2012, coco/2017) prepared
-      in `data_dir`, or the offline `kqreg_shapes`.
+      in `data_dir`, or the offline `kqreg_shapes` or `kqreg_digit_scenes`
+      (the latter is never flipped in augmentation).
     backbone: YOLOv8 backbone size, one of `model.BACKBONES`.
     image_size: square input size, a multiple of 32.
     fpn_depth: depth of the FPN's CSP blocks.
@@ -165,7 +168,8 @@ class DetectionTask(runs.Task):
   def datasets(self, config: DetectConfig, data: runs.Data):
     return {
         "train": _pipeline(config, data.train, training=True,
-                           augment=config.augment, seed=config.seed),
+                           augment=config.augment, flip=data.info.flip,
+                           seed=config.seed),
         "train_eval": _pipeline(config, data.train, training=False),
         "val": _pipeline(config, data.validation, training=False),
     }
@@ -219,6 +223,12 @@ class DetectionTask(runs.Task):
                                          data.info.num_classes)
     result["val_map50"], result["val_map"] = (final_map["map50"],
                                               final_map["map"])
+    # Per class by name; null for a class without validation objects (JSON
+    # has no NaN).
+    for key in ("ap50_per_class", "ap_per_class"):
+      result[f"val_{key}"] = {
+          name: (None if np.isnan(v) else v)
+          for name, v in zip(data.info.class_names, final_map[key])}
     result["val_examples"] = runs.count_examples(data.validation)
     return result
 
