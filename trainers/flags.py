@@ -115,7 +115,7 @@ def _define_run() -> Dict[str, flags.FlagHolder]:
       "Classification (default kqreg_digits): mnist, fashion_mnist, cifar10, "
       "..., offline kqreg_mnist, kqreg_digits, kqreg_textures. Detection "
       "(default kqreg_shapes): voc/2007, voc/2012, coco/2017, offline "
-      "kqreg_shapes.")
+      "kqreg_digit_scenes, kqreg_shapes.")
   h["data_dir"] = flags.DEFINE_string(
       "data_dir", None, "TFDS data dir holding prepared real datasets.")
   h["bits"] = flags.DEFINE(
