@@ -19,7 +19,6 @@ import os
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from . import flags as kqreg_flags
 
@@ -111,11 +110,7 @@ def _run(holders) -> str:
 
 
 def _main(argv, holders) -> None:
-  logging.set_verbosity(logging.ERROR)  # TF/TFDS info; kqreg warns itself
-  if len(argv) > 1:
-    kqreg_flags.fail(PROG, app.UsageError(
-        f"unexpected arguments: {' '.join(argv[1:])}"))
-  print(kqreg_flags.run_guarded(PROG, lambda: _run(holders)))
+  print(kqreg_flags.run_main(PROG, argv, lambda: _run(holders)))
 
 
 def main() -> None:

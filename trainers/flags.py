@@ -417,6 +417,16 @@ def fail(prog: str, error: BaseException, status: int = EXIT_BAD_INPUT):
   sys.exit(status)
 
 
+def run_main(prog: str, argv, fn):
+  """An entry point's body: quiet logs, no stray arguments, `run_guarded`."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.ERROR)  # TF/TFDS info; kqreg warns itself
+  if len(argv) > 1:
+    fail(prog, app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}"))
+  return run_guarded(prog, fn)
+
+
 def run_guarded(prog: str, fn):
   """Calls `fn()`, turning kqreg's user-facing errors into one-line exits."""
   from kqreg import runs  # pylint: disable=g-import-not-at-top

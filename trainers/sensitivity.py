@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 
 from absl import app
-from absl import logging
 
 from . import flags as kqreg_flags
 
@@ -87,11 +86,7 @@ def _run(holders) -> str:
 
 
 def _main(argv, holders) -> None:
-  logging.set_verbosity(logging.ERROR)  # TF/TFDS info; kqreg warns itself
-  if len(argv) > 1:
-    kqreg_flags.fail(PROG, app.UsageError(
-        f"unexpected arguments: {' '.join(argv[1:])}"))
-  print(kqreg_flags.run_guarded(PROG, lambda: _run(holders)))
+  print(kqreg_flags.run_main(PROG, argv, lambda: _run(holders)))
 
 
 def main() -> None:

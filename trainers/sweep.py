@@ -21,7 +21,6 @@ import time
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from . import flags as kqreg_flags
 
@@ -107,11 +106,7 @@ def _sweep(holders) -> None:
 
 
 def _main(argv, holders) -> None:
-  logging.set_verbosity(logging.ERROR)  # TF/TFDS info; kqreg warns itself
-  if len(argv) > 1:
-    kqreg_flags.fail(PROG, app.UsageError(
-        f"unexpected arguments: {' '.join(argv[1:])}"))
-  kqreg_flags.run_guarded(PROG, lambda: _sweep(holders))
+  kqreg_flags.run_main(PROG, argv, lambda: _sweep(holders))
 
 
 def main() -> None:
