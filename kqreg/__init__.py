@@ -15,8 +15,8 @@ from kqreg.policy import BitPolicy, Bits, PolicyError
 from kqreg.quantize import (QuantizeError, annotate, flatten_nested,
                             is_quantized, plan, quantize,
                             quantize_annotate_layer, quantize_scope)
-from kqreg.quantizers import (ActivationQuantizer, WeightNoiseQuantizer,
-                              WeightQuantizer)
+from kqreg.quantizers import (ActivationQuantizer, FixedRangeQuantizer,
+                              WeightNoiseQuantizer, WeightQuantizer)
 from kqreg.callbacks import NoiseAnalysisCallback
 from kqreg.export import (ExportError, check_exportable, export_tflite,
                           verify_tflite)
@@ -31,6 +31,7 @@ __all__ = [
     "BitPolicy",
     "BitQuantizeConfig",
     "Bits",
+    "FixedRangeQuantizer",
     "PolicyError",
     "QuantizeError",
     "WeightNoiseQuantizer",

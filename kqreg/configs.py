@@ -113,6 +113,15 @@ _QUANTIZE_AWARE_ACTIVATIONS = frozenset(
     {"linear", "relu", "swish", "gelu", "softmax", "sigmoid", "tanh"})
 
 
+def _bounded_activation(layer: tf_keras.layers.Layer) -> Optional[str]:
+  """The name of `layer`'s activation if it is an `Activation` layer of one
+  of `quantizers.BOUNDED_ACTIVATIONS`, else None."""
+  if not isinstance(layer, layers.Activation):
+    return None
+  name = _activation_name(layer.activation)
+  return name if name in quantizers.BOUNDED_ACTIVATIONS else None
+
+
 def family_of(layer: tf_keras.layers.Layer) -> Optional[LayerFamily]:
   """The `LayerFamily` of `layer`, by its class or nearest base class."""
   for cls in type(layer).__mro__:
@@ -217,9 +226,14 @@ class BitQuantizeConfig(QuantizeConfig):
       setattr(layer, attr, activation)
 
   def get_output_quantizers(self, layer):
-    if self.quantize_output and self._activation_quantizer is not None:
-      return [self._activation_quantizer]
-    return []
+    if not self.quantize_output or self._activation_quantizer is None:
+      return []
+    bounded = _bounded_activation(layer)
+    if bounded is not None:
+      # The output interval is known: TFLite fixes its grid, and so does QAT.
+      return [quantizers.FixedRangeQuantizer.for_activation(
+          self.activation_bits, bounded)]
+    return [self._activation_quantizer]
 
   def get_config(self):
     return {

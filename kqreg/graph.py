@@ -1,12 +1,14 @@
 """Graph rewrites before quantization: nested models flattened, separable
-convolutions split.
+convolutions split, tf ops made layers.
 
 tfmot's `quantize_apply` takes one flat Sequential or Functional graph:
 `flatten_nested` inlines Functional sub-models (a backbone inside a
 detector). TFLite needs a range between the two halves of a SeparableConv2D
 to run it in integers: `_split_separable` rebuilds such layers as a
 DepthwiseConv2D `<name>_depthwise` and a 1x1 Conv2D `<name>` with the same
-weights, as tfmot's own 8-bit scheme does.
+weights, as tfmot's own 8-bit scheme does. `tf_ops_as_layers` rebuilds
+concat, add and nearest-repeat tf ops as the Keras layers they compute, so
+activation policies reach them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
 import tf_keras
 
-__all__ = ["QuantizeError", "flatten_nested"]
+from kqreg import _tfmot
+
+__all__ = ["QuantizeError", "flatten_nested", "tf_ops_as_layers"]
 
 
 class QuantizeError(ValueError):
@@ -181,3 +185,150 @@ def _iter_leaf_layers(model):
       yield from _iter_leaf_layers(layer)
     elif not isinstance(layer, tf_keras.layers.InputLayer):
       yield layer
+
+_TF_OP_LAMBDA = "TFOpLambda"
+
+
+def _symbol(layer) -> Optional[str]:
+  return getattr(layer, "symbol", None) if (
+      type(layer).__name__ == _TF_OP_LAMBDA) else None
+
+
+def _call_args(model: tf_keras.Model, layer):
+  """(args, kwargs) of `layer`'s one call in `model`'s graph."""
+  (node,) = _tfmot.nodes_in_graph(model, layer)
+  return node.call_args, node.call_kwargs
+
+
+def _repeat(args, kwargs):
+  """(repeats, axis) of a `tf.repeat` call with an int count, else None."""
+  repeats = kwargs.get("repeats", args[1] if len(args) > 1 else None)
+  axis = kwargs.get("axis", args[2] if len(args) > 2 else None)
+  if isinstance(repeats, bool) or not isinstance(repeats, int):
+    return None
+  return repeats, axis
+
+
+def _is_keras_tensor(x) -> bool:
+  try:
+    return tf_keras.backend.is_keras_tensor(x)
+  except ValueError:  # not a tensor at all, e.g. a Python number
+    return False
+
+
+def _same_shape_tensors(args) -> bool:
+  """True for `x + y` of two graph tensors of one shape (what Add takes)."""
+  return (len(args) == 2 and all(_is_keras_tensor(a) for a in args) and
+          args[0].shape == args[1].shape)
+
+
+def _passthrough(x, *args, **kwargs):
+  del args, kwargs
+  return x
+
+
+def tf_ops_as_layers(model: tf_keras.Model,
+                 keep: Optional[Callable[[tf_keras.layers.Layer, List],
+                                         bool]] = None) -> tf_keras.Model:
+  """`model` with its concat, nearest-repeat and add tf ops as Keras layers.
+
+  Models built from TensorFlow ops (`TFOpLambda` layers: `tf.concat`,
+  `tf.repeat`, `x + y`; keras-cv's YOLOv8 CSP blocks and FPN, for one) hide
+  them from kqreg's layer families: under an activation policy they get no
+  range, and TFLite's integer kernels need one (an int8 CONCATENATION needs
+  one scale for its inputs and output). Rebuilt as layers, they are
+  quantized like any model's:
+
+  * `tf.concat(xs, axis)` -> `Concatenate(axis)` (quantized at its output);
+  * `tf.repeat(tf.repeat(x, a, axis=1), b, axis=2)` (nearest upsampling) ->
+    `UpSampling2D((a, b), interpolation="nearest")`, whose values stay on
+    their input's grid;
+  * `x + y` of two same-shaped tensors -> `Add()` (quantized at its output).
+
+  `tf.split` stays a tf op: its outputs are slices on its input's grid,
+  which TFLite's int8 SPLIT takes. The function computed is unchanged.
+
+  Args:
+    model: Functional model (nested sub-models are inlined first).
+    keep: `keep(layer, input_layers)` is True for tf-op layers to leave as
+      they are (`input_layers`: the layers feeding it).
+
+  Returns:
+    A new Functional model sharing every other layer (and its weights) with
+    `model`; new layers are named `<op>_<i>` in graph order (`concat_0`,
+    `upsample_0`, `add_0`), so two builds of one architecture name them
+    alike. `model` itself if it holds none of those ops.
+  """
+  flat = flatten_nested(model)
+  producers = {layer.name: [
+      l for node in _tfmot.nodes_in_graph(flat, layer)
+      for l in tf.nest.flatten(node.inbound_layers)] for layer in flat.layers}
+  consumers: Dict[str, List] = {}
+  for layer in flat.layers:
+    for producer in producers[layer.name]:
+      consumers.setdefault(producer.name, []).append(layer)
+  taken = {layer.name for layer in flat.layers}
+  counts: Dict[str, int] = {}
+
+  def _name(op: str) -> str:
+    while True:
+      index = counts.get(op, 0)
+      counts[op] = index + 1
+      if f"{op}_{index}" not in taken:
+        return f"{op}_{index}"
+
+  def _kept(layer) -> bool:
+    return bool(keep and keep(layer, producers[layer.name]))
+
+  replace: Dict[str, Callable] = {}
+  # Graph order: layers are listed topologically.
+  for layer in flat.layers:
+    symbol = _symbol(layer)
+    if symbol is None or layer.name in replace or _kept(layer):
+      continue
+    args, kwargs = _call_args(flat, layer)
+    if symbol == "concat":
+      axis = kwargs.get("axis", args[1] if len(args) > 1 else None)
+      if isinstance(axis, int):
+        replace[layer.name] = _first(tf_keras.layers.Concatenate(
+            axis=axis, name=_name("concat")))
+    elif symbol == "__operators__.add" and _same_shape_tensors(args[:2]):
+      replace[layer.name] = _binary(tf_keras.layers.Add(name=_name("add")))
+    elif symbol == "repeat":
+      first = _repeat(args, kwargs)
+      following = consumers.get(layer.name, [])
+      if first is None or first[1] not in (1, 2) or args[0].shape.rank != 4:
+        continue  # not an image-axis repeat of an NHWC map
+      size = [1, 1]
+      size[first[1] - 1] = first[0]
+      if (len(following) == 1 and _symbol(following[0]) == "repeat" and
+          not _kept(following[0])):
+        second = _repeat(*_call_args(flat, following[0]))
+        if second is not None and second[1] in (1, 2) and second[1] != first[1]:
+          # keras-cv's upsampling: one op for the pair.
+          size[second[1] - 1] = second[0]
+          replace[layer.name] = _passthrough
+          replace[following[0].name] = _first(tf_keras.layers.UpSampling2D(
+              tuple(size), interpolation="nearest", name=_name("upsample")))
+          continue
+      replace[layer.name] = _first(tf_keras.layers.UpSampling2D(
+          tuple(size), interpolation="nearest", name=_name("upsample")))
+  if not replace:
+    return model
+  inputs = _fresh_inputs(flat)
+  return tf_keras.Model(inputs, _run_graph(flat, inputs, replace),
+                        name=model.name)
+
+
+def _binary(layer: tf_keras.layers.Layer) -> Callable:
+  def call(x, y, *args, **kwargs):
+    del args, kwargs  # `name=` of the tf op
+    return layer([x, y])
+  return call
+
+
+def _first(layer: tf_keras.layers.Layer) -> Callable:
+  def call(x, *args, **kwargs):
+    del args, kwargs  # the tf op's other arguments, now the layer's
+    return layer(x)
+  return call

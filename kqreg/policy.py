@@ -232,6 +232,13 @@ class BitPolicy:
     return self.default.is_float and all(b is None or b.is_float
                                          for b in overrides)
 
+  @property
+  def has_activation_bits(self) -> bool:
+    """True when some layer can get activation bits (e.g. `w4a8`)."""
+    every = [self.default, self.first, self.last] + [
+        b for _, b in self.names + self.types]
+    return any(b is not None and b.activation is not None for b in every)
+
   def bits_for(self, layer: tf_keras.layers.Layer, *, is_first: bool = False,
                is_last: bool = False) -> Bits:
     """The bits of `layer`, by the lookup order of the module docstring."""

@@ -111,6 +111,7 @@ def quantize_scope(*args) -> tf_keras.utils.CustomObjectScope:
       "WeightQuantizer": quantizers.WeightQuantizer,
       "WeightNoiseQuantizer": quantizers.WeightNoiseQuantizer,
       "ActivationQuantizer": quantizers.ActivationQuantizer,
+      "FixedRangeQuantizer": quantizers.FixedRangeQuantizer,
       "BitQuantizeConfig": configs_lib.BitQuantizeConfig,
   }
   # After tfmot's objects, so it overrides tfmot's QuantizeLayer.

@@ -43,6 +43,8 @@ __all__ = [
     "WeightQuantizer",
     "WeightNoiseQuantizer",
     "ActivationQuantizer",
+    "BOUNDED_ACTIVATIONS",
+    "FixedRangeQuantizer",
 ]
 
 WEIGHT_BITS = (2, 8)
@@ -391,6 +393,64 @@ class ActivationQuantizer(_BitsEquality,
     return tf.quantization.fake_quant_with_min_max_vars(
         inputs, min_var, max_var, num_bits=self.num_bits,
         narrow_range=self.narrow_range)
+
+
+BOUNDED_ACTIVATIONS = {"sigmoid": (0.0, 1.0), "softmax": (0.0, 1.0),
+                       "tanh": (-1.0, 1.0)}
+"""Activations with a fixed output interval, and that interval. TFLite's int8
+kernels fix their output grid to it (LOGISTIC and SOFTMAX: scale 1/256, zero
+point -128; TANH: scale 1/128, zero point 0)."""
+
+
+@tf_keras.utils.register_keras_serializable(package="kqreg")
+class FixedRangeQuantizer(_BitsEquality, _tfmot_quantizers.Quantizer):
+  """b-bit quantizer on a fixed interval [low, high): 2^b levels, step (high − low)/2^b.
+
+  For the outputs of bounded activations (`BOUNDED_ACTIVATIONS`). At 8 bits
+  its grid is exactly the one TFLite's int8 kernels give these ops, so the
+  exported file holds the values the model trained with. A moving-average
+  range would start at ±6 and, at tfmot's decay of 0.999, still span several
+  units after a few hundred steps: a sigmoid's small probabilities (a
+  detector's class scores) would then round to 0.
+
+  Args:
+    num_bits: int in 2..16.
+    low, high: the activation's output interval; `high` itself is not a level.
+  """
+
+  def __init__(self, num_bits: int, low: float, high: float):
+    self.num_bits = check_bits(num_bits, ACTIVATION_BITS, "num_bits")
+    self.low, self.high = float(low), float(high)
+    if not self.high > self.low:
+      raise ValueError(f"FixedRangeQuantizer needs low < high. Received: "
+                       f"low={low!r}, high={high!r}")
+
+  @classmethod
+  def for_activation(cls, num_bits: int, activation: str
+                     ) -> "FixedRangeQuantizer":
+    """The quantizer of `activation`'s output (a `BOUNDED_ACTIVATIONS` key)."""
+    return cls(num_bits, *BOUNDED_ACTIVATIONS[activation])
+
+  @property
+  def step(self) -> float:
+    return (self.high - self.low) / 2**self.num_bits
+
+  @property
+  def levels(self) -> int:
+    return num_levels(self.num_bits)
+
+  def build(self, tensor_shape, name, layer):
+    return {}
+
+  def __call__(self, inputs, training, weights, **kwargs):
+    # `low` is 0 or a whole number of steps below it, so TensorFlow's nudge
+    # leaves this grid unchanged.
+    return tf.quantization.fake_quant_with_min_max_args(
+        inputs, min=self.low, max=self.high - self.step,
+        num_bits=self.num_bits, narrow_range=False)
+
+  def get_config(self):
+    return {"num_bits": self.num_bits, "low": self.low, "high": self.high}
 
 
 # tfmot's MovingAverageQuantizer decay, so ranges match its to the bit.

@@ -18,6 +18,7 @@ import kqreg.data
 import kqreg.models
 import numpy as np
 import pytest
+import tensorflow as tf
 import tf_keras
 from kqreg import export
 
@@ -412,6 +413,60 @@ def test_inverted_residual_block_exports_in_integers(tmp_path):
                                            "head"}
   assert all(r["type"] == "INT4" and r["levels_per_channel"] <= 15
              for r in kernels), kernels
+  check = export.verify_tflite(report["path"], qat, x)
+  assert check["top1_agreement"] is not None
+
+
+def _tf_op_model():
+  """A model built partly from tf ops (concat, nearest repeats, +), as
+  keras-cv builds YOLOv8, with a sigmoid gate and a tanh."""
+  inputs = tf_keras.Input((8, 8, 3))
+  a = tf_keras.layers.Conv2D(4, 3, padding="same", name="a")(inputs)
+  b = tf_keras.layers.Conv2D(4, 3, padding="same", name="b")(inputs)
+  joined = tf.concat([a, b], axis=-1)
+  down = tf_keras.layers.Conv2D(8, 3, strides=2, padding="same",
+                                name="down")(joined)
+  up = tf.repeat(tf.repeat(down, 2, axis=1), 2, axis=2)
+  x = up + tf_keras.layers.Conv2D(8, 1, name="skip")(joined)
+  gate = tf_keras.layers.Activation("sigmoid", name="gate")(
+      tf_keras.layers.Conv2D(8, 1, name="gate_conv")(x))
+  squash = tf_keras.layers.Activation("tanh", name="squash")(
+      tf_keras.layers.Conv2D(8, 1, name="tanh_conv")(x))
+  pooled = tf_keras.layers.GlobalAveragePooling2D(name="gap")(
+      tf_keras.layers.Concatenate(name="cat")([gate, squash]))
+  return tf_keras.Model(inputs, tf_keras.layers.Dense(3, name="head")(pooled))
+
+
+def test_tf_op_model_exports_integer_with_tflites_fixed_activation_grids(
+    tmp_path):
+  tf_keras.utils.set_random_seed(0)
+  x = np.random.default_rng(0).random((16, 8, 8, 3), dtype=np.float32)
+  model = _tf_op_model()
+  layered = kqreg.graph.tf_ops_as_layers(model)
+  # The same function, with concat, repeats and + as Keras layers.
+  np.testing.assert_array_equal(layered(x).numpy(), model(x).numpy())
+  kinds = [type(l).__name__ for l in layered.layers]
+  assert "TFOpLambda" not in kinds
+  assert (kinds.count("Concatenate"), kinds.count("Add"),
+          kinds.count("UpSampling2D")) == (2, 1, 1)
+
+  qat = kqreg.quantize(layered, "w8a8")
+  for name in ("gate", "squash"):
+    (quantizer,) = qat.get_layer(f"quant_{name}")._output_quantizers  # pylint: disable=protected-access
+    assert isinstance(quantizer, kqreg.FixedRangeQuantizer), name
+  qat = _train_briefly(qat, x)
+  report = export.export_tflite(qat, str(tmp_path / "m.tflite"))
+  assert report["float_ops"] == [] and report["float_layers"] == []
+
+  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+  interpreter = Interpreter(model_path=report["path"])
+  ops = {d["op_name"]: d["outputs"] for d in interpreter._get_ops_details()}  # pylint: disable=protected-access
+  details = {t["index"]: t for t in interpreter.get_tensor_details()}
+  # The grids QAT trained on are the ones TFLite's int8 kernels fix.
+  for op, grid in (("LOGISTIC", (1 / 256, -128)), ("TANH", (1 / 128, 0))):
+    (output,) = ops[op]
+    assert details[output]["dtype"] == np.int8
+    assert details[output]["quantization"] == pytest.approx(grid), op
   check = export.verify_tflite(report["path"], qat, x)
   assert check["top1_agreement"] is not None
 

@@ -113,3 +113,10 @@ def test_lookup_order_skip_name_first_glob_type_default():
 def test_overrides_naming_absent_layers_are_refused(text, missing):
   with pytest.raises(PolicyError, match=f"names {missing}, which the model does not have.*stem"):
     BitPolicy.parse(text).check_against(_model().layers)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("fp", False), ("w4", False), ("n4,first=w8", False), ("w4a8", True),
+    ("w4,last=w8a8", True), ("w4,Dense=a8", True), ("w8,conv*=w2a4", True)])
+def test_has_activation_bits_looks_at_every_override(text, expected):
+  assert BitPolicy.parse(text).has_activation_bits is expected

@@ -223,3 +223,43 @@ def test_noise_twin_config_round_trip_and_differs_from_quantizer():
   assert twin != quantizers.WeightQuantizer(3, per_axis=False, layout="depthwise")
   assert tf_keras.utils.get_registered_object("kqreg>WeightNoiseQuantizer") is (
       quantizers.WeightNoiseQuantizer)
+
+
+# Fixed ranges of bounded activations ---------------------------------------
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh"])
+def test_fixed_range_grid_is_tflites_for_the_activation(bits, activation):
+  q = quantizers.FixedRangeQuantizer.for_activation(bits, activation)
+  low, high = quantizers.BOUNDED_ACTIVATIONS[activation]
+  x = tf.constant(np.linspace(low - 0.5, high + 0.5, 4001), tf.float32)
+  y = q(x, training=True, weights={}).numpy()
+  step = (high - low) / 2**bits
+  assert q.step == pytest.approx(step)
+  # 2^b levels k·step from `low`; TFLite's int8 LOGISTIC (scale 1/256, zero
+  # point -128) and TANH (1/128, 0) at 8 bits.
+  levels = (y - low) / step
+  np.testing.assert_allclose(levels, np.round(levels), atol=1e-4)
+  assert np.round(levels).min() == 0 and np.round(levels).max() == 2**bits - 1
+  inside = (x.numpy() >= low) & (x.numpy() <= high - step)
+  # TensorFlow rounds halves up.
+  expected = low + step * np.floor((x.numpy()[inside] - low) / step + 0.5)
+  np.testing.assert_allclose(y[inside], expected, atol=1e-6)
+  # Same values in inference; the gradient passes inside the range only.
+  np.testing.assert_array_equal(q(x, training=False, weights={}).numpy(), y)
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    out = q(x, training=True, weights={})
+  grad = tape.gradient(out, x).numpy()
+  np.testing.assert_array_equal(grad, inside.astype(np.float32))
+
+
+def test_fixed_range_quantizer_has_no_variables_and_round_trips():
+  q = quantizers.FixedRangeQuantizer(8, 0.0, 1.0)
+  assert q.build((4,), "q", None) == {}
+  again = quantizers.FixedRangeQuantizer.from_config(q.get_config())
+  assert again == q and again != quantizers.FixedRangeQuantizer(4, 0.0, 1.0)
+  with pytest.raises(ValueError, match="between 2 and 16"):
+    quantizers.FixedRangeQuantizer(1, 0.0, 1.0)
+  with pytest.raises(ValueError, match="low < high"):
+    quantizers.FixedRangeQuantizer(8, 1.0, 1.0)

@@ -4,12 +4,18 @@ On a device the network runs and the host decodes. `head_model` is the
 detector from image to the head's raw outputs: `boxes`, (batch, anchors, 64)
 distribution-focal box logits, and `classes`, (batch, anchors, num_classes)
 probabilities. `export_detector` writes it with `kqreg.export.export_tflite`
-(integer for a quantized detector, float32 for a float one; weight-only
-policies such as "w8" and "w4" convert, see `export_detector` for those
-with activation bits), runs the file
+(integer for a quantized detector, float32 for a float one), runs the file
 in ai-edge-litert on validation images, decodes its outputs with the
 detector's own keras-cv box decoding and NMS, and scores both the file and
 the Keras model with the same mAP on the same images.
+
+Weight-only detectors ("w8", "w4") get 8-bit activation ranges calibrated
+on `calibration_images`; detectors trained with activation bits ("w8a8",
+"w4a8") take every range from QAT. `build_detector` gives those ranges to
+keras-cv's feature-map concatenations, adds and upsampling too (it rebuilds
+them as Keras layers, `kqreg.graph.tf_ops_as_layers`); where a concatenation's
+inputs trained other ranges than its output, the converter requantizes them
+to the output's scale, the rounding QAT simulated.
 
 Example:
 
@@ -115,10 +121,7 @@ def export_detector(detector: tf_keras.Model, path: str,
     (single-thread LiteRT, median) and `examples`.
 
   Raises:
-    ExportError: the network does not convert (a detector trained with
-      activation quantizers, e.g. "w4a8", fails on keras-cv's FPN
-      concatenations once QAT has given their inputs different ranges), or
-      `path` cannot be written.
+    ExportError: the network does not convert, or `path` cannot be written.
   """
   head = head_model(detector)
   try:
@@ -129,11 +132,12 @@ def export_detector(detector: tf_keras.Model, path: str,
     if "same scale" not in str(e):
       raise
     raise ExportError(
-        f"{e}. keras-cv's YOLOv8 concatenates feature maps with tf ops that "
-        "kqreg cannot give one shared activation range, and TFLite's int8 "
-        "concatenation needs its inputs on one scale; QAT trained separate "
-        "ranges for them. Train the detector weight-only ('w8', 'w4': 8-bit "
-        "activations are calibrated at export) to export it.") from e
+        f"{e}. TFLite's int8 concatenation needs one scale for its inputs "
+        "and output. `kqreg.detection.build_detector` gives every keras-cv "
+        "feature-map concatenation its own 8-bit range; a detector quantized "
+        "another way may leave them as tf ops without one: build it with "
+        "`build_detector`, or train it weight-only ('w8', 'w4': 8-bit "
+        "activations are calibrated at export).") from e
 
   images = np.concatenate([batch["images"].numpy() for batch in val_ds])
   litert, times = _litert_run(path, images)

@@ -15,9 +15,22 @@ Left out of the quantized graph on purpose: the head's final `box_outputs`
 Activation and the `box`/`class` no-op Concatenates. Under an `aN` policy kqreg
 would put an N-bit output quantizer on `box_outputs`, which concatenates box
 logits (range ~±20) with class probabilities (range [0, 1]) and would crush
-the probabilities to a handful of levels; the sigmoid `*_classifier`
-activations before it are still quantized. The tf ops keras-cv builds the FPN
-from (repeat, concat, split, add) have no weights and stay float.
+the probabilities to a handful of levels; the head's concatenations of box
+and class outputs stay tf ops for the same reason. The sigmoid
+`*_classifier` activations before them are quantized on the sigmoid's fixed
+grid (`quantizers.FixedRangeQuantizer`: 1/256 at 8 bits, TFLite's int8
+LOGISTIC output), not on a moving-average range: one starting at ±6 put the
+class probabilities below one step, and a8 detectors never learned.
+
+keras-cv builds the backbone's and FPN's CSP blocks and the FPN's upsampling
+from tf ops (concat, add, repeat, split). Before quantizing, the concats,
+adds and repeat pairs are rebuilt as `Concatenate`, `Add` and
+`UpSampling2D(interpolation="nearest")` layers (`kqreg.graph.tf_ops_as_layers`;
+the float outputs are unchanged), so an `aN` policy gives each concatenation
+and add an N-bit output range, as TFLite's int8 kernels need: detectors
+trained with activation bits ("w8a8", "w4a8") export to integer TFLite
+(`kqreg.detection.export_detector`). `tf.split` stays a tf op; its outputs
+are slices on its input's grid.
 """
 
 from __future__ import annotations
@@ -38,6 +51,7 @@ from keras_cv.src.models.task import Task
 
 from kqreg import _tfmot
 from kqreg import policy as policy_lib
+from kqreg.graph import tf_ops_as_layers
 from kqreg.quantize import quantize
 from kqreg.runs import ConfigError
 
@@ -56,6 +70,9 @@ BACKBONES: Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...]]] = {
 SIZE_MULTIPLE = 32
 _LEVELS = ("P3", "P4", "P5")
 _STRIDES = (8, 16, 32)
+# Saved with each quantized detector. 2: keras-cv's tf ops as layers and the
+# class sigmoids on a fixed grid, which changed the graphs of aN policies.
+GRAPH_VERSION = 2
 # Objects per image the class prior assumes (Ultralytics' YOLOv8 value).
 PRIOR_OBJECTS = 5.0
 
@@ -128,7 +145,7 @@ class QuantizedYOLOV8Detector(_yolo.YOLOV8Detector):
     # The quantized graph is rebuilt from the arguments of `build_detector`,
     # not serialized layer by layer; `model.save("x.keras")` then restores
     # the weights into it.
-    return dict(self._build_args, name=self.name)
+    return dict(self._build_args, name=self.name, graph=GRAPH_VERSION)
 
   def get_compile_config(self):
     # keras-cv's compile takes loss names Keras cannot restore by itself;
@@ -140,6 +157,16 @@ class QuantizedYOLOV8Detector(_yolo.YOLOV8Detector):
     del custom_objects  # the graph is rebuilt, nothing to look up
     config = dict(config)
     name = config.pop("name", None)
+    graph = config.pop("graph", 1)
+    if graph < GRAPH_VERSION and policy_lib.BitPolicy.parse(
+        config.get("bits", "fp")).has_activation_bits:
+      raise DetectorError(
+          f"this {config.get('bits')} detector was saved by an older kqreg "
+          f"whose activation-quantized graph differs from today's (graph "
+          f"{graph}, now {GRAPH_VERSION}: keras-cv's tf ops became layers "
+          "with their own ranges, class sigmoids a fixed grid); its weights "
+          "do not fit it. Such detectors did not learn (mAP 0): train it "
+          "again.")
     model = build_detector(**config)
     if name:
       model._name = name  # pylint: disable=protected-access
@@ -217,6 +244,12 @@ def _output_in(model: tf_keras.Model, name: str):
                       "kqreg bug, please report it.")
 
 
+def _in_head_tail(layer, input_layers) -> bool:
+  """True for the head's concats of box and class outputs (kept tf ops)."""
+  del layer
+  return any(l.name.startswith("yolo_v8_head_") for l in input_layers)
+
+
 def build_detector(num_classes: int, backbone: str = "xs",
                    bits: str = "w4a8", image_size: int = 64, *,
                    fpn_depth: int = 1, per_channel: Optional[bool] = None,
@@ -278,10 +311,15 @@ def build_detector(num_classes: int, backbone: str = "xs",
     return detector
 
   head = detector.get_layer("box_outputs")
-  graph = tf_keras.Model(detector.inputs, head.input, name="yolo_v8_graph")
+  # keras-cv's tf-op concats, upsampling and adds as Keras layers, which the
+  # policy's activation bits reach (TFLite's int8 kernels need their ranges);
+  # the head's box/class concats stay tf ops (see module docstring).
+  graph = tf_ops_as_layers(
+      tf_keras.Model(detector.inputs, head.input, name="yolo_v8_graph"),
+      keep=_in_head_tail)
   with warnings.catch_warnings():
-    # keras-cv's FPN is built from tf ops (repeat, concat, split, add) that
-    # have no weights; kqreg warns that they stay float, which is intended.
+    # keras-cv's CSP blocks split with a tf op; its outputs are slices on the
+    # input's grid and need no range, so kqreg's warning does not apply.
     warnings.filterwarnings("ignore", message="kqreg has no quantization")
     qat = quantize(graph, policy, per_channel=per_channel)
 

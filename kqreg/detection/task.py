@@ -91,21 +91,6 @@ class DetectConfig(runs.RunConfig):
               f"{self.image_size!r}; e.g. 64 or 96")
     return self
 
-  def check_exportable(self) -> None:
-    super().check_exportable()
-    self.need(not _has_activation_bits(self.bits), "export_tflite",
-              f"--bits={self.bits} quantizes activations, and a trained "
-              "YOLOv8 with activation quantizers does not convert to TFLite "
-              "(keras-cv's FPN concatenations need one shared range; see "
-              "kqreg.detection.export). Use weight-only bits such as w8 or "
-              "w4, or drop --export_tflite.")
-
-
-def _has_activation_bits(policy) -> bool:
-  every = [policy.default, policy.first, policy.last] + [
-      b for _, b in policy.names + policy.types]
-  return any(b is not None and b.activation is not None for b in every)
-
 
 class MapCallback(tf_keras.callbacks.Callback):
   """Adds `val_map50` and `val_map` to the epoch logs (before CSV logging).
@@ -235,8 +220,9 @@ class DetectionTask(runs.Task):
   def export(self, model, config, data, path: str, *,
              verify_examples: int = EXPORT_CHECK_EXAMPLES,
              **options) -> Dict[str, Any]:
-    # A detector's integer export needs no other option: its activations
-    # are calibrated from the training images.
+    # A detector's integer export needs no other option: an aN detector's
+    # activation ranges come from QAT, a weight-only one's are calibrated
+    # on the training images.
     if options:
       raise runs.ConfigError(
           f"{', '.join('--' + k for k in options)} apply to classification "
