@@ -1,4 +1,4 @@
-"""Detection: kqreg_shapes, pipelines, quantized YOLOv8, mAP, run, trainer."""
+"""Detection: kqreg_shapes, pipelines, quantized YOLOv8, mAP, the shrunk sweep and its exports."""
 
 import json
 import os
@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_datasets as tfds
 import tf_keras
 
 import kqreg
@@ -336,97 +335,3 @@ def test_exports_run_in_litert(shapes_sweep):
   for tensor in logistic:
     assert tensor["dtype"] == np.int8
     assert tensor["quantization"] == pytest.approx((1 / 256, -128))
-
-
-def test_voc_runs_on_mock_data(tmp_path):
-  with tfds.testing.mock_data(num_examples=4):
-    ds, info = detection.load_detection("voc/2007", "train")
-    assert info.num_classes == 20
-    result = runs.run(detect_task.DetectConfig(
-        model_dir=str(tmp_path / "voc"), dataset="voc/2007", bits="fp",
-        image_size=32, epochs=1, batch_size=4, map_examples=0,
-        noise_analysis=False, verbose=0))
-  assert np.isfinite(result["val_loss"])
-  assert result["train_examples"] == 4
-
-
-# Trainer -------------------------------------------------------------------
-
-@pytest.mark.parametrize("args", [
-    ["--bits=w9x"],
-    ["--image_size=50"],
-    ["--bits=w4a4", "--export_tflite"],
-])
-def test_trainer_bad_flags_exit_with_one_line(args, tmp_path):
-  proc = subprocess.run(
-      [sys.executable, "-m", "trainers.detect",
-       f"--model_dir={tmp_path / 'x'}", *args],
-      cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, capture_output=True,
-      text=True, timeout=300)
-  assert proc.returncode == 2
-  lines = proc.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("kqreg-detect: error:"), (
-      proc.stderr)
-  assert not os.path.exists(tmp_path / "x" / "params.json")
-
-
-# Run library: NaN order and multi-worker, as for classification ----------
-
-def _tiny_detect_config(model_dir, data_dir, **overrides):
-  values = dict(model_dir=str(model_dir), data_dir=data_dir, bits="w8",
-                image_size=32, epochs=2, batch_size=4, train_examples=16,
-                val_examples=4, map_examples=0, noise_analysis=False,
-                augment=False, verbose=0)
-  values.update(overrides)
-  return detect_task.DetectConfig(**values)
-
-
-def test_nan_in_a_detection_run_reaches_neither_history_nor_backup(shapes_dir, tmp_path):
-  # Adam's steps are about the learning rate whatever the gradient: 1e30
-  # overflows the weights within the first epoch.
-  config = _tiny_detect_config(tmp_path / "run", shapes_dir, learning_rate=1e30)
-  with pytest.raises(runs.TrainingDiverged) as info:
-    runs.run(config)
-  bad_epoch = info.value.epoch
-  history = runs.read_history(str(tmp_path / "run" / "history.csv"))
-  assert all(int(float(row["epoch"])) < bad_epoch for row in history)
-  assert all(np.isfinite(float(row["loss"])) for row in history)
-  backup = tmp_path / "run" / "backup"
-  saved = tf.train.latest_checkpoint(str(backup / "chief")) if backup.exists() else None
-  if saved is not None:
-    reader = tf.train.load_checkpoint(saved)
-    epoch_key = next(k for k in reader.get_variable_to_shape_map()
-                     if "_ckpt_saved_epoch" in k)
-    assert int(reader.get_tensor(epoch_key)) < bad_epoch
-
-
-def test_multi_worker_detection_on_loopback_chief_writes(shapes_dir, tmp_path):
-  import socket
-  sockets = [socket.socket() for _ in range(2)]
-  for s in sockets:
-    s.bind(("127.0.0.1", 0))
-  cluster = {"worker": [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]}
-  for s in sockets:
-    s.close()
-  model_dir = tmp_path / "run"
-  args = [sys.executable, "-m", "trainers.detect", f"--data_dir={shapes_dir}",
-          "--bits=w8", "--image_size=32", "--epochs=1", "--batch_size=4",
-          "--train_examples=8", "--val_examples=4", "--map_examples=0",
-          "--noise_analysis=false", "--noaugment", "--verbose=0",
-          "--strategy=multi_worker", f"--model_dir={model_dir}"]
-  procs = [subprocess.Popen(
-      args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      env={**os.environ, "PYTHONPATH": REPO, "TF_CONFIG": json.dumps(
-          {"cluster": cluster, "task": {"type": "worker", "index": i}})})
-           for i in range(2)]
-  outputs = [p.communicate(timeout=600) for p in procs]
-  for proc, (_, err) in zip(procs, outputs):
-    assert proc.returncode == 0, err[-2000:]
-  result = json.loads((model_dir / "result.json").read_text())
-  assert result["replicas"] == 2 and result["task"] == "detect"
-  assert [row["epoch"] for row in result["history"]] == [0.0]
-  for name in ("history.csv", "model.keras", "params.json"):
-    assert (model_dir / name).exists(), name
-  # Only the chief writes: the second worker's scratch folder is elsewhere.
-  assert sorted(p.name for p in model_dir.iterdir()) == sorted(
-      ["history.csv", "model.keras", "params.json", "result.json", "tensorboard"])
