@@ -57,3 +57,12 @@ def offline_datasets_prepared():
   import kqreg.data  # pylint: disable=g-import-not-at-top
   for name in ("kqreg_digits", "kqreg_mnist", "kqreg_textures"):
     kqreg.data.load(name, "train")
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory):
+  """kqreg_shapes prepared in a fresh TFDS folder (the detection tests)."""
+  from kqreg import detection  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  detection.load_detection("kqreg_shapes", "train", data_dir)
+  return data_dir

@@ -20,13 +20,6 @@ from kqreg.detection import task as detect_task
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def shapes_dir(tmp_path_factory):
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
-  detection.load_detection("kqreg_shapes", "train", data_dir)
-  return data_dir
-
-
 # mAP on hand-made boxes -----------------------------------------------------
 
 def _one_image(boxes, classes):

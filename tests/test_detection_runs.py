@@ -19,13 +19,6 @@ from kqreg.detection import task as detect_task
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def shapes_dir(tmp_path_factory):
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
-  detection.load_detection("kqreg_shapes", "train", data_dir)
-  return data_dir
-
-
 def test_voc_runs_on_mock_data(tmp_path):
   with tfds.testing.mock_data(num_examples=4):
     ds, info = detection.load_detection("voc/2007", "train")
