@@ -96,3 +96,18 @@ def test_subclass_of_known_layer_uses_nearest_family():
   assert configs.family_of(MyConv(2, 1)).layer_type is tf_keras.layers.Conv2D
   assert configs.family_of(tf_keras.layers.Conv2DTranspose(2, 1)).layer_type is (
       tf_keras.layers.Conv2DTranspose)
+
+
+@pytest.mark.parametrize("activation,interval", [
+    ("sigmoid", (0.0, 1.0)), ("softmax", (0.0, 1.0)), ("tanh", (-1.0, 1.0)),
+    ("relu", None), ("swish", None)])
+def test_bounded_activation_layers_get_the_fixed_grid(activation, interval):
+  layer = tf_keras.layers.Activation(activation)
+  config = kqreg.configs.config_for_layer(layer, weight_bits=None,
+                                          activation_bits=6)
+  (quantizer,) = config.get_output_quantizers(layer)
+  if interval is None:
+    assert isinstance(quantizer, kqreg.ActivationQuantizer)
+  else:
+    assert quantizer == kqreg.FixedRangeQuantizer(6, *interval)
+    assert quantizer.step == pytest.approx((interval[1] - interval[0]) / 64)
