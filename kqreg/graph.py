@@ -21,7 +21,8 @@ import tf_keras
 
 from kqreg import _tfmot
 
-__all__ = ["QuantizeError", "flatten_nested", "tf_ops_as_layers"]
+__all__ = ["QuantizeError", "flatten_nested", "graph_consumers",
+           "inbound_layers", "tf_ops_as_layers"]
 
 
 class QuantizeError(ValueError):
@@ -186,6 +187,22 @@ def _iter_leaf_layers(model):
     elif not isinstance(layer, tf_keras.layers.InputLayer):
       yield layer
 
+
+def inbound_layers(model: tf_keras.Model, layer) -> List:
+  """The layers whose outputs `layer` takes in `model`'s graph."""
+  return [inbound for node in _tfmot.nodes_in_graph(model, layer)
+          for inbound in tf.nest.flatten(node.inbound_layers)]
+
+
+def graph_consumers(model: tf_keras.Model) -> Dict[str, List]:
+  """Maps each layer name to the layers that consume its outputs in `model`."""
+  consumers: Dict[str, List] = {layer.name: [] for layer in model.layers}
+  for layer in model.layers:
+    for inbound in inbound_layers(model, layer):
+      consumers.setdefault(inbound.name, []).append(layer)
+  return consumers
+
+
 _TF_OP_LAMBDA = "TFOpLambda"
 
 
@@ -228,8 +245,9 @@ def _passthrough(x, *args, **kwargs):
 
 
 def tf_ops_as_layers(model: tf_keras.Model,
-                 keep: Optional[Callable[[tf_keras.layers.Layer, List],
-                                         bool]] = None) -> tf_keras.Model:
+                     keep: Optional[Callable[[tf_keras.layers.Layer, List],
+                                             bool]] = None
+                     ) -> tf_keras.Model:
   """`model` with its concat, nearest-repeat and add tf ops as Keras layers.
 
   Models built from TensorFlow ops (`TFOpLambda` layers: `tf.concat`,
@@ -260,13 +278,7 @@ def tf_ops_as_layers(model: tf_keras.Model,
     alike. `model` itself if it holds none of those ops.
   """
   flat = flatten_nested(model)
-  producers = {layer.name: [
-      l for node in _tfmot.nodes_in_graph(flat, layer)
-      for l in tf.nest.flatten(node.inbound_layers)] for layer in flat.layers}
-  consumers: Dict[str, List] = {}
-  for layer in flat.layers:
-    for producer in producers[layer.name]:
-      consumers.setdefault(producer.name, []).append(layer)
+  consumers = graph_consumers(flat)
   taken = {layer.name for layer in flat.layers}
   counts: Dict[str, int] = {}
 
@@ -278,7 +290,7 @@ def tf_ops_as_layers(model: tf_keras.Model,
         return f"{op}_{index}"
 
   def _kept(layer) -> bool:
-    return bool(keep and keep(layer, producers[layer.name]))
+    return bool(keep and keep(layer, inbound_layers(flat, layer)))
 
   replace: Dict[str, Callable] = {}
   # Graph order: layers are listed topologically.

@@ -20,12 +20,12 @@ import warnings
 from typing import Dict, List, Optional, Union
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
-import tensorflow as tf
 import tf_keras
 
 from kqreg import _tfmot
 from kqreg import configs as configs_lib
-from kqreg.graph import QuantizeError, _split_separable, flatten_nested
+from kqreg.graph import (QuantizeError, _split_separable, flatten_nested,
+                         graph_consumers)
 from kqreg import policy as policy_lib
 from kqreg import quantizers
 
@@ -133,16 +133,6 @@ def is_quantized(model: tf_keras.Model) -> bool:
           any(True for _ in _tfmot.iter_quantize_layers(model)))
 
 
-def _graph_consumers(model: tf_keras.Model) -> Dict[str, List]:
-  """Maps each layer name to the layers that consume its outputs in `model`."""
-  consumers: Dict[str, List] = {layer.name: [] for layer in model.layers}
-  for layer in model.layers:
-    for node in _tfmot.nodes_in_graph(model, layer):
-      for inbound in tf.nest.flatten(node.inbound_layers):
-        consumers.setdefault(inbound.name, []).append(layer)
-  return consumers
-
-
 def _fuses_into_next(layer, consumers) -> bool:
   """True if `layer`'s output feeds only an op TFLite fuses it with."""
   following = consumers.get(layer.name, [])
@@ -226,7 +216,7 @@ def plan(model: tf_keras.Model,
     layers = [l for l in flat.layers
               if not isinstance(l, tf_keras.layers.InputLayer)]
     resolved.update({f"{name}_depthwise": resolved[name] for name in split})
-  consumers = _graph_consumers(flat)
+  consumers = graph_consumers(flat)
   configs, bits_by_name, left_float = {}, {}, []
   for layer in layers:
     bits = resolved[layer.name]
