@@ -1,4 +1,4 @@
-"""The one seam to tfmot's and Keras's internals.
+"""The one seam to tfmot's, Keras's and TensorFlow's internals.
 
 Every other kqreg module imports tfmot and Keras-graph names from here, so a
 tfmot upgrade breaks (at most) this file. Public tfmot names come from
@@ -6,7 +6,8 @@ tfmot upgrade breaks (at most) this file. Public tfmot names come from
 `QuantizeScheme`, `QuantizeRegistry`, `QuantizeLayoutTransform` and
 `graph_transformations.{model_transformer, transforms}`); only the names
 tfmot keeps private (`QuantizeAnnotate`, `QuantizeLayer`) are imported from
-its `python.core` modules.
+its `python.core` modules. TensorFlow's own XLA-context check
+(`in_xla_context`) is the one TensorFlow internal kqreg uses.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from __future__ import annotations
 from typing import Iterator, List
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
+import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras
+from tensorflow.python.ops import control_flow_util  # pylint: disable=g-direct-tensorflow-import
 # Private in tfmot 0.8.1: no public alias exists for these two classes.
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_annotate import (  # pylint: disable=line-too-long
     QuantizeAnnotate)
@@ -23,6 +26,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
     QuantizeLayer)
 
 __all__ = [
+    "in_xla_context",
     "tfmot_keras",
     "QuantizeAnnotate",
     "QuantizeLayer",
@@ -86,3 +90,13 @@ def nodes_in_graph(model: tf_keras.Model, layer: tf_keras.layers.Layer
   network_nodes = model._network_nodes  # pylint: disable=protected-access
   return [node for index, node in enumerate(layer._inbound_nodes)  # pylint: disable=protected-access
           if f"{layer.name}_ib-{index}" in network_nodes]
+
+
+def in_xla_context() -> bool:
+  """True while tracing into an XLA-compiled function (`jit_compile=True`).
+
+  TensorFlow's own test, the one `tf.function` uses: XLA cannot compile a
+  custom op, so `kqreg.kernels` keeps TensorFlow's ops there.
+  """
+  graph = tf.compat.v1.get_default_graph()
+  return control_flow_util.GraphOrParentsInXlaContext(graph)

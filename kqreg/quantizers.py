@@ -33,6 +33,8 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras
 
+from kqreg import kernels
+
 __all__ = [
     "WEIGHT_BITS",
     "ACTIVATION_BITS",
@@ -390,7 +392,7 @@ class ActivationQuantizer(_BitsEquality,
                      zero_debias=False)
     max_var = assign(weights["max_var"], batch_max, _EMA_DECAY,
                      zero_debias=False)
-    return tf.quantization.fake_quant_with_min_max_vars(
+    return kernels.fake_quant_with_min_max_vars(
         inputs, min_var, max_var, num_bits=self.num_bits,
         narrow_range=self.narrow_range)
 

@@ -62,6 +62,63 @@ def test_targets_are_judged_from_the_numbers():
   assert rows["packed int4 TFLite <= 0.15x float file"]["holds"] is False
 
 
+def _timed(variant, rounds):
+  import numpy as np
+  ratio = float(np.exp(np.mean(np.log(rounds))))
+  low, high = min(rounds), max(rounds)
+  return {"model": "resnet20", "variant": variant, "jit": False, "ratio": ratio,
+          "ratio_ci": [low, high], "round_ratios": list(rounds)}
+
+
+def test_step_time_targets_are_judged_on_their_intervals():
+  from kqreg.study import benchmark_report as benchmark
+  tflite = [{"format": "float32", "size_ratio": 1.0, "latency_ratio": 1.0}]
+
+  def judged(tfmot, w8a8, w4):
+    results = {"step_time": [_timed("float", [1.0] * len(tfmot)),
+                             _timed("tfmot_8bit", tfmot), _timed("kqreg_w8a8", w8a8),
+                             _timed("kqreg_w4", w4)],
+               "callback": {"callback_share": 0.01}, "tflite": tflite}
+    rows = {r["target"]: r for r in benchmark.check_targets(results)}
+    return (rows["resnet20: w8a8 overhead <= half of stock tfmot's"],
+            rows["resnet20: w4 within 5% of float"])
+
+  # Every round: kqreg's overhead well under half of tfmot's; w4 at most +3%.
+  overhead, w4 = judged([1.80, 1.70, 1.75, 1.78], [1.15, 1.20, 1.10, 1.16],
+                        [1.01, 1.03, 1.00, 1.02])
+  assert overhead["holds"] is True and w4["holds"] is True
+  assert "4 rounds" in overhead["measured"] and "[" in w4["measured"]
+  # Clearly above the limits.
+  overhead, w4 = judged([1.40, 1.42, 1.38, 1.41], [1.35, 1.36, 1.33, 1.37],
+                        [1.10, 1.12, 1.09, 1.11])
+  assert overhead["holds"] is False and w4["holds"] is False
+  # Rounds that straddle the limits decide nothing, in either direction.
+  overhead, w4 = judged([1.40, 1.60, 1.20, 1.50], [1.15, 1.40, 1.05, 1.20],
+                        [1.00, 1.10, 1.02, 1.08])
+  assert overhead["holds"] == benchmark.UNDECIDED and w4["holds"] == benchmark.UNDECIDED
+  text = benchmark.markdown({"quick": True, "machine": {
+      "cpu": "x", "cores": 2, "tensorflow": "t", "tf_keras": "k", "tfmot": "m"},
+      "step_time": [], "callback": {"epoch_s_without": 1, "epoch_s_with": 1,
+                                    "ratio": 1, "callback_s_per_epoch": 0,
+                                    "callback_share": 0}, "noise_cost": [],
+      "tflite": [], "memory": []})
+  assert "95% interval" in text
+
+
+def test_paired_ratios_are_geometric_means_with_intervals():
+  from kqreg.study import benchmark
+  result = benchmark._paired_ratios(
+      {"float": [1.0, 2.0, 1.0, 2.0], "q": [1.5, 3.0, 1.5, 3.0],
+       "noisy": [1.0, 4.0, 1.5, 2.0]}, "float")
+  assert result["float"]["ratio"] == 1.0 and result["float"]["ratio_low"] == 1.0
+  # The same 1.5x in every round despite a slow machine: an interval of width 0.
+  assert abs(result["q"]["ratio"] - 1.5) < 1e-12
+  assert abs(result["q"]["ratio_high"] - result["q"]["ratio_low"]) < 1e-12
+  noisy = result["noisy"]
+  assert noisy["ratio_low"] < noisy["ratio"] < noisy["ratio_high"]
+  assert noisy["round_ratios"] == [1.0, 2.0, 1.5, 1.0]
+
+
 def _tiny(units):
   import tf_keras
   inputs = tf_keras.Input((4, 4, 1))

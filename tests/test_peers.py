@@ -195,7 +195,7 @@ def test_missing_and_refusing_peers_are_rows(monkeypatch):
   for tool in ("kqreg", "tfmot_nbit"):
     row = by_tool[tool]
     assert row["bits"] == "w4a8" and 0 <= row["accuracy"] <= 1
-    assert row["ratio"] > 0 and row["ratio_iqr"][0] <= row["ratio_iqr"][1]
+    assert row["ratio"] > 0 and row["ratio_ci"][0] <= row["ratio_ci"][1]
     assert row["exported"] and row["kernels"] == "INT4 x2" and row["note"] == ""
   assert by_tool["qkeras"]["note"] == reason and by_tool["qkeras"]["bits"] == "–"
   assert by_tool["larq"]["note"] == larq_reason

@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
+from scipy import stats as scipy_stats
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras
@@ -115,13 +116,17 @@ def paired_step_times(models: Dict[str, tf_keras.Model], input_shape, *,
 
   Each round times `steps` training steps of every model back to back, in
   an order rotated from round to round, so that a slow spell of a shared
-  machine falls on all of them. A model's ratio is the median over rounds
-  of its time divided by `baseline`'s time in the same round.
+  machine falls on all of them. A round's figure for a model is the median
+  of its steps after the first: the first step after a switch from another
+  model runs cold (reported as `switch_s`, its excess over the median). A
+  model's ratio is the geometric mean over rounds of its time divided by
+  `baseline`'s time in the same round.
 
   Returns:
-    name -> {"step_s": median seconds per step, "ratio": paired median
-    ratio to `baseline`, "ratio_low"/"ratio_high": the middle half of the
-    per-round ratios (interquartile range)}; or {"error": message} for a
+    name -> {"step_s": median seconds per step, "ratio": paired ratio to
+    `baseline`, "ratio_low"/"ratio_high": its 95% confidence interval,
+    "round_ratios": the per-round ratios, "switch_s": the first step's
+    excess}; or {"error": message} for a
     model that failed to compile or run (XLA cannot compile some fake-quant
     graphs), which is left out of the rounds.
 
@@ -146,29 +151,50 @@ def paired_step_times(models: Dict[str, tf_keras.Model], input_shape, *,
                        f"(jit_compile={jit_compile}): {failed[baseline]['error']}")
   names = list(batches)
   times = {name: [] for name in names}
+  first = {name: [] for name in names}
   for round_index in range(repeats):
     shift = round_index % len(names)
     for name in names[shift:] + names[:shift]:
       model, (x, y) = models[name], batches[name]
-      start = time.perf_counter()
+      step_times = []
       for _ in range(steps):
+        start = time.perf_counter()
         model.train_on_batch(x, y)
-      times[name].append((time.perf_counter() - start) / steps)
+        step_times.append(time.perf_counter() - start)
+      # The first step after switching models pays for the switch (QAT
+      # models the most; a training run never switches), and single steps
+      # stall now and then (median, not mean).
+      times[name].append(statistics.median(step_times[1:] or step_times))
+      first[name].append(step_times[0] - times[name][-1])
   results = _paired_ratios(times, baseline)
+  for name, result in results.items():
+    result["switch_s"] = statistics.median(first[name])
   return {name: results.get(name) or failed[name] for name in models}
 
 
 def _paired_ratios(times: Dict[str, List[float]],
                    baseline: str) -> Dict[str, Dict[str, float]]:
-  """Per-round times (equal counts) -> median and paired ratio to `baseline`."""
+  """Per-round times (equal counts) -> each model's ratio to `baseline`.
+
+  The ratio is the geometric mean of the per-round ratios, with a 95%
+  t-interval on it (computed on their logarithms): rounds are paired, so a
+  slow spell of the machine divides out, and the interval says how well the
+  rounds pin the ratio down. `round_ratios` keeps them for paired targets.
+  """
   results = {}
   for name, values in times.items():
     ratios = [t / b for t, b in zip(values, times[baseline])]
-    low, _, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (
-        ratios * 3)
+    logs = np.log(ratios)
+    mean = float(np.mean(logs))
+    half = 0.0
+    if len(logs) > 1:
+      half = float(scipy_stats.t.ppf(0.975, len(logs) - 1) *
+                   np.std(logs, ddof=1) / np.sqrt(len(logs)))
     results[name] = {"step_s": statistics.median(values),
-                     "ratio": statistics.median(ratios),
-                     "ratio_low": low, "ratio_high": high}
+                     "ratio": float(np.exp(mean)),
+                     "ratio_low": float(np.exp(mean - half)),
+                     "ratio_high": float(np.exp(mean + half)),
+                     "round_ratios": [float(r) for r in ratios]}
   return results
 
 
@@ -320,15 +346,19 @@ def _step_times(models, repeats, steps, jit_options):
     for jit in jit_options:
       variants = {variant: build_variant(name, variant, shape, **kwargs)
                   for variant in VARIANTS}
+      # XLA's rounds are few: its mobilenetv2 float step alone takes 2.4 s.
       timed = paired_step_times(variants, shape, steps=steps,
-                                          repeats=repeats, jit_compile=jit)
+                                repeats=max(3, repeats // 4) if jit else repeats,
+                                jit_compile=jit)
       for variant, result in timed.items():
         row = {"model": name, "variant": variant, "jit": jit,
-               "step_ms": None, "ratio": None, "ratio_iqr": None,
+               "step_ms": None, "ratio": None, "ratio_ci": None,
                "note": result.get("error", "")}
         if "error" not in result:
-          row.update(step_ms=result["step_s"] * 1e3, ratio=result["ratio"],
-                     ratio_iqr=[result["ratio_low"], result["ratio_high"]])
+          row.update(step_ms=result["step_s"] * 1e3,
+                     switch_ms=result["switch_s"] * 1e3, ratio=result["ratio"],
+                     ratio_ci=[result["ratio_low"], result["ratio_high"]],
+                     round_ratios=result["round_ratios"])
           print(f"step time {name} {variant} jit={jit}: "
                 f"{row['step_ms']:.1f} ms, {row['ratio']:.3f}x float", flush=True)
         rows.append(row)

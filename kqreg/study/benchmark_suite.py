@@ -17,7 +17,7 @@ __all__ = ["run_benchmark"]
 
 
 def run_benchmark(*, quick: bool = False, repeats: int = 5,
-                  rounds: int = 10) -> Dict[str, object]:
+                  rounds: int = 20) -> Dict[str, object]:
   """Every measurement of the benchmark, as one JSON-ready dict.
 
   `quick` shrinks it to a smoke run (small CNN only, fewer repetitions).

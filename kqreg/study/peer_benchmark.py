@@ -137,7 +137,7 @@ def peer_comparison(data: Dict[str, np.ndarray], models, *,
 
   Returns:
     One dict per row: model, tool, version, bits, accuracy, step_ms, ratio,
-    ratio_iqr, exported, file_bytes, kernels, kernel_levels, float_ops, note.
+    ratio_ci, exported, file_bytes, kernels, kernel_levels, float_ops, note.
   """
   import kqreg  # pylint: disable=g-import-not-at-top
   from kqreg.study import peers as peers_lib  # pylint: disable=g-import-not-at-top
@@ -202,7 +202,7 @@ def peer_comparison(data: Dict[str, np.ndarray], models, *,
         continue
       row.update(accuracy=result["accuracy"], step_ms=result["step_s"] * 1e3,
                  ratio=result["ratio"],
-                 ratio_iqr=[result["ratio_low"], result["ratio_high"]])
+                 ratio_ci=[result["ratio_low"], result["ratio_high"]])
       if export_rows and row["tool"] != "float":
         exported = peers_lib.export(model, data["x_train"][:64])
         row.update(exported=exported["exported"],
@@ -221,7 +221,7 @@ def peer_comparison(data: Dict[str, np.ndarray], models, *,
 
 def _peer_row(model, tool, version, bits, note="") -> Dict[str, object]:
   return {"model": model, "tool": tool, "version": version, "bits": bits,
-          "accuracy": None, "step_ms": None, "ratio": None, "ratio_iqr": None,
+          "accuracy": None, "step_ms": None, "ratio": None, "ratio_ci": None,
           "exported": None, "file_bytes": None, "kernels": "",
           "kernel_levels": None, "float_ops": None, "note": note}
 

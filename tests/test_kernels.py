@@ -1,0 +1,123 @@
+"""The one-pass fake-quant gradient kernel: TensorFlow's values, its fallbacks."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import kqreg  # noqa: F401  (Keras 2 before TensorFlow)
+import tensorflow as tf
+
+from kqreg import kernels
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _has_compiler():
+  return any(shutil.which(c) for c in (os.environ.get("CXX"), "c++", "g++") if c)
+
+
+def test_kernel_builds_where_a_compiler_is():
+  status = kernels.kernels_status()
+  if _has_compiler():
+    assert status.startswith("in use, built at "), status
+    assert os.path.exists(status[len("in use, built at "):])
+  else:
+    assert status == "not in use: no C++ compiler found ($CXX, c++ or g++)"
+
+
+def _gradients(fake_quant, x, low, high, bits, narrow, jit=False):
+  @tf.function(jit_compile=jit)
+  def run(x, upstream):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = fake_quant(x, low, high, num_bits=bits, narrow_range=narrow)
+    return y, tape.gradient(y, x, output_gradients=upstream)
+
+  upstream = tf.constant(np.random.default_rng(1).normal(size=x.shape), tf.float32)
+  y, dx = run(tf.constant(x), upstream)
+  graph = run.get_concrete_function(tf.constant(x), upstream).graph
+  ops = {op.type for op in graph.get_operations()}
+  return y.numpy(), dx.numpy(), ops
+
+
+@pytest.mark.parametrize("bits,narrow", [(2, False), (4, True), (8, False), (16, False)])
+@pytest.mark.parametrize("low,high", [(-1.3, 2.1), (0.0, 3.0), (0.0, 0.0), (0.4, 2.0)])
+def test_values_and_input_gradients_are_tensorflows_to_the_bit(bits, narrow, low, high):
+  rng = np.random.default_rng(bits)
+  # Inside, outside and exactly on the nudged range's ends.
+  x = rng.normal(0.5, 2.0, size=(4, 9, 9, 3)).astype(np.float32)
+  x.flat[:4] = [low, high, 0.0, -0.0]
+  want_y, want_dx, want_ops = _gradients(tf.quantization.fake_quant_with_min_max_vars,
+                                         x, low, high, bits, narrow)
+  got_y, got_dx, got_ops = _gradients(kernels.fake_quant_with_min_max_vars,
+                                      x, low, high, bits, narrow)
+  np.testing.assert_array_equal(got_y, want_y)
+  np.testing.assert_array_equal(got_dx, want_dx)
+  assert "FakeQuantWithMinMaxVarsGradient" in want_ops
+  if _has_compiler():
+    assert "KqregFakeQuantInputGradient" in got_ops
+    assert "FakeQuantWithMinMaxVarsGradient" not in got_ops
+  # The range's own gradients are not computed: 0 < dx only inside it.
+  if (low, high) != (0.0, 0.0):
+    assert 0 < np.count_nonzero(got_dx) < x.size
+
+
+def test_xla_functions_keep_tensorflows_gradient():
+  x = np.random.default_rng(0).normal(size=(2, 5, 5, 4)).astype(np.float32)
+  # XLA's own fake_quant rounds differently from TensorFlow's kernel; both jit.
+  want_y, want_dx, _ = _gradients(tf.quantization.fake_quant_with_min_max_vars,
+                                  x, -1.0, 1.0, 8, False, jit=True)
+  got_y, got_dx, ops = _gradients(kernels.fake_quant_with_min_max_vars,
+                                  x, -1.0, 1.0, 8, False, jit=True)
+  np.testing.assert_array_equal(got_y, want_y)
+  np.testing.assert_array_equal(got_dx, want_dx)
+  assert "KqregFakeQuantInputGradient" not in ops
+
+
+_FALLBACK = """
+import warnings, numpy as np
+import kqreg
+import tensorflow as tf
+from kqreg import kernels
+with warnings.catch_warnings(record=True) as caught:
+  warnings.simplefilter("always")
+  status = kernels.kernels_status()
+x = tf.constant(np.linspace(-3, 3, 24, dtype=np.float32))
+with tf.GradientTape() as tape:
+  tape.watch(x)
+  y = kernels.fake_quant_with_min_max_vars(x, -1.0, 1.0, 8, False)
+dx = tape.gradient(y, x).numpy()
+print(status)
+print([str(w.message) for w in caught])
+print(int(dx.sum()))
+"""
+
+
+def _fallback(tmp_path, **env):
+  run_env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3",
+                 KQREG_CACHE_DIR=str(tmp_path), **env)
+  done = subprocess.run([sys.executable, "-c", _FALLBACK], env=run_env, cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  return done.stdout.strip().splitlines()[-3:]
+
+
+def test_a_failed_build_warns_with_the_compilers_reason_and_training_goes_on(tmp_path):
+  status, warned, grad_sum = _fallback(tmp_path, CXX=shutil.which("false") or "/bin/false")
+  assert status == "not in use: RuntimeError: false exited with 1: no output"
+  assert "could not build its fake-quant kernels" in warned
+  assert "KQREG_KERNELS=0" in warned
+  # TensorFlow's gradient instead: 1 inside [-1, 1], 0 outside.
+  assert int(grad_sum) == int(np.sum(np.abs(np.linspace(-3, 3, 24)) <= 1.0))
+  assert not list(tmp_path.glob("*.so"))
+
+
+def test_the_switch_turns_the_kernel_off_without_a_warning(tmp_path):
+  status, warned, _ = _fallback(tmp_path, KQREG_KERNELS="0")
+  assert status == "not in use: turned off by KQREG_KERNELS=0"
+  assert warned == "[]"
+
