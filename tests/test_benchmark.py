@@ -87,7 +87,7 @@ def test_step_time_targets_are_judged_on_their_intervals():
   overhead, w4 = judged([1.80, 1.70, 1.75, 1.78], [1.15, 1.20, 1.10, 1.16],
                         [1.01, 1.03, 1.00, 1.02])
   assert overhead["holds"] is True and w4["holds"] is True
-  assert "4 rounds" in overhead["measured"] and "[" in w4["measured"]
+  assert "n = 4" in overhead["measured"] and "[" in w4["measured"]
   # Clearly above the limits.
   overhead, w4 = judged([1.40, 1.42, 1.38, 1.41], [1.35, 1.36, 1.33, 1.37],
                         [1.10, 1.12, 1.09, 1.11])

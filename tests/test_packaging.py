@@ -26,6 +26,22 @@ def test_setup_cfg_lists_every_package_of_the_tree():
   assert tree | {"kqreg_trainers"} == _packages_in_setup_cfg()
 
 
+def test_every_non_python_source_the_library_reads_is_package_data():
+  import fnmatch
+  config = configparser.ConfigParser()
+  config.read(ROOT / "setup.cfg")
+  data = {package.strip(): patterns.split()
+          for package, patterns in config["options.package_data"].items()}
+  sources = [p for p in (ROOT / "kqreg").rglob("*")
+             if p.is_file() and p.suffix not in (".py", ".pyc")
+             and "__pycache__" not in p.parts]
+  assert sources, "the kernel source should be found"
+  for source in sources:
+    package = ".".join(source.parent.relative_to(ROOT).parts)
+    assert any(fnmatch.fnmatch(source.name, pattern)
+               for pattern in data.get(package, [])), source
+
+
 def test_tests_import_the_checkout_not_an_installed_copy():
   assert pathlib.Path(kqreg.__file__).resolve().parent == ROOT / "kqreg"
   spec = importlib.util.find_spec("kqreg_trainers")

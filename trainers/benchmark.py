@@ -1,6 +1,6 @@
 """Benchmarks kqreg against float and stock tfmot, in one process and run.
 
-  kqreg-benchmark --output_dir=runs/benchmark          # full (~45 min)
+  kqreg-benchmark --output_dir=runs/benchmark          # full (~50 min)
   kqreg-benchmark --quick --output_dir=/tmp/bench      # reduced, < 2 min
 
 Writes benchmark.json and benchmark.md (tables, machine, targets) to
@@ -27,7 +27,8 @@ def _run(holders) -> str:
   runs.make_dir(output_dir, "output_dir")
   results = benchmark_suite.run_benchmark(quick=holders.quick.value,
                                     repeats=holders.repeats.value,
-                                    rounds=holders.rounds.value)
+                                    rounds=holders.rounds.value,
+                                    processes=holders.processes.value)
   atomic_write_json(os.path.join(output_dir, "benchmark.json"), results)
   text = benchmark_report.markdown(results)
   atomic_write_text(os.path.join(output_dir, "benchmark.md"), text)

@@ -297,7 +297,13 @@ def _define_benchmark() -> Dict[str, flags.FlagHolder]:
   h["rounds"] = flags.DEFINE_integer(
       "rounds", 20,
       "Interleaved rounds of 10 steps per step-time comparison (a quarter "
-      "of them, at least 3, under XLA).",
+      "of them, at least 3, under XLA), shared among --processes.",
+      lower_bound=1)
+  h["processes"] = flags.DEFINE_integer(
+      "processes", 5,
+      "Fresh processes per model for the step times: a process settles into "
+      "a speed of its own, so the interval comes from the spread between "
+      "processes (1: all rounds in the benchmark's own process).",
       lower_bound=1)
   return h
 

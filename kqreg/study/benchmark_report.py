@@ -55,7 +55,7 @@ def _overhead_target(model: str, tfmot_row, w8a8_row) -> Dict[str, object]:
   # the whole interval on its mean is at or below 0.
   mean, low, high = _mean_interval([(k - 1) - 0.5 * (t - 1) for t, k in rounds])
   measured += (f"; w8a8 − ½·tfmot overhead {mean * 100:+.0f} points "
-               f"[{low * 100:+.0f}, {high * 100:+.0f}], {len(rounds)} rounds")
+               f"[{low * 100:+.0f}, {high * 100:+.0f}], n = {len(rounds)}")
   return {"target": target, "measured": measured,
           "holds": _verdict(low, high, 0.0)}
 
@@ -164,11 +164,15 @@ def markdown(results) -> str:
   m = results["machine"]
   lines = [f"# kqreg benchmark{' (quick)' if results['quick'] else ''}", "",
            f"Machine: {m['cpu']}, {m['cores']} cores; TensorFlow "
-           f"{m['tensorflow']}, tf_keras {m['tf_keras']}, tfmot {m['tfmot']}.",
+           f"{m['tensorflow']}, tf_keras {m['tf_keras']}, tfmot {m['tfmot']}."
+           f" kqreg's fake-quant gradient kernel: "
+           f"{m.get('kqreg_kernels', 'not recorded')}.",
            "", "## Training step time (batch 64)", "",
            "Variants of one model are timed in interleaved rounds; × float is "
            "the geometric mean of each round's ratio to float, with its 95% "
-           "interval in brackets; a round's time is the median of its steps "
+           "interval in brackets (from the spread between fresh processes, "
+           f"{results.get('step_time_processes', 1)} per model, or between "
+           "rounds when 1); a round's time is the median of its steps "
            "after the first, which runs cold after a switch from another "
            "model (its excess is the last column). A target holds when its "
            "whole interval meets it, and is undecided when the interval "

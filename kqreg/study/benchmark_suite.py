@@ -17,10 +17,12 @@ __all__ = ["run_benchmark"]
 
 
 def run_benchmark(*, quick: bool = False, repeats: int = 5,
-                  rounds: int = 20) -> Dict[str, object]:
+                  rounds: int = 20, processes: int = 5) -> Dict[str, object]:
   """Every measurement of the benchmark, as one JSON-ready dict.
 
-  `quick` shrinks it to a smoke run (small CNN only, fewer repetitions).
+  `quick` shrinks it to a smoke run (small CNN only, fewer repetitions,
+  step times in this process). Otherwise each model's step times come from
+  `processes` fresh processes, `rounds` rounds in all.
   Prints one line per figure as it is measured (a full run takes long).
   """
   repeats = 3 if quick else repeats
@@ -30,8 +32,10 @@ def run_benchmark(*, quick: bool = False, repeats: int = 5,
       "command": " ".join(["kqreg-benchmark"] + sys.argv[1:]),
   }
   results["step_time"] = benchmark._step_times(
-      benchmark._QUICK_MODELS if quick else benchmark._FULL_MODELS, 3 if quick else rounds,
-      5 if quick else 10, (False,) if quick else (False, True))
+      benchmark._QUICK_MODELS if quick else benchmark._FULL_MODELS,
+      3 if quick else rounds, 5 if quick else 10,
+      (False,) if quick else (False, True), 1 if quick else processes)
+  results["step_time_processes"] = 1 if quick else processes
   results["callback"] = benchmark.callback_overhead(
       epochs=3 if quick else 6, **({"widths": (16, 32, 64)} if quick else {}))
   print(f"noise callback: {results['callback']['ratio']:.3f}x epoch time",
