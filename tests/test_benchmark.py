@@ -106,8 +106,8 @@ def test_step_time_targets_are_judged_on_their_intervals():
 
 
 def test_paired_ratios_are_geometric_means_with_intervals():
-  from kqreg.study import benchmark
-  result = benchmark._paired_ratios(
+  from kqreg.study import step_timing
+  result = step_timing.paired_ratios(
       {"float": [1.0, 2.0, 1.0, 2.0], "q": [1.5, 3.0, 1.5, 3.0],
        "noisy": [1.0, 4.0, 1.5, 2.0]}, "float")
   assert result["float"]["ratio"] == 1.0 and result["float"]["ratio_low"] == 1.0

@@ -9,9 +9,11 @@
   tables.py      the report's Markdown and CSV tables
   mixed_precision.py  allocated vs uniform vs first/last-8 at equal size
   peers.py       tfmot n-bit, QKeras and Larq adapters (build, export)
+  step_timing.py step time against float: paired rounds, fresh processes,
+                 each ratio with its 95% interval
   benchmark.py, peer_benchmark.py, benchmark_suite.py, benchmark_report.py
-                 kqreg-benchmark's measurements, the peers table, the whole
-                 run, and its page
+                 kqreg-benchmark's other measurements, the peers table, the
+                 whole run, and its page
 Import the module you need, `from kqreg.study import report`: this package
 imports nothing itself, so the benchmark does not pay for SciPy and the
 report does not pay for TensorFlow beyond `kqreg`'s own import.

@@ -12,6 +12,7 @@ from typing import Dict
 
 from kqreg.study import benchmark
 from kqreg.study import peer_benchmark
+from kqreg.study import step_timing
 
 __all__ = ["run_benchmark"]
 
@@ -31,7 +32,7 @@ def run_benchmark(*, quick: bool = False, repeats: int = 5,
       "machine": benchmark.machine(),
       "command": " ".join(["kqreg-benchmark"] + sys.argv[1:]),
   }
-  results["step_time"] = benchmark._step_times(
+  results["step_time"] = step_timing.step_time_rows(
       benchmark._QUICK_MODELS if quick else benchmark._FULL_MODELS,
       3 if quick else rounds, 5 if quick else 10,
       (False,) if quick else (False, True), 1 if quick else processes)

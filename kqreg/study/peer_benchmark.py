@@ -18,8 +18,9 @@ import tensorflow_model_optimization as tfmot
 import tf_keras
 
 from kqreg.quantize import quantize
-from kqreg.study.benchmark import (_FULL_MODELS, _compile, _paired_ratios,
-                                   build_variant)
+from kqreg.study.benchmark import _FULL_MODELS
+from kqreg.study.step_timing import (build_variant, compile_for_timing,
+                                     paired_ratios)
 
 __all__ = ["PEER_DATASET", "peer_data", "paired_training", "peer_comparison",
            "peers_section"]
@@ -68,7 +69,7 @@ def paired_training(models: Dict[str, tf_keras.Model],
     raise ValueError(f"`baseline` {baseline!r} is not among {list(models)}.")
   failed = {}
   for model in models.values():
-    _compile(model)
+    compile_for_timing(model)
   x, y = data["x_train"], data["y_train"]
   order = np.random.default_rng(0)
   # Full batches only: a short last batch would trace every step again.
@@ -96,7 +97,7 @@ def paired_training(models: Dict[str, tf_keras.Model],
   if baseline in failed:
     raise RuntimeError(f"The baseline {baseline!r} failed to train: "
                        f"{failed[baseline]['error']}")
-  results = _paired_ratios({n: times[n] for n in names if n not in failed},
+  results = paired_ratios({n: times[n] for n in names if n not in failed},
                            baseline)
   for name, result in results.items():
     correct = 0
