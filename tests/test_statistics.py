@@ -278,3 +278,14 @@ def test_overfitting_verdict_separates_arms():
   assert out["fp"].overfits and out["fp"].fired == 3
   assert 0.0 <= out["w4"].rho <= overfitting.MAX_RHO
   assert not out["w4"].overfits and out["w4"].p_holm >= out["w4"].p
+
+
+def test_mean_interval_is_the_one_sample_t_interval():
+  from kqreg.study.statistics import geometric_mean_interval, mean_interval
+  mean, low, high = mean_interval([1.0, 2.0, 3.0])
+  # sd 1, se 1/sqrt(3), t(0.975, 2) = 4.3027
+  assert mean == 2.0 and abs(high - mean - 4.302653 / 3 ** 0.5) < 1e-5
+  assert abs((mean - low) - (high - mean)) < 1e-12
+  assert mean_interval([5.0]) == (5.0, 5.0, 5.0)
+  ratio, low, high = geometric_mean_interval([0.5, 2.0])
+  assert abs(ratio - 1.0) < 1e-12 and abs(low * high - 1.0) < 1e-9 and low < 1 < high

@@ -51,17 +51,15 @@ _state = {"loaded": False, "module": None, "reason": "not built yet"}
 
 
 def _compiler() -> Optional[str]:
-  for name in (os.environ.get("CXX"), "c++", "g++"):
-    if name and shutil.which(name):
-      return shutil.which(name)
-  return None
+  found = (shutil.which(name) for name in (os.environ.get("CXX"), "c++", "g++")
+           if name)
+  return next((path for path in found if path), None)
 
 
 def _cache_dir() -> str:
-  root = os.environ.get(ENV_CACHE_DIR) or os.path.join(
+  return os.environ.get(ENV_CACHE_DIR) or os.path.join(
       os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
       "kqreg")
-  return root
 
 
 def _build(compiler: str) -> str:

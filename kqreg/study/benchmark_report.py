@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
-import numpy as np
-from scipy import stats as scipy_stats
+from kqreg.study.statistics import mean_interval
 
 __all__ = ["check_targets", "markdown", "peers_markdown", "UNDECIDED"]
 
@@ -15,16 +14,6 @@ def _row(rows, model, variant, jit=False) -> Optional[Dict]:
     if (row["model"], row["variant"], row["jit"]) == (model, variant, jit):
       return row if row.get("ratio") is not None else None
   return None
-
-
-def _mean_interval(values: List[float]) -> Tuple[float, float, float]:
-  """Mean and 95% t-interval of `values` (the mean alone for one value)."""
-  mean = float(np.mean(values))
-  if len(values) < 2:
-    return mean, mean, mean
-  half = float(scipy_stats.t.ppf(0.975, len(values) - 1) *
-               np.std(values, ddof=1) / np.sqrt(len(values)))
-  return mean, mean - half, mean + half
 
 
 def _verdict(low: float, high: float, limit: float):
@@ -53,7 +42,7 @@ def _overhead_target(model: str, tfmot_row, w8a8_row) -> Dict[str, object]:
     return {"target": target, "measured": measured, "holds": excess <= 0}
   # Per round: kqreg's overhead minus half of tfmot's; the target holds where
   # the whole interval on its mean is at or below 0.
-  mean, low, high = _mean_interval([(k - 1) - 0.5 * (t - 1) for t, k in rounds])
+  mean, low, high = mean_interval([(k - 1) - 0.5 * (t - 1) for t, k in rounds])
   measured += (f"; w8a8 − ½·tfmot overhead {mean * 100:+.0f} points "
                f"[{low * 100:+.0f}, {high * 100:+.0f}], n = {len(rounds)}")
   return {"target": target, "measured": measured,

@@ -30,7 +30,7 @@ from scipy import stats
 __all__ = [
     "ALPHA", "POWER", "RECOMMENDED_SEEDS", "NULL_DRAWS",
     "WelchTest", "welch_test", "holm", "min_detectable_difference",
-    "Comparison", "compare_arms",
+    "Comparison", "compare_arms", "mean_interval", "geometric_mean_interval",
 ]
 
 ALPHA = 0.05
@@ -130,6 +130,26 @@ def welch_test(x, y, alpha: float = ALPHA) -> WelchTest:
   return WelchTest(_scalar(diff), _scalar(se), _scalar(df), _scalar(t),
                    _scalar(p), _scalar(diff - half), _scalar(diff + half),
                    n_x, n_y, alpha)
+
+
+def mean_interval(values: Sequence[float], alpha: float = ALPHA
+                  ) -> Tuple[float, float, float]:
+  """Mean of `values` and its 1 − α t-interval (the mean alone for one value)."""
+  values = np.asarray(values, dtype=float)
+  mean = float(np.mean(values))
+  if len(values) < 2:
+    return mean, mean, mean
+  half = float(stats.t.ppf(1 - alpha / 2, len(values) - 1) *
+               np.std(values, ddof=1) / np.sqrt(len(values)))
+  return mean, mean - half, mean + half
+
+
+def geometric_mean_interval(ratios: Sequence[float], alpha: float = ALPHA
+                            ) -> Tuple[float, float, float]:
+  """Geometric mean of positive `ratios` and its 1 − α t-interval, taken on
+  their logarithms (the geometric mean alone for one ratio)."""
+  return tuple(float(np.exp(v))
+               for v in mean_interval(np.log(ratios), alpha))
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:

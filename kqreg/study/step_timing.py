@@ -18,13 +18,13 @@ from typing import Callable, Dict, List
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
-from scipy import stats as scipy_stats
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras
 
 from kqreg import models as models_lib
 from kqreg.quantize import quantize
+from kqreg.study.statistics import geometric_mean_interval
 
 __all__ = ["VARIANTS", "build_variant", "step_time", "paired_step_times",
            "step_time_rows", "paired_ratios", "compile_for_timing",
@@ -166,16 +166,9 @@ def paired_ratios(times: Dict[str, List[float]],
   results = {}
   for name, values in times.items():
     ratios = [t / b for t, b in zip(values, times[baseline])]
-    logs = np.log(ratios)
-    mean = float(np.mean(logs))
-    half = 0.0
-    if len(logs) > 1:
-      half = float(scipy_stats.t.ppf(0.975, len(logs) - 1) *
-                   np.std(logs, ddof=1) / np.sqrt(len(logs)))
-    results[name] = {"step_s": statistics.median(values),
-                     "ratio": float(np.exp(mean)),
-                     "ratio_low": float(np.exp(mean - half)),
-                     "ratio_high": float(np.exp(mean + half)),
+    ratio, low, high = geometric_mean_interval(ratios)
+    results[name] = {"step_s": statistics.median(values), "ratio": ratio,
+                     "ratio_low": low, "ratio_high": high,
                      "round_ratios": [float(r) for r in ratios]}
   return results
 
@@ -227,17 +220,13 @@ def _timed_in_fresh_processes(name, kwargs, shape, *, steps, rounds, jit,
     if errors:
       pooled[variant] = {"error": errors[0]}
       continue
-    logs = [float(np.mean(np.log(r["round_ratios"]))) for r in runs]
-    mean, half = float(np.mean(logs)), 0.0
-    if len(logs) > 1:
-      half = float(scipy_stats.t.ppf(0.975, len(logs) - 1) *
-                   np.std(logs, ddof=1) / np.sqrt(len(logs)))
+    per_run = [geometric_mean_interval(r["round_ratios"])[0] for r in runs]
+    ratio, low, high = geometric_mean_interval(per_run)
     pooled[variant] = {
         "step_s": statistics.median(r["step_s"] for r in runs),
         "switch_s": statistics.median(r["switch_s"] for r in runs),
-        "ratio": float(np.exp(mean)), "ratio_low": float(np.exp(mean - half)),
-        "ratio_high": float(np.exp(mean + half)),
-        "round_ratios": [float(np.exp(v)) for v in logs]}
+        "ratio": ratio, "ratio_low": low, "ratio_high": high,
+        "round_ratios": per_run}
   return pooled
 
 
