@@ -1,6 +1,6 @@
 """Benchmarks kqreg against float and stock tfmot, in one process and run.
 
-  kqreg-benchmark --output_dir=runs/benchmark          # full (~50 min)
+  kqreg-benchmark --output_dir=runs/benchmark          # full (~60 min)
   kqreg-benchmark --quick --output_dir=/tmp/bench      # reduced, < 2 min
 
 Writes benchmark.json and benchmark.md (tables, machine, targets) to
