@@ -1,11 +1,12 @@
-"""Benchmarks kqreg against float and stock tfmot, in one process and run.
+"""Benchmarks kqreg against float, stock tfmot and the peers, in one run.
 
   kqreg-benchmark --output_dir=runs/benchmark          # full (~60 min)
   kqreg-benchmark --quick --output_dir=/tmp/bench      # reduced, < 2 min
 
 Writes benchmark.json and benchmark.md (tables, machine, targets) to
 --output_dir and prints them. Timings are medians after warm-up; ratios are
-against the float model measured the same way in the same run.
+against the float model measured the same way in the same run (step times
+in paired rounds, in --processes fresh processes per model).
 """
 
 from __future__ import annotations

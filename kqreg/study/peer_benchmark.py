@@ -98,7 +98,7 @@ def paired_training(models: Dict[str, tf_keras.Model],
     raise RuntimeError(f"The baseline {baseline!r} failed to train: "
                        f"{failed[baseline]['error']}")
   results = paired_ratios({n: times[n] for n in names if n not in failed},
-                           baseline)
+                          baseline)
   for name, result in results.items():
     correct = 0
     # Eager calls: a predict function would be one more trace per model.
