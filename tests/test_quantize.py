@@ -1,4 +1,5 @@
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -234,6 +235,30 @@ def test_import_after_keras3_tensorflow_fails_with_fix():
   assert result.returncode != 0
   assert "kqreg needs Keras 2 (tf_keras)" in result.stderr
   assert "Import kqreg before tensorflow" in result.stderr
+
+_TFMOT_STATE = (
+    "import json, sys\n"
+    "from tensorflow_model_optimization.python.core.sparsity.keras import prune_registry\n"
+    "print(json.dumps({'keras3': 'keras' in sys.modules,\n"
+    "                  'base_layer': repr(prune_registry.base_layer),\n"
+    "                  'registry': sorted(c.__name__ for c in\n"
+    "                                     prune_registry.PruneRegistry._LAYERS_WEIGHTS_MAP)}))\n")
+
+
+def _tfmot_state(prelude):
+  result = subprocess.run([sys.executable, "-c", prelude + _TFMOT_STATE],
+                          env=dict(os.environ, TF_USE_LEGACY_KERAS="1"),
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_import_keeps_keras3_out_and_tfmot_as_it_would_be():
+  guarded = _tfmot_state("import kqreg\n")
+  plain = _tfmot_state("import tensorflow_model_optimization\n")
+  assert not guarded.pop("keras3") and plain.pop("keras3")
+  # tfmot's pruning registry comes out the same (its base_layer None) either way.
+  assert guarded == plain and len(guarded["registry"]) > 10
 
 
 def test_input_feeding_a_flatten_is_quantized_too():
