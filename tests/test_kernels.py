@@ -121,3 +121,26 @@ def test_the_switch_turns_the_kernel_off_without_a_warning(tmp_path):
   assert status == "not in use: turned off by KQREG_KERNELS=0"
   assert warned == "[]"
 
+
+
+_FIRST_FIT = """
+import numpy as np
+import kqreg, tf_keras
+model = tf_keras.Sequential([tf_keras.Input((6,)),
+                             tf_keras.layers.Dense(8, activation="relu"),
+                             tf_keras.layers.Dense(3)])
+qat = kqreg.quantize(model, "w8a8")
+qat.compile("adam", "mse")
+qat.fit(np.ones((8, 6)), np.ones((8, 3)), verbose=0)
+print(kqreg.kernels.kernels_status())
+"""
+
+
+def test_the_first_traced_step_logs_no_autograph_warnings():
+  # AutoGraph warns once per function per process, so only a fresh one shows it.
+  done = subprocess.run([sys.executable, "-c", _FIRST_FIT],
+                        env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.strip().splitlines()[-1].startswith("in use")
+  assert "AutoGraph could not transform" not in done.stderr

@@ -131,6 +131,9 @@ def kernels_status() -> str:
   return ("in use, " if module is not None else "not in use: ") + _state["reason"]
 
 
+# Called while Keras traces a layer: left to AutoGraph, the file checks of
+# `_load` would each log a "could not transform" warning.
+@tf.autograph.experimental.do_not_convert
 def _usable() -> bool:
   if _tfmot.in_xla_context():
     return False
