@@ -13,11 +13,11 @@ from kqreg import quantizers
 from kqreg.configs import BitQuantizeConfig, config_for_layer
 from kqreg.policy import BitPolicy, Bits, PolicyError
 from kqreg.quantize import (QuantizeError, annotate, flatten_nested,
-                            is_quantized, plan, quantize,
-                            quantize_annotate_layer, quantize_scope)
+                            freeze_activation_ranges, is_quantized, plan,
+                            quantize, quantize_annotate_layer, quantize_scope)
 from kqreg.quantizers import (ActivationQuantizer, FixedRangeQuantizer,
                               WeightNoiseQuantizer, WeightQuantizer)
-from kqreg.callbacks import NoiseAnalysisCallback
+from kqreg.callbacks import FreezeActivationRanges, NoiseAnalysisCallback
 from kqreg.export import (ExportError, check_exportable, export_tflite,
                           verify_tflite)
 from kqreg.summary import ModelProfile, LayerProfile, profile, summary
@@ -40,6 +40,8 @@ __all__ = [
     "config_for_layer",
     "configs",
     "flatten_nested",
+    "freeze_activation_ranges",
+    "FreezeActivationRanges",
     "is_quantized",
     "plan",
     "policy",

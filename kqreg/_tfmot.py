@@ -39,6 +39,7 @@ __all__ = [
     "transforms",
     "iter_wrappers",
     "iter_quantize_layers",
+    "iter_activation_quantizers",
     "nodes_in_graph",
 ]
 
@@ -77,6 +78,27 @@ def iter_quantize_layers(model: tf_keras.Model) -> Iterator[QuantizeLayer]:
   for layer in _iter_layers(model):
     if isinstance(layer, QuantizeLayer):
       yield layer
+
+
+def iter_activation_quantizers(model: tf_keras.Model) -> Iterator[object]:
+  """Every quantizer of activations, inputs and outputs in `model`, once.
+
+  Those of input `QuantizeLayer`s and, for each built wrapper, of its
+  activations and its output; weight quantizers are not included.
+  """
+  seen = set()
+  for layer in _iter_layers(model):
+    if isinstance(layer, QuantizeLayer):
+      found = [layer.quantizer]
+    elif isinstance(layer, QuantizeWrapper):
+      found = [a.quantizer for a in getattr(layer, "_quantize_activations", ())]
+      found += list(getattr(layer, "_output_quantizers", None) or ())
+    else:
+      continue
+    for quantizer in found:
+      if quantizer is not None and id(quantizer) not in seen:
+        seen.add(id(quantizer))
+        yield quantizer
 
 
 def nodes_in_graph(model: tf_keras.Model, layer: tf_keras.layers.Layer

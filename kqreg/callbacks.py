@@ -20,6 +20,7 @@ import io
 import json
 import math
 import os
+import warnings
 from typing import Dict, List, Optional
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
@@ -27,10 +28,14 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from kqreg import _tfmot
 from kqreg import noise
+from kqreg import quantizers
 from kqreg.io_utils import atomic_write_text
+from kqreg.quantize import freeze_activation_ranges
 
-__all__ = ["NoiseAnalysisCallback", "EpochCSVLogger", "StopOnNaN",
+__all__ = ["NoiseAnalysisCallback", "FreezeActivationRanges",
+           "EpochCSVLogger", "StopOnNaN",
            "TrainingDiverged", "CheckedBackupAndRestore", "CheckpointError",
            "NOISE_CSV_COLUMNS"]
 
@@ -129,6 +134,46 @@ class StopOnNaN(tf_keras.callbacks.Callback):
         f"loss became {losses[step]} at epoch {epoch + 1}, step {step + 1}; "
         "training stopped, the checkpoint of the last finished epoch is "
         "kept. Lower --learning_rate (or raise the bits) and rerun.")
+
+
+class FreezeActivationRanges(tf_keras.callbacks.Callback):
+  """Freezes the activation ranges once `after_epochs` epochs have trained.
+
+  From epoch index `after_epochs` on, activation quantizers train on the
+  ranges their moving averages reached and skip the per-step range update
+  (`kqreg.freeze_activation_ranges`); the training step is retraced once, at
+  the switch. A `fit` that starts (or resumes) at or past that epoch freezes
+  before its first step, so a resumed run trains as an uninterrupted one. A
+  `fit` that starts before it unfreezes first.
+
+  Args:
+    after_epochs: epochs of range updates before the freeze, >= 1.
+  """
+
+  def __init__(self, after_epochs: int):
+    super().__init__()
+    if (not isinstance(after_epochs, int) or isinstance(after_epochs, bool)
+        or after_epochs < 1):
+      raise ValueError("`after_epochs` must be a positive integer. "
+                       f"Received: after_epochs={after_epochs!r}")
+    self.after_epochs = after_epochs
+    self._frozen: Optional[bool] = None  # unknown until the first epoch
+
+  def on_train_begin(self, logs=None):
+    self._frozen = None
+    if not any(isinstance(q, quantizers.ActivationQuantizer)
+               for q in _tfmot.iter_activation_quantizers(self.model)):
+      warnings.warn(
+          f"FreezeActivationRanges: model {self.model.name!r} has no "
+          "moving-average activation quantizer (a weight-only or float "
+          "policy?); there is nothing to freeze.", stacklevel=2)
+
+  def on_epoch_begin(self, epoch, logs=None):
+    frozen = epoch >= self.after_epochs
+    if frozen != self._frozen:
+      if freeze_activation_ranges(self.model, frozen):
+        self.model.make_train_function(force=True)
+      self._frozen = frozen
 
 
 class CheckpointError(ValueError):

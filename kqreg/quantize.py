@@ -38,6 +38,7 @@ __all__ = [
     "quantize_annotate_layer",
     "flatten_nested",
     "is_quantized",
+    "freeze_activation_ranges",
     "QuantizeError",
 ]
 
@@ -131,6 +132,30 @@ def is_quantized(model: tf_keras.Model) -> bool:
   """True if `model` holds a tfmot quantize wrapper or layer (nested too)."""
   return (any(True for _ in _tfmot.iter_wrappers(model)) or
           any(True for _ in _tfmot.iter_quantize_layers(model)))
+
+
+def freeze_activation_ranges(model: tf_keras.Model, frozen: bool = True
+                             ) -> int:
+  """Stops (or, with `frozen=False`, restarts) the activation-range updates.
+
+  A frozen `ActivationQuantizer` trains on the range its moving average has
+  reached and skips the batch min/max and the update: two passes over each
+  activation per step (PyTorch's QAT recipe freezes its observers the same
+  way). Inference is unchanged. The switch is read when a training step is
+  traced: for a model already trained or compiled, remake its train function
+  (`model.make_train_function(force=True)`), as `FreezeActivationRanges`
+  does.
+
+  Returns:
+    How many activation quantizers changed state.
+  """
+  changed = 0
+  for quantizer in _tfmot.iter_activation_quantizers(model):
+    if (isinstance(quantizer, quantizers.ActivationQuantizer)
+        and quantizer.frozen != frozen):
+      quantizer.frozen = frozen
+      changed += 1
+  return changed
 
 
 def _fuses_into_next(layer, consumers) -> bool:

@@ -364,7 +364,16 @@ class ActivationQuantizer(_BitsEquality,
     per_axis: one range per channel (rarely wanted for activations).
     symmetric: range symmetric about 0.
     narrow_range: drop the lowest level.
+
+  Attributes:
+    frozen: when True, training steps quantize on the range reached so far
+      and stop updating it (`kqreg.freeze_activation_ranges` sets it). Read
+      when a step is traced, so a compiled model needs its train function
+      remade (`model.make_train_function(force=True)`). Not part of the
+      config: a saved model loads unfrozen.
   """
+
+  frozen = False
 
   def __init__(self, num_bits: int, per_axis: bool = False,
                symmetric: bool = False, narrow_range: bool = False):
@@ -379,6 +388,13 @@ class ActivationQuantizer(_BitsEquality,
     return num_levels(self.num_bits, self.narrow_range)
 
   def __call__(self, inputs, training, weights, **kwargs):
+    if training and self.frozen:
+      if self.per_axis or self.symmetric:
+        return super().__call__(inputs, False, weights, **kwargs)
+      # tfmot's inference computation, with the one-pass gradient.
+      return kernels.fake_quant_with_min_max_vars(
+          inputs, weights["min_var"], weights["max_var"],
+          num_bits=self.num_bits, narrow_range=self.narrow_range)
     if not training or self.per_axis or self.symmetric:
       return super().__call__(inputs, training, weights, **kwargs)
     # tfmot's `MovingAvgQuantize` for one asymmetric range, to the bit, minus

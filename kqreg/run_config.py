@@ -63,6 +63,9 @@ class RunConfig:
     verbose: Keras fit verbosity (0 silent, 1 progress bar, 2 line/epoch).
     init_from: a finished float run's model dir whose trained weights
       initialize the model before quantization (same task and model).
+    freeze_ranges_after: epochs of activation-range updates, after which
+      the ranges stay fixed for the rest of training
+      (`kqreg.FreezeActivationRanges`); None: never frozen.
   """
   model_dir: str
   dataset: str = "kqreg_digits"
@@ -85,6 +88,7 @@ class RunConfig:
   virtual_cpus: int = 0
   verbose: int = 2
   init_from: Optional[str] = None
+  freeze_ranges_after: Optional[int] = None
 
   TASK: ClassVar[str] = ""
   # Fields that define what is trained: a model dir written under other
@@ -92,7 +96,7 @@ class RunConfig:
   IDENTITY: ClassVar[Tuple[str, ...]] = (
       "dataset", "bits", "per_channel", "train_examples", "seed",
       "batch_size", "learning_rate", "lr_schedule", "augment", "epochs",
-      "init_from")
+      "init_from", "freeze_ranges_after")
 
   def __post_init__(self):
     self._parse_bits()
@@ -109,7 +113,7 @@ class RunConfig:
     for name in ("epochs", "batch_size", "noise_every"):
       self.need(positive_int(getattr(self, name)), name,
                 f"must be a positive integer, got {getattr(self, name)!r}")
-    for name in ("train_examples", "val_examples"):
+    for name in ("train_examples", "val_examples", "freeze_ranges_after"):
       self.need(positive_int(getattr(self, name), allow_none=True), name,
                 f"must be a positive integer, got {getattr(self, name)!r}")
     self.need(isinstance(self.learning_rate, (int, float))

@@ -50,7 +50,8 @@ from kqreg import models as models_lib
 from kqreg import noise as noise_lib
 from kqreg import policy as policy_lib
 from kqreg.callbacks import (CheckedBackupAndRestore, CheckpointError,
-                             EpochCSVLogger, NoiseAnalysisCallback, StopOnNaN,
+                             EpochCSVLogger, FreezeActivationRanges,
+                             NoiseAnalysisCallback, StopOnNaN,
                              TrainingDiverged)
 from kqreg.distribute import (interrupt_on_sigterm, is_chief, make_strategy,
                               shard_by_example, split_cpu)
@@ -384,9 +385,11 @@ def _run(config: RunConfig, task: Task) -> Dict[str, Any]:
     noise_callback = NoiseAnalysisCallback(
         out_dir, every_n_epochs=config.noise_every,
         probe_data=task.probe(config, data))
+  range_freeze = ([FreezeActivationRanges(config.freeze_ranges_after)]
+                  if config.freeze_ranges_after else [])
   callbacks = callbacks_in_order(
       out_dir=out_dir, backup_dir=os.path.join(config.model_dir, "backup"),
-      task_callbacks=task.callbacks(config, data),
+      task_callbacks=[*task.callbacks(config, data), *range_freeze],
       noise_callback=noise_callback, write_graph=task.write_graph)
   history_path = os.path.join(out_dir, "history.csv")
   resumed = os.path.isdir(os.path.join(config.model_dir, "backup"))

@@ -21,7 +21,8 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path):
   assert data["quick"] is True
   assert {"cpu", "cores", "tensorflow", "tfmot"} <= set(data["machine"])
   variants = [row["variant"] for row in data["step_time"]]
-  assert variants == ["float", "tfmot_8bit", "kqreg_w8a8", "kqreg_w4a8", "kqreg_w4"]
+  assert variants == ["float", "tfmot_8bit", "kqreg_w8a8", "kqreg_w8a8_frozen", "kqreg_w4a8",
+                      "kqreg_w4"]
   assert all(row["step_ms"] > 0 and row["ratio"] > 0 for row in data["step_time"])
   assert {"epoch_s_without", "epoch_s_with", "ratio", "callback_s_per_epoch",
           "callback_share"} <= set(data["callback"])
@@ -40,6 +41,7 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path):
   assert text in result.stdout
   # The sign is timing noise in a quick run (CI once measured tfmot faster than float).
   assert re.search(r"\| cnn: w8a8 overhead <= half of stock tfmot's \| tfmot [+-]\d+%", text)
+  assert "| cnn: w8a8 (frozen ranges) overhead <= half of stock tfmot's |" in text
   assert "| packed int4 TFLite <= 0.15x float file |" in text
 
 
@@ -47,7 +49,7 @@ def test_targets_are_judged_from_the_numbers():
   from kqreg.study import benchmark_report as benchmark
   step = [{"model": "cnn", "variant": v, "jit": False, "ratio": r}
           for v, r in (("float", 1.0), ("tfmot_8bit", 1.40), ("kqreg_w8a8", 1.15),
-                       ("kqreg_w4", 1.08))]
+                       ("kqreg_w8a8_frozen", 1.25), ("kqreg_w4", 1.08))]
   results = {"step_time": step, "callback": {"callback_share": 0.015},
              "tflite": [{"format": "float32", "size_ratio": 1.0, "latency_ratio": 1.0},
                         {"format": "int8 (w8a8)", "size_ratio": 0.26, "latency_ratio": 1.3},
@@ -55,6 +57,8 @@ def test_targets_are_judged_from_the_numbers():
   rows = {r["target"]: r for r in benchmark.check_targets(results)}
   overhead = rows["cnn: w8a8 overhead <= half of stock tfmot's"]
   assert overhead["holds"] is True and overhead["measured"] == "tfmot +40%, kqreg w8a8 +15%"
+  frozen = rows["cnn: w8a8 (frozen ranges) overhead <= half of stock tfmot's"]
+  assert frozen["holds"] is False and frozen["measured"].endswith("kqreg w8a8 (frozen ranges) +25%")
   assert rows["cnn: w4 within 5% of float"]["holds"] is False
   assert rows["noise callback < 2% of epoch time"]["holds"] is True
   assert rows["int8 TFLite <= 0.27x float file"]["holds"] is True

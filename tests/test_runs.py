@@ -95,6 +95,7 @@ def test_model_dir_that_cannot_be_created_is_one_config_error(tmp_path):
     ({"label_noise": 1.0}, "--label_noise"),
     ({"model_kwargs": {"no_such_arg": 1}}, "--model_args: .*no_such_arg"),
     ({"bits": "w4a4", "export_tflite": True}, "--export_tflite with --bits=w4a4"),
+    ({"freeze_ranges_after": 0}, "--freeze_ranges_after"),
 ])
 def test_bad_settings_name_the_flag(overrides, flag, tmp_path):
   with pytest.raises(runs.ConfigError, match=flag):

@@ -176,6 +176,12 @@ def _define_run() -> Dict[str, flags.FlagHolder]:
       "on one machine (0: off).", lower_bound=0)
   h["verbose"] = flags.DEFINE_integer(
       "verbose", 2, "Keras fit verbosity: 0 silent, 1 bar, 2 line/epoch.")
+  h["freeze_ranges_after"] = flags.DEFINE_integer(
+      "freeze_ranges_after", None,
+      "Freeze the activation ranges after this many epochs: later steps "
+      "quantize on the ranges reached and skip their update (faster; "
+      "training values then differ from tfmot's). Default: never.",
+      lower_bound=1)
   h["init_from"] = flags.DEFINE_string(
       "init_from", None,
       "Model dir of a finished float (--bits=fp) run of the same model: its "

@@ -29,12 +29,13 @@ UNDECIDED = "undecided"
 """A target whose 95% interval straddles its limit: more rounds would decide."""
 
 
-def _overhead_target(model: str, tfmot_row, w8a8_row) -> Dict[str, object]:
+def _overhead_target(model: str, tfmot_row, w8a8_row,
+                     label: str = "w8a8") -> Dict[str, object]:
   """w8a8's overhead <= half of tfmot's, judged per round (the same rounds)."""
-  target = f"{model}: w8a8 overhead <= half of stock tfmot's"
+  target = f"{model}: {label} overhead <= half of stock tfmot's"
   if tfmot_row is None or w8a8_row is None:
     return {"target": target, "measured": "–", "holds": None}
-  measured = (f"tfmot {_pct_ci(tfmot_row)}, kqreg w8a8 {_pct_ci(w8a8_row)}")
+  measured = (f"tfmot {_pct_ci(tfmot_row)}, kqreg {label} {_pct_ci(w8a8_row)}")
   rounds = list(zip(tfmot_row.get("round_ratios") or [],
                     w8a8_row.get("round_ratios") or []))
   if not rounds:  # Point figures only: judged on them.
@@ -43,7 +44,7 @@ def _overhead_target(model: str, tfmot_row, w8a8_row) -> Dict[str, object]:
   # Per round: kqreg's overhead minus half of tfmot's; the target holds where
   # the whole interval on its mean is at or below 0.
   mean, low, high = mean_interval([(k - 1) - 0.5 * (t - 1) for t, k in rounds])
-  measured += (f"; w8a8 − ½·tfmot overhead {mean * 100:+.0f} points "
+  measured += (f"; {label} − ½·tfmot overhead {mean * 100:+.0f} points "
                f"[{low * 100:+.0f}, {high * 100:+.0f}], n = {len(rounds)}")
   return {"target": target, "measured": measured,
           "holds": _verdict(low, high, 0.0)}
@@ -53,7 +54,8 @@ def check_targets(results: Dict) -> List[Dict[str, object]]:
   """The project's targets against a benchmark run's numbers.
 
   Targets (issue 8): kqreg w8a8's step-time overhead over float at most half
-  of stock tfmot's on the same model; weight-only w4 within 5% of float; the
+  of stock tfmot's on the same model (also with frozen activation ranges,
+  where the run timed that variant); weight-only w4 within 5% of float; the
   noise callback under 2% of an epoch; int8 TFLite at most 0.27x the float
   file and no slower; packed int4 at most 0.15x the float file. Step-time
   targets are judged on 95% intervals: `holds` is True when the whole
@@ -68,8 +70,13 @@ def check_targets(results: Dict) -> List[Dict[str, object]]:
   step = results["step_time"]
   models = list(dict.fromkeys(r["model"] for r in step))
   for model in models:
-    rows.append(_overhead_target(model, _row(step, model, "tfmot_8bit"),
+    tfmot_row = _row(step, model, "tfmot_8bit")
+    rows.append(_overhead_target(model, tfmot_row,
                                  _row(step, model, "kqreg_w8a8")))
+    frozen = _row(step, model, "kqreg_w8a8_frozen")
+    if frozen is not None:
+      rows.append(_overhead_target(model, tfmot_row, frozen,
+                                   "w8a8 (frozen ranges)"))
     w4 = _row(step, model, "kqreg_w4")
     holds = None
     if w4 is not None:

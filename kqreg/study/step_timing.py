@@ -23,7 +23,7 @@ import tensorflow_model_optimization as tfmot
 import tf_keras
 
 from kqreg import models as models_lib
-from kqreg.quantize import quantize
+from kqreg.quantize import freeze_activation_ranges, quantize
 from kqreg.study.statistics import geometric_mean_interval
 
 __all__ = ["VARIANTS", "build_variant", "step_time", "paired_step_times",
@@ -31,7 +31,9 @@ __all__ = ["VARIANTS", "build_variant", "step_time", "paired_step_times",
            "median_time", "child_env"]
 
 # Training variants compared per model: (label, how to build it).
-VARIANTS = ("float", "tfmot_8bit", "kqreg_w8a8", "kqreg_w4a8", "kqreg_w4")
+# "_frozen": with its activation ranges frozen (`--freeze_ranges_after`).
+VARIANTS = ("float", "tfmot_8bit", "kqreg_w8a8", "kqreg_w8a8_frozen",
+            "kqreg_w4a8", "kqreg_w4")
 
 
 def build_variant(model_name: str, variant: str, input_shape, classes: int = 10,
@@ -44,7 +46,11 @@ def build_variant(model_name: str, variant: str, input_shape, classes: int = 10,
   if variant == "tfmot_8bit":
     return tfmot.quantization.keras.quantize_model(model)
   if variant.startswith("kqreg_"):
-    return quantize(model, variant[len("kqreg_"):])
+    policy, frozen = variant[len("kqreg_"):], variant.endswith("_frozen")
+    model = quantize(model, policy[:-len("_frozen")] if frozen else policy)
+    if frozen:
+      freeze_activation_ranges(model)
+    return model
   raise ValueError(f"Unknown variant {variant!r}; use one of {VARIANTS}.")
 
 
