@@ -64,6 +64,8 @@ def test_model_dir_of_other_settings_is_refused(tmp_path):
   runs.run(_config(tmp_path, bits="w4"))
   with pytest.raises(runs.ConfigError, match=r"--bits='w4' there, 'w8' now"):
     runs.run(_config(tmp_path, bits="w8"))
+  with pytest.raises(runs.ConfigError, match=r"--freeze_ranges_after=None there, 1 now"):
+    runs.run(_config(tmp_path, bits="w4", freeze_ranges_after=1))
 
 
 def test_refused_run_leaves_model_dir_usable(tmp_path):

@@ -1,6 +1,7 @@
 """The absl trainers as a user runs them: subprocesses, flags in, files out."""
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -47,12 +48,14 @@ def test_classify_requires_model_dir():
 
 def test_classify_reads_a_flagfile(tmp_path):
   flagfile = tmp_path / "tiny.cfg"
-  flagfile.write_text("\n".join(TINY + ["--bits=w4", "--epochs=1",
+  flagfile.write_text("\n".join(TINY + ["--bits=w4a8", "--epochs=2", "--freeze_ranges_after=1",
                                         f"--model_dir={tmp_path / 'run'}"]) + "\n")
   result = _run("trainers.classify", f"--flagfile={flagfile}")
   assert result.returncode == 0, result.stderr
-  assert "w4: finished" in result.stdout
+  assert "w4a8: finished" in result.stdout
   assert (tmp_path / "run" / "result.json").exists()
+  params = json.loads((tmp_path / "run" / "params.json").read_text())
+  assert params["config"]["freeze_ranges_after"] == 1
 
 
 def _epochs(model_dir):
