@@ -399,8 +399,9 @@ class ActivationQuantizer(_BitsEquality,
       return super().__call__(inputs, training, weights, **kwargs)
     # tfmot's `MovingAvgQuantize` for one asymmetric range, to the bit, minus
     # the batch minimum where it is known: min(reduce_min(relu(x)), 0) == 0,
-    # and the reduction is a full pass over the activation.
-    batch_min = (0.0 if _is_nonnegative(inputs) else
+    # and the reduction is a full pass over the activation. A tensor, not a
+    # Python 0.0: under a tf.distribute strategy the update reads its shape.
+    batch_min = (tf.zeros([], inputs.dtype) if _is_nonnegative(inputs) else
                  tf.minimum(tf.reduce_min(inputs), 0.0))
     batch_max = tf.maximum(tf.reduce_max(inputs), 0.0)
     assign = tf.__internal__.train.assign_moving_average

@@ -166,7 +166,6 @@ MLP = ["--dataset=kqreg_digits", "--model=mlp", "--model_args={'hidden': (64,)}"
 
 
 def _final(model_dir):
-  import json
   with open(os.path.join(model_dir, "result.json")) as f:
     return json.load(f)
 
@@ -181,6 +180,17 @@ def test_mirrored_on_two_virtual_cpus_matches_one_device(tmp_path):
   for key in ("train_loss", "val_loss", "val_accuracy"):
     assert two[key] == pytest.approx(one[key], rel=1e-3, abs=1e-4), key
   assert (tmp_path / "two" / "noise.csv").exists()
+
+
+def test_mirrored_trains_activation_ranges_and_freezes_them(tmp_path):
+  # Each replica's batch min/max is averaged into the range (as in tfmot), so
+  # the figures are not one device's; the run must train and freeze.
+  result = _run("trainers.classify", *MLP, "--bits=w4a8", "--freeze_ranges_after=2",
+                "--strategy=mirrored", "--virtual_cpus=2", "--noise_analysis=false",
+                f"--model_dir={tmp_path / 'run'}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  final = _final(tmp_path / "run")
+  assert final["replicas"] == 2 and final["val_loss"] == final["val_loss"]  # not NaN
 
 
 def _free_ports(n):
