@@ -130,3 +130,10 @@ def test_a_run_resumed_past_the_freeze_keeps_the_frozen_ranges(tmp_path, monkeyp
   assert result["resumed"] and len(result["history"]) == 3
   _, _, trained = runs.load_run(config["model_dir"])
   assert len(at_interrupt) > 4 and _equal(at_interrupt, _ranges(trained))
+
+
+def test_a_fit_that_starts_before_the_freeze_unfreezes_first():
+  model = _model()
+  _fit(model, kqreg.FreezeActivationRanges(1), epochs=2)  # left frozen
+  again = _fit(model, kqreg.FreezeActivationRanges(5), epochs=2)
+  assert not _equal(again.ranges[0], again.ranges[1])
