@@ -28,11 +28,9 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from kqreg import _tfmot
 from kqreg import noise
-from kqreg import quantizers
 from kqreg.io_utils import atomic_write_text
-from kqreg.quantize import freeze_activation_ranges
+from kqreg.quantize import freeze_activation_ranges, moving_average_quantizers
 
 __all__ = ["NoiseAnalysisCallback", "FreezeActivationRanges",
            "EpochCSVLogger", "StopOnNaN",
@@ -161,8 +159,7 @@ class FreezeActivationRanges(tf_keras.callbacks.Callback):
 
   def on_train_begin(self, logs=None):
     self._frozen = None
-    if not any(isinstance(q, quantizers.ActivationQuantizer)
-               for q in _tfmot.iter_activation_quantizers(self.model)):
+    if not moving_average_quantizers(self.model):
       warnings.warn(
           f"FreezeActivationRanges: model {self.model.name!r} has no "
           "moving-average activation quantizer (a weight-only or float "

@@ -39,6 +39,7 @@ __all__ = [
     "flatten_nested",
     "is_quantized",
     "freeze_activation_ranges",
+    "moving_average_quantizers",
     "QuantizeError",
 ]
 
@@ -150,12 +151,18 @@ def freeze_activation_ranges(model: tf_keras.Model, frozen: bool = True
     How many activation quantizers changed state.
   """
   changed = 0
-  for quantizer in _tfmot.iter_activation_quantizers(model):
-    if (isinstance(quantizer, quantizers.ActivationQuantizer)
-        and quantizer.frozen != frozen):
+  for quantizer in moving_average_quantizers(model):
+    if quantizer.frozen != frozen:
       quantizer.frozen = frozen
       changed += 1
   return changed
+
+
+def moving_average_quantizers(model: tf_keras.Model
+                              ) -> List[quantizers.ActivationQuantizer]:
+  """The `ActivationQuantizer`s of `model`: those with a range to freeze."""
+  return [q for q in _tfmot.iter_activation_quantizers(model)
+          if isinstance(q, quantizers.ActivationQuantizer)]
 
 
 def _fuses_into_next(layer, consumers) -> bool:

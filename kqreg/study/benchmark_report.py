@@ -29,17 +29,18 @@ UNDECIDED = "undecided"
 """A target whose 95% interval straddles its limit: more rounds would decide."""
 
 
-def _overhead_target(model: str, tfmot_row, w8a8_row,
+def _overhead_target(model: str, tfmot_row, kqreg_row,
                      label: str = "w8a8") -> Dict[str, object]:
-  """w8a8's overhead <= half of tfmot's, judged per round (the same rounds)."""
+  """kqreg's overhead <= half of tfmot's, judged per round (the same rounds)."""
   target = f"{model}: {label} overhead <= half of stock tfmot's"
-  if tfmot_row is None or w8a8_row is None:
+  if tfmot_row is None or kqreg_row is None:
     return {"target": target, "measured": "–", "holds": None}
-  measured = (f"tfmot {_pct_ci(tfmot_row)}, kqreg {label} {_pct_ci(w8a8_row)}")
+  measured = (f"tfmot {_pct_ci(tfmot_row)}, "
+              f"kqreg {label} {_pct_ci(kqreg_row)}")
   rounds = list(zip(tfmot_row.get("round_ratios") or [],
-                    w8a8_row.get("round_ratios") or []))
+                    kqreg_row.get("round_ratios") or []))
   if not rounds:  # Point figures only: judged on them.
-    excess = (w8a8_row["ratio"] - 1) - 0.5 * (tfmot_row["ratio"] - 1)
+    excess = (kqreg_row["ratio"] - 1) - 0.5 * (tfmot_row["ratio"] - 1)
     return {"target": target, "measured": measured, "holds": excess <= 0}
   # Per round: kqreg's overhead minus half of tfmot's; the target holds where
   # the whole interval on its mean is at or below 0.

@@ -46,9 +46,8 @@ def build_variant(model_name: str, variant: str, input_shape, classes: int = 10,
   if variant == "tfmot_8bit":
     return tfmot.quantization.keras.quantize_model(model)
   if variant.startswith("kqreg_"):
-    policy, frozen = variant[len("kqreg_"):], variant.endswith("_frozen")
-    model = quantize(model, policy[:-len("_frozen")] if frozen else policy)
-    if frozen:
+    model = quantize(model, variant[len("kqreg_"):].removesuffix("_frozen"))
+    if variant.endswith("_frozen"):
       freeze_activation_ranges(model)
     return model
   raise ValueError(f"Unknown variant {variant!r}; use one of {VARIANTS}.")
