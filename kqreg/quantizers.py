@@ -388,29 +388,46 @@ class ActivationQuantizer(_BitsEquality,
     return num_levels(self.num_bits, self.narrow_range)
 
   def __call__(self, inputs, training, weights, **kwargs):
-    if training and self.frozen:
-      if self.per_axis or self.symmetric:
-        return super().__call__(inputs, False, weights, **kwargs)
-      # tfmot's inference computation, with the one-pass gradient.
-      return kernels.fake_quant_with_min_max_vars(
-          inputs, weights["min_var"], weights["max_var"],
-          num_bits=self.num_bits, narrow_range=self.narrow_range)
     if not training or self.per_axis or self.symmetric:
-      return super().__call__(inputs, training, weights, **kwargs)
+      return super().__call__(inputs, training and not self.frozen, weights,
+                              **kwargs)
+    relu6 = kernels.RELU_OPS.get(_op_type(inputs))
+    if self.frozen:  # tfmot's inference computation, with kqreg's gradient.
+      return self._quantize(inputs, relu6, weights["min_var"],
+                            weights["max_var"])
     # tfmot's `MovingAvgQuantize` for one asymmetric range, to the bit, minus
-    # the batch minimum where it is known: min(reduce_min(relu(x)), 0) == 0,
-    # and the reduction is a full pass over the activation. A tensor, not a
+    # the batch minimum after a ReLU: min(reduce_min(relu(x)), 0) == 0, and
+    # the reduction is a full pass over the activation. A tensor, not a
     # Python 0.0: under a tf.distribute strategy the update reads its shape.
-    batch_min = (tf.zeros([], inputs.dtype) if _is_nonnegative(inputs) else
-                 tf.minimum(tf.reduce_min(inputs), 0.0))
-    batch_max = tf.maximum(tf.reduce_max(inputs), 0.0)
+    if relu6 is None:
+      batch_min = tf.minimum(tf.reduce_min(inputs), 0.0)
+      batch_max = tf.maximum(tf.reduce_max(inputs), 0.0)
+    else:
+      # max(relu(x)) from x itself, so that nothing reads the ReLU's output
+      # and TensorFlow prunes it when the fused kernel replaces it.
+      batch_min = tf.zeros([], inputs.dtype)
+      batch_max = tf.maximum(tf.reduce_max(inputs.op.inputs[0]), 0.0)
+      if relu6:
+        batch_max = tf.minimum(batch_max, 6.0)
     assign = tf.__internal__.train.assign_moving_average
     min_var = assign(weights["min_var"], batch_min, _EMA_DECAY,
                      zero_debias=False)
     max_var = assign(weights["max_var"], batch_max, _EMA_DECAY,
                      zero_debias=False)
+    return self._quantize(inputs, relu6, min_var, max_var)
+
+  def _quantize(self, inputs, relu6, min_value, max_value):
+    """Fake-quantizes `inputs`, fused with the ReLU that made them if any."""
+    if relu6 is not None:
+      # One pass each way instead of two: the ReLU and the quantizer in one
+      # kernel, the same values to the bit.
+      fused = kernels.relu_fake_quant(
+          inputs.op.inputs[0], min_value, max_value, num_bits=self.num_bits,
+          narrow_range=self.narrow_range, relu6=relu6)
+      if fused is not None:
+        return fused
     return kernels.fake_quant_with_min_max_vars(
-        inputs, min_var, max_var, num_bits=self.num_bits,
+        inputs, min_value, max_value, num_bits=self.num_bits,
         narrow_range=self.narrow_range)
 
 
@@ -475,12 +492,9 @@ class FixedRangeQuantizer(_BitsEquality, _tfmot_quantizers.Quantizer):
 # tfmot's MovingAverageQuantizer decay, so ranges match its to the bit.
 _EMA_DECAY = 0.999
 # Ops whose outputs are never negative, as they appear in a traced graph.
-_NONNEGATIVE_OPS = frozenset({"Relu", "Relu6"})
-
-
-def _is_nonnegative(tensor: tf.Tensor) -> bool:
-  """True if `tensor` comes straight out of a ReLU (graph tensors only)."""
+def _op_type(tensor: tf.Tensor) -> Optional[str]:
+  """The type of the op that made `tensor`; None for eager tensors."""
   try:
-    return tensor.op.type in _NONNEGATIVE_OPS
+    return tensor.op.type
   except AttributeError:  # Eager tensors have no producing op.
-    return False
+    return None

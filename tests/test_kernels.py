@@ -1,4 +1,4 @@
-"""The one-pass fake-quant gradient kernel: TensorFlow's values, its fallbacks."""
+"""kqreg's fake-quant kernels: TensorFlow's values to the bit, and their fallbacks."""
 
 import os
 import shutil
@@ -63,6 +63,50 @@ def test_values_and_input_gradients_are_tensorflows_to_the_bit(bits, narrow, low
     assert "FakeQuantWithMinMaxVarsGradient" not in got_ops
   # The range's own gradients are not computed: 0 < dx only inside it.
   if (low, high) != (0.0, 0.0):
+    assert 0 < np.count_nonzero(got_dx) < x.size
+
+
+def _relu_gradients(fused, x, low, high, bits, narrow, relu6):
+  activation = tf.nn.relu6 if relu6 else tf.nn.relu
+
+  @tf.function
+  def run(x, upstream):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = (kernels.relu_fake_quant(x, low, high, bits, narrow, relu6) if fused else
+           tf.quantization.fake_quant_with_min_max_vars(
+               activation(x), low, high, num_bits=bits, narrow_range=narrow))
+    return y, tape.gradient(y, x, output_gradients=upstream)
+
+  upstream = tf.constant(np.random.default_rng(1).normal(size=x.shape), tf.float32)
+  y, dx = run(tf.constant(x), upstream)
+  ops = {op.type for op in run.get_concrete_function(tf.constant(x), upstream).graph
+         .get_operations()}
+  return y.numpy(), dx.numpy(), ops
+
+
+@pytest.mark.parametrize("relu6", [False, True])
+@pytest.mark.parametrize("bits,narrow", [(2, False), (4, True), (8, False), (16, False)])
+@pytest.mark.parametrize("low,high", [(-6.0, 6.0), (0.0, 3.7), (-0.3, 7.1), (0.0, 0.0),
+                                      (0.4, 2.0)])
+def test_fused_relu_and_fake_quant_are_tensorflows_two_ops_to_the_bit(relu6, bits, narrow,
+                                                                     low, high):
+  rng = np.random.default_rng(bits)
+  # Odd sizes (vector loops have tails), and values on every edge: the
+  # range's ends, 0, -0, 6 (Relu6's cap) and NaN.
+  x = rng.normal(0.5, 4.0, size=(3, 7, 11, 5)).astype(np.float32)
+  x.flat[:7] = [low, high, 0.0, -0.0, 6.0, np.nan, -np.inf]
+  want_y, want_dx, _ = _relu_gradients(False, x, low, high, bits, narrow, relu6)
+  if not _has_compiler():
+    assert kernels.relu_fake_quant(tf.constant(x), low, high, bits, narrow, relu6) is None
+    return
+  got_y, got_dx, ops = _relu_gradients(True, x, low, high, bits, narrow, relu6)
+  # NaN, -0 and all: the same bits.
+  np.testing.assert_array_equal(got_y.view(np.int32), want_y.view(np.int32))
+  np.testing.assert_array_equal(got_dx.view(np.int32), want_dx.view(np.int32))
+  assert {"KqregReluFakeQuant", "KqregReluFakeQuantGradient"} <= ops
+  assert not ops & {"Relu", "Relu6", "ReluGrad", "Relu6Grad", "FakeQuantWithMinMaxVars"}
+  if (low, high) != (0.0, 0.0):  # the masks do cut: some gradients are 0, not all
     assert 0 < np.count_nonzero(got_dx) < x.size
 
 

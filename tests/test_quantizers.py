@@ -3,6 +3,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
+from kqreg import kernels
 from kqreg import quantizers
 
 
@@ -117,18 +118,19 @@ def test_weight_training_path_keeps_an_all_zero_channel_at_zero():
   assert np.isfinite(out).all() and (out[..., 1] == 0).all()
 
 
-@pytest.mark.parametrize("after_relu", [True, False])
-def test_activation_training_path_equals_tfmot_moving_avg_quantize(after_relu):
+@pytest.mark.parametrize("activation", [None, tf.nn.relu, tf.nn.relu6])
+def test_activation_training_path_equals_tfmot_moving_avg_quantize(activation):
+  """After a ReLU, kqreg's kernel fuses it with the quantizer: still tfmot's values."""
   quantizer = quantizers.ActivationQuantizer(8)
   ours, stock = _range_vars(quantizer, (None, 16))
 
   @tf.function
   def step(x, fast):
-    x = tf.nn.relu(x) if after_relu else x
     with tf.GradientTape() as tape:
       tape.watch(x)
-      out = (quantizer(x, True, ours) if fast else
-             _tfmot_quantizers.MovingAverageQuantizer.__call__(quantizer, x, True, stock))
+      y = activation(x) if activation else x
+      out = (quantizer(y, True, ours) if fast else
+             _tfmot_quantizers.MovingAverageQuantizer.__call__(quantizer, y, True, stock))
       loss = tf.reduce_sum(out * out)
     return out, tape.gradient(loss, x)
 
@@ -140,6 +142,14 @@ def test_activation_training_path_equals_tfmot_moving_avg_quantize(after_relu):
     np.testing.assert_array_equal(fast_grad.numpy(), ref_grad.numpy())
     for name in ("min_var", "max_var"):
       np.testing.assert_array_equal(ours[name].numpy(), stock[name].numpy())
+  ops = step.get_concrete_function(x, True).graph.get_operations()
+  fused = [op for op in ops if op.type == "KqregReluFakeQuant"]
+  if activation is not None and kernels.kernels_status().startswith("in use"):
+    # The ReLU's own output feeds nothing, so TensorFlow prunes the op.
+    (relu,) = [op for op in ops if op.type in ("Relu", "Relu6")]
+    assert len(fused) == 1 and not relu.outputs[0].consumers()
+  else:
+    assert not fused
 
 
 # The noise twin (policy `n<b>`): w + U(−Δ/2, Δ/2) with w<b>'s Δ, never rounded.

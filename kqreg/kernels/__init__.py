@@ -1,27 +1,34 @@
-"""kqreg's custom TensorFlow kernel (`fake_quant.cc`), built on first use.
+"""kqreg's custom TensorFlow kernels (`fake_quant.cc`), built on first use.
 
-`fake_quant_with_min_max_vars` is TensorFlow's op of that name, forward
-unchanged, whose gradient comes from `KqregFakeQuantInputGradient`:
-TensorFlow's own Nudge and mask, in one pass over the activation.
-TensorFlow's gradient kernel also sums the gradients outside the range for
-min and max, two more passes that tfmot's untrained range variables throw
-away. On a 64×32×32×16 activation the quantizer's forward and backward take
-about half the time (0.55 against 1.1 ms on 2 cores). Values and gradients
-are TensorFlow's to the bit (tests/test_kernels.py).
+Each computes what TensorFlow's ops compute, to the bit, in fewer passes over
+the activation (tests/test_kernels.py):
 
-The kernel is compiled the first time a training graph needs it, with the C++
-compiler (`$CXX`, else `c++`/`g++`) and `tf.sysconfig`'s flags, into
+- `fake_quant_with_min_max_vars`: TensorFlow's op of that name, forward
+  unchanged, whose gradient comes from `KqregFakeQuantInputGradient`:
+  TensorFlow's own Nudge and mask, in one pass. TensorFlow's gradient kernel
+  also sums the gradients outside the range for min and max, two more
+  passes that tfmot's untrained range variables throw away. On a
+  64×32×32×16 activation the quantizer's forward and backward take about
+  half the time (0.55 against 1.1 ms on 2 cores).
+- `relu_fake_quant`: fake_quant(relu(x)) (or relu6) in one kernel each way,
+  where TensorFlow runs the ReLU, the fake-quant, the fake-quant's gradient
+  and the ReLU's gradient as four passes. `ActivationQuantizer` uses it
+  whenever its input comes straight out of a ReLU.
+
+The kernels are compiled the first time a training graph needs them, with
+the C++ compiler (`$CXX`, else `c++`/`g++`) and `tf.sysconfig`'s flags, into
 `$KQREG_CACHE_DIR` (default `~/.cache/kqreg`), once per TensorFlow version
-and source. Where it cannot be built (no compiler, no headers), or under
-XLA, on a GPU, or with `KQREG_KERNELS=0`, TensorFlow's gradient is
-used: the same values, more slowly. A failed build warns once, with the
-compiler's reason.
+and source. Where they cannot be built (no compiler, no headers), or under
+XLA, on a GPU, or with `KQREG_KERNELS=0`, TensorFlow's ops are used: the
+same values, more slowly. A failed build warns once, with the compiler's
+reason.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -34,7 +41,8 @@ import tensorflow as tf
 
 from kqreg import _tfmot
 
-__all__ = ["fake_quant_with_min_max_vars", "kernels_status", "ENV_SWITCH",
+__all__ = ["fake_quant_with_min_max_vars", "relu_fake_quant", "kernels_status",
+           "ENV_SWITCH",
            "ENV_CACHE_DIR"]
 
 ENV_SWITCH = "KQREG_KERNELS"
@@ -62,11 +70,19 @@ def _cache_dir() -> str:
       "kqreg")
 
 
+# Vectorized loops whose floats round exactly as TensorFlow's: no fused
+# multiply-add; -fno-trapping-math lets floor() vectorize and changes no
+# value; AVX is what TensorFlow's x86 wheels require of the CPU anyway.
+_OPTIMIZE = ["-O3", "-ffp-contract=off", "-fno-trapping-math"] + (
+    ["-mavx"] if platform.machine().lower() in ("x86_64", "amd64") else [])
+
+
 def _build(compiler: str) -> str:
   """Compiles the kernel unless an identical build is cached; returns its path."""
   with open(_SOURCE, "rb") as f:
     source = f.read()
-  flags = tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags()
+  flags = (_OPTIMIZE + tf.sysconfig.get_compile_flags() +
+           tf.sysconfig.get_link_flags())
   key = hashlib.sha256(b"\0".join(
       [source, tf.__version__.encode(), compiler.encode(),
        " ".join(flags).encode()])).hexdigest()[:16]
@@ -79,9 +95,8 @@ def _build(compiler: str) -> str:
   # building at once (test workers, sweep workers) never load a partial file.
   fd, partial = tempfile.mkstemp(suffix=".so", dir=folder)
   os.close(fd)
-  # No fused multiply-add: float operations round exactly as TensorFlow's.
-  command = [compiler, "-std=c++17", "-shared", "-fPIC", "-O2", "-w",
-             "-ffp-contract=off", _SOURCE, "-o", partial, *flags]
+  command = [compiler, "-std=c++17", "-shared", "-fPIC", "-w", _SOURCE, "-o",
+             partial, *flags]
   try:
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
@@ -172,3 +187,36 @@ def fake_quant_with_min_max_vars(inputs: tf.Tensor, min_value: tf.Tensor,
 
   return _fake_quant(inputs)
 
+
+
+RELU_OPS = {"Relu": False, "Relu6": True}
+"""The activation ops `relu_fake_quant` fuses, and its `relu6` for each."""
+
+
+def relu_fake_quant(features: tf.Tensor, min_value: tf.Tensor,
+                    max_value: tf.Tensor, num_bits: int, narrow_range: bool,
+                    relu6: bool) -> Optional[tf.Tensor]:
+  """`fake_quant_with_min_max_vars(relu(features))` in one pass, or None.
+
+  `relu6` picks `tf.nn.relu6` instead of `tf.nn.relu`. Values and the
+  gradient to `features` equal those of TensorFlow's two ops to the bit, and
+  each direction reads the activation once instead of twice. None where
+  kqreg's kernels are not in use: the caller keeps TensorFlow's ops.
+  """
+  if not _usable():
+    return None
+  module = _state["module"]
+  min_value = tf.stop_gradient(min_value)
+  max_value = tf.stop_gradient(max_value)
+
+  @tf.custom_gradient
+  def _relu_fake_quant(x):
+    def _grad(dy):
+      return module.kqreg_relu_fake_quant_gradient(
+          dy, x, min_value, max_value, num_bits=num_bits,
+          narrow_range=narrow_range, relu6=relu6)
+    return module.kqreg_relu_fake_quant(
+        x, min_value, max_value, num_bits=num_bits,
+        narrow_range=narrow_range, relu6=relu6), _grad
+
+  return _relu_fake_quant(features)
