@@ -67,9 +67,10 @@ def paired_training(models: Dict[str, tf_keras.Model],
   """
   if baseline not in models:
     raise ValueError(f"`baseline` {baseline!r} is not among {list(models)}.")
-  failed = {}
-  for model in models.values():
+  failed, train_functions = {}, {}
+  for name, model in models.items():
     compile_for_timing(model)
+    train_functions[name] = model.make_train_function()
   x, y = data["x_train"], data["y_train"]
   order = np.random.default_rng(0)
   # Full batches only: a short last batch would trace every step again.
@@ -79,15 +80,18 @@ def paired_training(models: Dict[str, tf_keras.Model],
   round_index = 0
   for _ in range(epochs):
     index = order.permutation(len(x))
-    for b in range(batches):
-      take = index[b * batch_size:(b + 1) * batch_size]
-      xb, yb = tf.constant(x[take]), tf.constant(y[take])
+    # Each model steps as `fit` does, its train function on an iterator, all
+    # over the same batches (see `step_timing.training_step`).
+    epoch = tf.data.Dataset.from_tensor_slices((x[index], y[index])).batch(
+        batch_size, drop_remainder=True)
+    iterators = {name: iter(epoch) for name in names}
+    for _ in range(batches):
       live = [n for n in names if n not in failed]
       shift = round_index % len(live)
       for name in live[shift:] + live[:shift]:
         start = time.perf_counter()
         try:
-          models[name].train_on_batch(xb, yb)
+          train_functions[name](iterators[name])
         except Exception as e:  # pylint: disable=broad-except
           failed[name] = {"error": f"{type(e).__name__}: {str(e)[:80]}"}
           continue
