@@ -144,3 +144,20 @@ def test_paired_step_times_rounds_and_failures():
   with pytest.raises(RuntimeError, match="baseline 'broken' failed"):
     benchmark.paired_step_times({"broken": _tiny(1)}, (4, 4, 1), baseline="broken",
                                 batch_size=8, steps=1, repeats=1, warmup=1)
+
+
+def test_a_timed_step_is_one_optimizer_step_without_retracing():
+  import numpy as np
+  from kqreg.study import step_timing
+  model = _tiny(10)
+  step = step_timing.training_step(model, (4, 4, 1), batch_size=8)
+  before = [w.numpy().copy() for w in model.trainable_weights]
+  step()  # traces (twice: the first trace creates the optimizer's slots)
+  traced = model.train_function.experimental_get_tracing_count()
+  for _ in range(3):
+    step()
+  # Every call is one optimizer step of the train function `fit` would run:
+  # no per-call data adapter, no retracing.
+  assert int(model.optimizer.iterations.numpy()) == 4
+  assert model.train_function.experimental_get_tracing_count() == traced
+  assert any(not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights))
