@@ -365,6 +365,10 @@ class ActivationQuantizer(_BitsEquality,
     symmetric: range symmetric about 0.
     narrow_range: drop the lowest level.
 
+  In a traced training step, a quantizer whose input comes straight out of a
+  ReLU or ReLU6 runs both as one kqreg kernel (`kernels.relu_fake_quant`):
+  the same values and gradients, one pass each way instead of two.
+
   Attributes:
     frozen: when True, training steps quantize on the range reached so far
       and stop updating it (`kqreg.freeze_activation_ranges` sets it). Read
@@ -491,7 +495,8 @@ class FixedRangeQuantizer(_BitsEquality, _tfmot_quantizers.Quantizer):
 
 # tfmot's MovingAverageQuantizer decay, so ranges match its to the bit.
 _EMA_DECAY = 0.999
-# Ops whose outputs are never negative, as they appear in a traced graph.
+
+
 def _op_type(tensor: tf.Tensor) -> Optional[str]:
   """The type of the op that made `tensor`; None for eager tensors."""
   try:

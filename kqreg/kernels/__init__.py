@@ -172,21 +172,27 @@ def fake_quant_with_min_max_vars(inputs: tf.Tensor, min_value: tf.Tensor,
         inputs, min_value, max_value, num_bits=num_bits,
         narrow_range=narrow_range)
   module = _state["module"]
+  return _with_gradient(
+      tf.quantization.fake_quant_with_min_max_vars,
+      module.kqreg_fake_quant_input_gradient, inputs, min_value, max_value,
+      num_bits=num_bits, narrow_range=narrow_range)
+
+
+def _with_gradient(forward, backward, x, min_value, max_value, **attrs):
+  """forward(x, min, max, **attrs), its gradient to x from backward(dy, x, ...).
+
+  No gradient reaches the range: tfmot's range variables are not trained.
+  """
   min_value = tf.stop_gradient(min_value)
   max_value = tf.stop_gradient(max_value)
 
   @tf.custom_gradient
-  def _fake_quant(x):
+  def _op(x):
     def _grad(dy):
-      return module.kqreg_fake_quant_input_gradient(
-          dy, x, min_value, max_value, num_bits=num_bits,
-          narrow_range=narrow_range)
-    return tf.quantization.fake_quant_with_min_max_vars(
-        x, min_value, max_value, num_bits=num_bits,
-        narrow_range=narrow_range), _grad
+      return backward(dy, x, min_value, max_value, **attrs)
+    return forward(x, min_value, max_value, **attrs), _grad
 
-  return _fake_quant(inputs)
-
+  return _op(x)
 
 
 RELU_OPS = {"Relu": False, "Relu6": True}
@@ -206,17 +212,7 @@ def relu_fake_quant(features: tf.Tensor, min_value: tf.Tensor,
   if not _usable():
     return None
   module = _state["module"]
-  min_value = tf.stop_gradient(min_value)
-  max_value = tf.stop_gradient(max_value)
-
-  @tf.custom_gradient
-  def _relu_fake_quant(x):
-    def _grad(dy):
-      return module.kqreg_relu_fake_quant_gradient(
-          dy, x, min_value, max_value, num_bits=num_bits,
-          narrow_range=narrow_range, relu6=relu6)
-    return module.kqreg_relu_fake_quant(
-        x, min_value, max_value, num_bits=num_bits,
-        narrow_range=narrow_range, relu6=relu6), _grad
-
-  return _relu_fake_quant(features)
+  return _with_gradient(
+      module.kqreg_relu_fake_quant, module.kqreg_relu_fake_quant_gradient,
+      features, min_value, max_value, num_bits=num_bits,
+      narrow_range=narrow_range, relu6=relu6)

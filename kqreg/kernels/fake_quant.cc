@@ -58,117 +58,27 @@ inline Eigen::TensorOpCost ElementCost(int inputs) {
   return Eigen::TensorOpCost(4.0 * inputs, 4.0, 12.0);
 }
 
-REGISTER_OP("KqregFakeQuantInputGradient")
-    .Input("gradients: float")
-    .Input("inputs: float")
-    .Input("min: float")
-    .Input("max: float")
-    .Attr("num_bits: int = 8")
-    .Attr("narrow_range: bool = false")
-    .Output("backprops_wrt_input: float")
-    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(1));
-      return absl::OkStatus();
-    });
+// Output 0 has the shape of input `kInput`.
+template <int kInput>
+absl::Status ShapeOfInput(::tensorflow::shape_inference::InferenceContext* c) {
+  c->set_output(0, c->input(kInput));
+  return absl::OkStatus();
+}
 
-class FakeQuantInputGradientOp : public OpKernel {
+// What every kernel here shares: the attributes, the scalar range inputs,
+// and TensorFlow's nudged range.
+class FakeQuantKernel : public OpKernel {
  public:
-  explicit FakeQuantInputGradientOp(OpKernelConstruction* context)
+  FakeQuantKernel(OpKernelConstruction* context, bool fused_activation)
       : OpKernel(context) {
     int num_bits;
     bool narrow_range;
     OP_REQUIRES_OK(context, context->GetAttr("num_bits", &num_bits));
     OP_REQUIRES_OK(context, context->GetAttr("narrow_range", &narrow_range));
-    OP_REQUIRES(context, num_bits >= 2 && num_bits <= 16,
-                absl::InvalidArgumentError("num_bits must be in [2, 16]"));
-    quant_min_ = narrow_range ? 1 : 0;
-    quant_max_ = (1 << num_bits) - 1;
-  }
-
-  void Compute(OpKernelContext* context) override {
-    const Tensor& gradients = context->input(0);
-    const Tensor& inputs = context->input(1);
-    OP_REQUIRES(context, gradients.shape() == inputs.shape(),
-                absl::InvalidArgumentError(
-                    "gradients and inputs must have the same shape"));
-    OP_REQUIRES(context,
-                context->input(2).NumElements() == 1 &&
-                    context->input(3).NumElements() == 1,
-                absl::InvalidArgumentError("min and max must be scalars"));
-    const float min_val = context->input(2).flat<float>()(0);
-    const float max_val = context->input(3).flat<float>()(0);
-    Tensor* output = nullptr;
-    OP_REQUIRES_OK(context, context->forward_input_or_allocate_output(
-                                {0}, 0, inputs.shape(), &output));
-    const float* dy = gradients.flat<float>().data();
-    const float* x = inputs.flat<float>().data();
-    float* dx = output->flat<float>().data();
-    // As FakeQuantWithMinMaxVarsGradientFunctor: an all-zero range passes
-    // every gradient through.
-    float nudged_min = -std::numeric_limits<float>::infinity();
-    float nudged_max = std::numeric_limits<float>::infinity();
-    if (min_val != 0.0f || max_val != 0.0f) {
-      float scale, inv_scale;
-      ::tensorflow::Nudge(min_val, max_val, quant_min_, quant_max_,
-                          &nudged_min, &nudged_max, &scale, &inv_scale);
+    relu6_ = false;
+    if (fused_activation) {
+      OP_REQUIRES_OK(context, context->GetAttr("relu6", &relu6_));
     }
-    context->eigen_device<Eigen::ThreadPoolDevice>().parallelFor(
-        inputs.NumElements(), ElementCost(2),
-        [=](int64_t begin, int64_t end) {
-          for (int64_t i = begin; i < end; ++i) {
-            dx[i] = dy[i] * static_cast<float>((x[i] >= nudged_min) &
-                                               (x[i] <= nudged_max));
-          }
-        });
-  }
-
- private:
-  int quant_min_;
-  int quant_max_;
-};
-
-REGISTER_KERNEL_BUILDER(
-    Name("KqregFakeQuantInputGradient").Device(::tensorflow::DEVICE_CPU),
-    FakeQuantInputGradientOp);
-
-// The activation in front of the quantizer: Relu, or Relu6 when `relu6`.
-REGISTER_OP("KqregReluFakeQuant")
-    .Input("features: float")
-    .Input("min: float")
-    .Input("max: float")
-    .Attr("num_bits: int = 8")
-    .Attr("narrow_range: bool = false")
-    .Attr("relu6: bool = false")
-    .Output("outputs: float")
-    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(0));
-      return absl::OkStatus();
-    });
-
-REGISTER_OP("KqregReluFakeQuantGradient")
-    .Input("gradients: float")
-    .Input("features: float")
-    .Input("min: float")
-    .Input("max: float")
-    .Attr("num_bits: int = 8")
-    .Attr("narrow_range: bool = false")
-    .Attr("relu6: bool = false")
-    .Output("backprops: float")
-    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(1));
-      return absl::OkStatus();
-    });
-
-// What the fused kernels share: attributes, and the scalar range.
-class ReluFakeQuantBase : public OpKernel {
- public:
-  explicit ReluFakeQuantBase(OpKernelConstruction* context)
-      : OpKernel(context) {
-    int num_bits;
-    bool narrow_range;
-    OP_REQUIRES_OK(context, context->GetAttr("num_bits", &num_bits));
-    OP_REQUIRES_OK(context, context->GetAttr("narrow_range", &narrow_range));
-    OP_REQUIRES_OK(context, context->GetAttr("relu6", &relu6_));
     OP_REQUIRES(context, num_bits >= 2 && num_bits <= 16,
                 absl::InvalidArgumentError("num_bits must be in [2, 16]"));
     quant_min_ = narrow_range ? 1 : 0;
@@ -191,14 +101,119 @@ class ReluFakeQuantBase : public OpKernel {
     return true;
   }
 
+  // The bounds of the gradients' mask. As
+  // FakeQuantWithMinMaxVarsGradientFunctor, an all-zero range passes every
+  // gradient through.
+  void MaskBounds(float min_val, float max_val, float* low,
+                  float* high) const {
+    *low = -std::numeric_limits<float>::infinity();
+    *high = std::numeric_limits<float>::infinity();
+    if (min_val != 0.0f || max_val != 0.0f) {
+      float scale, inv_scale;
+      ::tensorflow::Nudge(min_val, max_val, quant_min_, quant_max_, low, high,
+                          &scale, &inv_scale);
+    }
+  }
+
+  // A gradient kernel's inputs (gradients, activation, min, max) and its
+  // output, which may take over the gradients' buffer, with the mask's
+  // bounds; false (the error set) on bad inputs.
+  struct Backprop {
+    const float* dy;
+    const float* x;
+    float* dx;
+    int64_t n;
+    float low;
+    float high;
+  };
+  bool PrepareBackprop(OpKernelContext* context, Backprop* args) {
+    float min_val, max_val;
+    if (!ReadRange(context, 2, &min_val, &max_val)) return false;
+    const Tensor& gradients = context->input(0);
+    const Tensor& inputs = context->input(1);
+    if (gradients.shape() != inputs.shape()) {
+      context->SetStatus(absl::InvalidArgumentError(
+          "gradients and inputs must have the same shape"));
+      return false;
+    }
+    Tensor* output = nullptr;
+    auto status = context->forward_input_or_allocate_output(
+        {0}, 0, inputs.shape(), &output);
+    if (!status.ok()) {
+      context->SetStatus(status);
+      return false;
+    }
+    args->dy = gradients.flat<float>().data();
+    args->x = inputs.flat<float>().data();
+    args->dx = output->flat<float>().data();
+    args->n = inputs.NumElements();
+    MaskBounds(min_val, max_val, &args->low, &args->high);
+    return true;
+  }
+
   bool relu6_;
   int quant_min_;
   int quant_max_;
 };
 
-class ReluFakeQuantOp : public ReluFakeQuantBase {
+REGISTER_OP("KqregFakeQuantInputGradient")
+    .Input("gradients: float")
+    .Input("inputs: float")
+    .Input("min: float")
+    .Input("max: float")
+    .Attr("num_bits: int = 8")
+    .Attr("narrow_range: bool = false")
+    .Output("backprops_wrt_input: float")
+    .SetShapeFn(ShapeOfInput<1>);
+
+class FakeQuantInputGradientOp : public FakeQuantKernel {
  public:
-  using ReluFakeQuantBase::ReluFakeQuantBase;
+  explicit FakeQuantInputGradientOp(OpKernelConstruction* context)
+      : FakeQuantKernel(context, /*fused_activation=*/false) {}
+
+  void Compute(OpKernelContext* context) override {
+    Backprop b;
+    if (!PrepareBackprop(context, &b)) return;
+    context->eigen_device<Eigen::ThreadPoolDevice>().parallelFor(
+        b.n, ElementCost(2), [b](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i) {
+            b.dx[i] = b.dy[i] *
+                      static_cast<float>((b.x[i] >= b.low) & (b.x[i] <= b.high));
+          }
+        });
+  }
+};
+
+REGISTER_KERNEL_BUILDER(
+    Name("KqregFakeQuantInputGradient").Device(::tensorflow::DEVICE_CPU),
+    FakeQuantInputGradientOp);
+
+// The activation in front of the quantizer: Relu, or Relu6 when `relu6`.
+REGISTER_OP("KqregReluFakeQuant")
+    .Input("features: float")
+    .Input("min: float")
+    .Input("max: float")
+    .Attr("num_bits: int = 8")
+    .Attr("narrow_range: bool = false")
+    .Attr("relu6: bool = false")
+    .Output("outputs: float")
+    .SetShapeFn(ShapeOfInput<0>);
+
+REGISTER_OP("KqregReluFakeQuantGradient")
+    .Input("gradients: float")
+    .Input("features: float")
+    .Input("min: float")
+    .Input("max: float")
+    .Attr("num_bits: int = 8")
+    .Attr("narrow_range: bool = false")
+    .Attr("relu6: bool = false")
+    .Output("backprops: float")
+    .SetShapeFn(ShapeOfInput<1>);
+
+class ReluFakeQuantOp : public FakeQuantKernel {
+ public:
+  explicit ReluFakeQuantOp(OpKernelConstruction* context)
+      : FakeQuantKernel(context, /*fused_activation=*/true) {}
 
   void Compute(OpKernelContext* context) override {
     float min_val, max_val;
@@ -244,39 +259,20 @@ class ReluFakeQuantOp : public ReluFakeQuantBase {
   }
 };
 
-class ReluFakeQuantGradientOp : public ReluFakeQuantBase {
+class ReluFakeQuantGradientOp : public FakeQuantKernel {
  public:
-  using ReluFakeQuantBase::ReluFakeQuantBase;
+  explicit ReluFakeQuantGradientOp(OpKernelConstruction* context)
+      : FakeQuantKernel(context, /*fused_activation=*/true) {}
 
   void Compute(OpKernelContext* context) override {
-    float min_val, max_val;
-    if (!ReadRange(context, 2, &min_val, &max_val)) return;
-    const Tensor& gradients = context->input(0);
-    const Tensor& features = context->input(1);
-    OP_REQUIRES(context, gradients.shape() == features.shape(),
-                absl::InvalidArgumentError(
-                    "gradients and features must have the same shape"));
-    Tensor* output = nullptr;
-    OP_REQUIRES_OK(context, context->forward_input_or_allocate_output(
-                                {0}, 0, features.shape(), &output));
-    const float* dy = gradients.flat<float>().data();
-    const float* x = features.flat<float>().data();
-    float* dx = output->flat<float>().data();
-    const int64_t n = features.NumElements();
+    // An all-zero range passes every gradient to the activation's own mask.
+    Backprop b;
+    if (!PrepareBackprop(context, &b)) return;
     const auto& device = context->eigen_device<Eigen::ThreadPoolDevice>();
-    // As FakeQuantWithMinMaxVarsGradientFunctor, an all-zero range passes
-    // every gradient through (to the activation's own mask).
-    float nudged_min = -std::numeric_limits<float>::infinity();
-    float nudged_max = std::numeric_limits<float>::infinity();
-    if (min_val != 0.0f || max_val != 0.0f) {
-      float scale, inv_scale;
-      ::tensorflow::Nudge(min_val, max_val, quant_min_, quant_max_,
-                          &nudged_min, &nudged_max, &scale, &inv_scale);
-    }
     if (relu6_) {
-      Backprop<true>(device, dy, x, dx, n, nudged_min, nudged_max);
+      Run<true>(device, b);
     } else {
-      Backprop<false>(device, dy, x, dx, n, nudged_min, nudged_max);
+      Run<false>(device, b);
     }
   }
 
@@ -284,15 +280,12 @@ class ReluFakeQuantGradientOp : public ReluFakeQuantBase {
   // The fake-quant gradient's mask on the activation's output, then
   // ReluGrad's multiplication by its own mask.
   template <bool kRelu6>
-  static void Backprop(const Eigen::ThreadPoolDevice& device, const float* dy,
-                       const float* x, float* dx, int64_t n, float nudged_min,
-                       float nudged_max) {
-    device.parallelFor(n, ElementCost(2), [=](int64_t begin, int64_t end) {
+  static void Run(const Eigen::ThreadPoolDevice& device, const Backprop& b) {
+    device.parallelFor(b.n, ElementCost(2), [b](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        const float r = Activation<kRelu6>(x[i]);
-        const float inside =
-            static_cast<float>((r >= nudged_min) & (r <= nudged_max));
-        dx[i] = dy[i] * inside * ActivationMask<kRelu6>(x[i]);
+        const float r = Activation<kRelu6>(b.x[i]);
+        const float inside = static_cast<float>((r >= b.low) & (r <= b.high));
+        b.dx[i] = b.dy[i] * inside * ActivationMask<kRelu6>(b.x[i]);
       }
     });
   }
