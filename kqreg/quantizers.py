@@ -395,7 +395,7 @@ class ActivationQuantizer(_BitsEquality,
     if not training or self.per_axis or self.symmetric:
       return super().__call__(inputs, training and not self.frozen, weights,
                               **kwargs)
-    relu6 = kernels.RELU_OPS.get(_op_type(inputs))
+    relu6 = kernels.fused_activation(inputs)
     if self.frozen:  # tfmot's inference computation, with kqreg's gradient.
       return self._quantize(inputs, relu6, weights["min_var"],
                             weights["max_var"])
@@ -495,11 +495,3 @@ class FixedRangeQuantizer(_BitsEquality, _tfmot_quantizers.Quantizer):
 
 # tfmot's MovingAverageQuantizer decay, so ranges match its to the bit.
 _EMA_DECAY = 0.999
-
-
-def _op_type(tensor: tf.Tensor) -> Optional[str]:
-  """The type of the op that made `tensor`; None for eager tensors."""
-  try:
-    return tensor.op.type
-  except AttributeError:  # Eager tensors have no producing op.
-    return None

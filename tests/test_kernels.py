@@ -110,6 +110,16 @@ def test_fused_relu_and_fake_quant_are_tensorflows_two_ops_to_the_bit(relu6, bit
     assert 0 < np.count_nonzero(got_dx) < x.size
 
 
+def test_fused_activation_names_a_relu_in_a_graph_only():
+  with tf.Graph().as_default():
+    x = tf.constant([1.0, -1.0])
+    assert kernels.fused_activation(tf.nn.relu(x)) is False
+    assert kernels.fused_activation(tf.nn.relu6(x)) is True
+    assert kernels.fused_activation(tf.nn.sigmoid(x)) is None
+  # An eager tensor has no producing op: nothing to fuse.
+  assert kernels.fused_activation(tf.nn.relu(tf.constant([1.0]))) is None
+
+
 def test_xla_functions_keep_tensorflows_gradient():
   x = np.random.default_rng(0).normal(size=(2, 5, 5, 4)).astype(np.float32)
   # XLA's own fake_quant rounds differently from TensorFlow's kernel; both jit.

@@ -41,8 +41,8 @@ import tensorflow as tf
 
 from kqreg import _tfmot
 
-__all__ = ["fake_quant_with_min_max_vars", "relu_fake_quant", "kernels_status",
-           "ENV_SWITCH",
+__all__ = ["fake_quant_with_min_max_vars", "relu_fake_quant", "fused_activation",
+           "kernels_status", "ENV_SWITCH",
            "ENV_CACHE_DIR"]
 
 ENV_SWITCH = "KQREG_KERNELS"
@@ -195,8 +195,19 @@ def _with_gradient(forward, backward, x, min_value, max_value, **attrs):
   return _op(x)
 
 
-RELU_OPS = {"Relu": False, "Relu6": True}
-"""The activation ops `relu_fake_quant` fuses, and its `relu6` for each."""
+_RELU_OPS = {"Relu": False, "Relu6": True}
+
+
+def fused_activation(tensor: tf.Tensor) -> Optional[bool]:
+  """`relu_fake_quant`'s `relu6` if `tensor` comes straight out of a ReLU.
+
+  True for Relu6, False for Relu, None for any other op and for eager
+  tensors, which have no producing op.
+  """
+  try:
+    return _RELU_OPS.get(tensor.op.type)
+  except AttributeError:
+    return None
 
 
 def relu_fake_quant(features: tf.Tensor, min_value: tf.Tensor,
