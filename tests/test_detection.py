@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -328,3 +329,26 @@ def test_exports_run_in_litert(shapes_sweep):
   for tensor in logistic:
     assert tensor["dtype"] == np.int8
     assert tensor["quantization"] == pytest.approx((1 / 256, -128))
+
+
+def test_frozen_detector_ranges_hold_in_training_steps():
+  """--freeze_ranges_after on a keras-cv detector: every moving-average range
+  (concatenations, additions and the head included) stops, and restarts."""
+  model = detection.build_detector(3, "xs", "w4a8", image_size=32)
+  x = np.random.default_rng(0).random((2, 32, 32, 3)).astype(np.float32)
+
+  def train_call():  # traced anew: the switch is read when a step is traced
+    tf.function(lambda: model(x, training=True))()
+
+  def ranges():
+    return [v.numpy().copy() for v in model.non_trainable_weights
+            if re.search(r"_(min|max):0$", v.name) and "kernel" not in v.name]
+
+  train_call()  # the ranges leave their initial ±6
+  before = ranges()
+  assert kqreg.freeze_activation_ranges(model) == len(before) // 2 > 50
+  train_call()
+  assert all(np.array_equal(a, b) for a, b in zip(before, ranges()))
+  kqreg.freeze_activation_ranges(model, False)
+  train_call()
+  assert not all(np.array_equal(a, b) for a, b in zip(before, ranges()))
