@@ -50,7 +50,7 @@ def test_values_and_input_gradients_are_tensorflows_to_the_bit(bits, narrow, low
   rng = np.random.default_rng(bits)
   # Inside, outside and exactly on the nudged range's ends.
   x = rng.normal(0.5, 2.0, size=(4, 9, 9, 3)).astype(np.float32)
-  x.flat[:4] = [low, high, 0.0, -0.0]
+  x.flat[:5] = [low, high, 0.0, -0.0, np.nan]
   want_y, want_dx, want_ops = _gradients(tf.quantization.fake_quant_with_min_max_vars,
                                          x, low, high, bits, narrow)
   got_y, got_dx, got_ops = _gradients(kernels.fake_quant_with_min_max_vars,

@@ -101,28 +101,28 @@ class FakeQuantKernel : public OpKernel {
     return true;
   }
 
-  // The bounds of the gradients' mask. As
-  // FakeQuantWithMinMaxVarsGradientFunctor, an all-zero range passes every
-  // gradient through.
-  void MaskBounds(float min_val, float max_val, float* low,
+  // The bounds of the gradients' mask; false for an all-zero range, which
+  // FakeQuantWithMinMaxVarsGradientFunctor passes every gradient through
+  // (NaN inputs' too, so no bounds can stand for it).
+  bool MaskBounds(float min_val, float max_val, float* low,
                   float* high) const {
-    *low = -std::numeric_limits<float>::infinity();
-    *high = std::numeric_limits<float>::infinity();
-    if (min_val != 0.0f || max_val != 0.0f) {
-      float scale, inv_scale;
-      ::tensorflow::Nudge(min_val, max_val, quant_min_, quant_max_, low, high,
-                          &scale, &inv_scale);
-    }
+    if (min_val == 0.0f && max_val == 0.0f) return false;
+    float scale, inv_scale;
+    ::tensorflow::Nudge(min_val, max_val, quant_min_, quant_max_, low, high,
+                        &scale, &inv_scale);
+    return true;
   }
 
   // A gradient kernel's inputs (gradients, activation, min, max) and its
   // output, which may take over the gradients' buffer, with the mask's
-  // bounds; false (the error set) on bad inputs.
+  // bounds (masked false: an all-zero range); false (the error set) on bad
+  // inputs.
   struct Backprop {
     const float* dy;
     const float* x;
     float* dx;
     int64_t n;
+    bool masked;
     float low;
     float high;
   };
@@ -147,7 +147,7 @@ class FakeQuantKernel : public OpKernel {
     args->x = inputs.flat<float>().data();
     args->dx = output->flat<float>().data();
     args->n = inputs.NumElements();
-    MaskBounds(min_val, max_val, &args->low, &args->high);
+    args->masked = MaskBounds(min_val, max_val, &args->low, &args->high);
     return true;
   }
 
@@ -174,6 +174,10 @@ class FakeQuantInputGradientOp : public FakeQuantKernel {
   void Compute(OpKernelContext* context) override {
     Backprop b;
     if (!PrepareBackprop(context, &b)) return;
+    if (!b.masked) {
+      if (b.dx != b.dy) std::copy(b.dy, b.dy + b.n, b.dx);
+      return;
+    }
     context->eigen_device<Eigen::ThreadPoolDevice>().parallelFor(
         b.n, ElementCost(2), [b](int64_t begin, int64_t end) {
           for (int64_t i = begin; i < end; ++i) {
@@ -265,9 +269,13 @@ class ReluFakeQuantGradientOp : public FakeQuantKernel {
       : FakeQuantKernel(context, /*fused_activation=*/true) {}
 
   void Compute(OpKernelContext* context) override {
-    // An all-zero range passes every gradient to the activation's own mask.
     Backprop b;
     if (!PrepareBackprop(context, &b)) return;
+    // An all-zero range passes every gradient to the activation's own mask.
+    if (!b.masked) {
+      b.low = -std::numeric_limits<float>::infinity();
+      b.high = std::numeric_limits<float>::infinity();
+    }
     const auto& device = context->eigen_device<Eigen::ThreadPoolDevice>();
     if (relu6_) {
       Run<true>(device, b);
