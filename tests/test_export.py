@@ -245,6 +245,37 @@ def tiny_trained():
   return get
 
 
+def _without_source_record(data):
+  """The file with the converter's CONVERSION_METADATA (which records what it
+  converted from: a Keras model or a concrete function) left out."""
+  import flatbuffers  # pylint: disable=g-import-not-at-top
+  from tensorflow.lite.python import schema_py_generated as schema  # pylint: disable=g-import-not-at-top
+  model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
+  for entry in model.metadata:
+    if entry.name == b"CONVERSION_METADATA":
+      model.buffers[entry.buffer].data = None
+  builder = flatbuffers.Builder(0)
+  builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+  return bytes(builder.Output())
+
+
+@pytest.mark.parametrize("optimize", [True, False])
+def test_conversion_writes_the_file_the_keras_converter_writes(tiny_trained,
+                                                               optimize):
+  """kqreg converts one traced inference function, not a SavedModel of every
+  layer: the file must still be `from_keras_model`'s, to the byte, but for
+  the converter's record of its source."""
+  from kqreg.export import converter  # pylint: disable=g-import-not-at-top
+  qat = tiny_trained("w4a8")
+  keras_converter = tf.lite.TFLiteConverter.from_keras_model(qat)
+  if optimize:
+    keras_converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  expected = keras_converter.convert()
+  written = converter.convert(qat, optimize=optimize)
+  assert written != expected  # the source record differs ...
+  assert _without_source_record(written) == _without_source_record(expected)
+
+
 @pytest.mark.parametrize("policy", ["w8a8", "w3a8"])
 def test_litert_agrees_with_keras_within_the_derived_bound(tiny_trained,
                                                            tmp_path, policy):
