@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import tempfile
 from typing import List, Optional, Tuple
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
@@ -98,15 +100,16 @@ def _conversion_error(e: ConverterError, model: tf_keras.Model) -> ExportError:
   return ExportError(f"TFLite conversion of {model.name!r} failed: {reason}")
 
 
-def _inference_function(model: tf_keras.Model):
-  """`model(inputs, training=False)` as one concrete function, and an object
-  tracking its variables (the converter saves both as a SavedModel).
+def _save_for_conversion(model: tf_keras.Model, folder: str) -> None:
+  """Saves `model(inputs, training=False)` to `folder` as a SavedModel of one
+  signature, which the converter reads as it reads a Keras model's.
 
   `TFLiteConverter.from_keras_model` saves the Keras model itself, which
-  traces every layer's call for the SavedModel (three times the whole
-  conversion of a YOLOv8 detector); this traces the model once. The file is
-  the same but for the converter's record of its source (measured on a CNN
-  and a detector: every tensor, buffer, op and signature equal).
+  traces every layer's call (three times the whole conversion of a YOLOv8
+  detector), and the gradient of every custom-gradient op (TensorFlow's
+  swish is one: a third of what remains). This traces the model once and no
+  gradient. The file is the same but for the converter's record of its
+  source (a test compares them).
   """
   spec = model.save_spec(dynamic_batch=False)
   if spec is None:
@@ -123,28 +126,43 @@ def _inference_function(model: tf_keras.Model):
     return dict(zip(model.output_names, tf.nest.flatten(outputs)))
 
   function = tf.function(infer, autograph=False)
-  concrete = function.get_concrete_function(spec[0][0])
   holder = tf.Module()
   holder.model_variables = list(model.variables)
-  return concrete, holder
+  tf.saved_model.save(
+      holder, folder, signatures=function.get_concrete_function(spec[0][0]),
+      options=tf.saved_model.SaveOptions(
+          save_debug_info=True,  # the converter's errors name layers from it
+          experimental_custom_gradients=False))
+
+
+class _NoGradientNote(logging.Filter):
+  """Drops the loader's note that the SavedModel holds no custom gradients:
+  the converter reads it for inference only."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "unsaved custom gradients" not in record.getMessage()
 
 
 def convert(model: tf_keras.Model, *, optimize: bool, representative=None,
              int_io: bool = False) -> bytes:
-  concrete, holder = _inference_function(model)
-  converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete],
-                                                              holder)
-  if optimize:
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-  if representative is not None:
-    converter.representative_dataset = representative
-  if int_io:
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
+  note_filter, absl_logger = _NoGradientNote(), logging.getLogger("absl")
+  absl_logger.addFilter(note_filter)
   try:
-    return converter.convert()
+    with tempfile.TemporaryDirectory(prefix="kqreg-export-") as folder:
+      _save_for_conversion(model, folder)
+      converter = tf.lite.TFLiteConverter.from_saved_model(folder)
+      if optimize:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+      if representative is not None:
+        converter.representative_dataset = representative
+      if int_io:
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+      return converter.convert()
   except ConverterError as e:
     raise _conversion_error(e, model) from e
+  finally:
+    absl_logger.removeFilter(note_filter)
 
 
 def with_input_quantizer(model: tf_keras.Model, x: np.ndarray
