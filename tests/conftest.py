@@ -18,6 +18,31 @@ import pytest  # noqa: E402
 import tf_keras  # noqa: E402
 
 
+# The suite runs on two workers (setup.cfg: `--dist loadgroup` in collection
+# order). The tests of a file whose module fixtures train or export models
+# share one worker, so each fixture is built once; every other test goes to
+# whichever worker is free. Files are handed out longest first: a long test
+# handed out last would leave one worker idle while the other runs it.
+_LONGEST_FIRST = ("test_detection.py", "test_benchmark.py",
+                  "test_detection_runs.py", "test_trainers.py",
+                  "test_export.py", "test_configs_flagfiles.py",
+                  "test_digit_scenes.py")
+
+
+def _uses_module_fixture(item) -> bool:
+  definitions = item._fixtureinfo.name2fixturedefs.values()  # pylint: disable=protected-access
+  return any(d.scope == "module" for defs in definitions for d in defs)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items):
+  for item in items:
+    if _uses_module_fixture(item):
+      item.add_marker(pytest.mark.xdist_group(item.path.name))
+  rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 def small_cnn(input_shape=(8, 8, 1), classes=10, name="small_cnn"):
   """Conv-BN-ReLU, pooling, a residual Add and a Dense head."""
   inputs = tf_keras.Input(input_shape)
