@@ -276,6 +276,23 @@ def test_conversion_writes_the_file_the_keras_converter_writes(tiny_trained,
   assert _without_source_record(written) == _without_source_record(expected)
 
 
+def test_conversion_of_a_model_never_called_says_what_to_do():
+  from kqreg.export import converter  # pylint: disable=g-import-not-at-top
+
+  class Subclassed(tf_keras.Model):
+
+    def __init__(self):
+      super().__init__(name="subclassed")
+      self.dense = tf_keras.layers.Dense(2)
+
+    def call(self, inputs):
+      return self.dense(inputs)
+
+  with pytest.raises(export.ExportError, match="'subclassed' has no input "
+                     "shape yet: call it on a batch"):
+    converter.convert(Subclassed(), optimize=False)
+
+
 def test_conversion_of_custom_gradient_ops_logs_no_gradient_note(caplog):
   """swish is a custom-gradient op: the converter's SavedModel leaves its
   gradient out (TFLite needs none), and the loader's note on that is muted."""
