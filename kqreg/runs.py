@@ -49,6 +49,7 @@ from kqreg import export as export_lib
 from kqreg import models as models_lib
 from kqreg import noise as noise_lib
 from kqreg import policy as policy_lib
+from kqreg._tfmot import build_step_state
 from kqreg.callbacks import (CheckedBackupAndRestore, CheckpointError,
                              EpochCSVLogger, FreezeActivationRanges,
                              NoiseAnalysisCallback, StopOnNaN,
@@ -129,6 +130,20 @@ class Task(abc.ABC):
   def build(self, config: RunConfig, data: Data,
             steps_per_epoch: int) -> tf_keras.Model:
     """The compiled (quantized) model; called under the strategy's scope."""
+
+  def loss_inputs(self, model: tf_keras.Model, element_spec: Any
+                  ) -> Tuple[Any, Any]:
+    """(y_true, y_pred) as the compiled loss and metrics receive them.
+
+    Zeros for one example, so that `run` creates the train step's variables
+    before its first trace (`_tfmot.build_step_state`). Default: the labels
+    of `(inputs, labels)` batches and the model's output.
+    """
+    labels = element_spec[1]
+    y_true = tf.zeros([1, *labels.shape[1:]], labels.dtype)
+    y_pred = tf.nest.map_structure(
+        lambda t: tf.zeros([1, *t.shape[1:]], t.dtype), model.output)
+    return y_true, y_pred
 
   def callbacks(self, config: RunConfig, data: Data
                 ) -> List[tf_keras.callbacks.Callback]:
@@ -375,6 +390,8 @@ def _run(config: RunConfig, task: Task) -> Dict[str, Any]:
                                      steps_per_epoch)
   with strategy.scope():
     model = task.build(config, data, steps_per_epoch)
+    build_step_state(model, *task.loss_inputs(model,
+                                              pipelines["train"].element_spec))
   if chief:
     write_params(asked)
     if allocation is not None:

@@ -47,6 +47,22 @@ def test_run_writes_every_output_on_offline_datasets(dataset, tmp_path):
   assert params["task"] == "classify" and params["config"]["bits"] == "w4a8"
 
 
+def test_the_train_step_is_traced_once(tmp_path, monkeypatch):
+  # Variables created in a trace make tf.function trace again: `run` creates
+  # the optimizer's slots and the loss and metric accumulators beforehand.
+  traces = []
+  train_step = tf_keras.Model.train_step
+
+  def counted(model, data):
+    traces.append(model.name)
+    return train_step(model, data)
+
+  monkeypatch.setattr(tf_keras.Model, "train_step", counted)
+  result = runs.run(_config(tmp_path, epochs=2, noise_analysis=False))
+  assert len(traces) == 1, traces
+  assert np.isfinite(result["val_loss"])
+
+
 def test_bits_are_parsed_once_into_a_policy(tmp_path):
   from kqreg.policy import BitPolicy
   config = _config(tmp_path, bits="w4a8,first=w8")

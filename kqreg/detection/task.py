@@ -178,6 +178,13 @@ class DetectionTask(runs.Task):
                   jit_compile=False)
     return model
 
+  def loss_inputs(self, model, element_spec):
+    del element_spec
+    # keras-cv's compute_loss hands the compiled loss these two, by name; the
+    # detector has no compiled metrics.
+    return None, {"box": tf.zeros([1, 1, 4]),
+                  "class": tf.zeros([1, 1, model.num_classes])}
+
   def callbacks(self, config: DetectConfig, data: runs.Data):
     if not config.map_examples:
       return []
