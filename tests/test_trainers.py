@@ -313,3 +313,11 @@ def test_sweep_output_dir_that_cannot_be_created_is_one_line(tmp_path):
   assert result.returncode == 2
   lines = [l for l in result.stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and "--output_dir=" in lines[0], result.stderr
+
+
+def test_sweep_workers_flag_says_what_its_default_is():
+  from kqreg.study import sweep
+  from kqreg_trainers import flags as kqreg_flags
+  assert [sweep.default_workers(cores) for cores in (1, 2, 16)] == [1, 2, 8]
+  kqreg_flags.define_flags("sweep")
+  assert "0: one per core, at most 8" in kqreg_flags.FLAGS["workers"].help

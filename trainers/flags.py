@@ -265,7 +265,7 @@ def _define_sweep() -> Dict[str, flags.FlagHolder]:
   h["workers"] = flags.DEFINE_integer(
       "workers", 0,
       "Runs trained at once, each in its own process with its share of the "
-      "cores (0: one per 2 cores, at least 1; 1: in this process).",
+      "cores (0: one per core, at most 8; 1: in this process).",
       lower_bound=0)
   return h
 
