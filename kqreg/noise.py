@@ -229,11 +229,13 @@ def weight_noise(qat_model: tf_keras.Model) -> List[Dict[str, object]]:
     return []
   # One graph for all tensors: eager op-by-op statistics cost more than the
   # arithmetic on small models, which matters for a per-epoch callback.
+  # Without autograph (the loops are over layers, not tensors): converting
+  # this module's code took longer than tracing it.
   def _all_stats():
     return [_stat_tensors(qw) for qw in qws]
 
   fn = _compiled(qat_model, "weight_noise", _signature(qws),
-                 lambda: tf.function(_all_stats))
+                 lambda: tf.function(_all_stats, autograph=False))
   values = [{k: float(v) for k, v in t.items()} for t in fn()]
   return [_record(qw, t) for qw, t in zip(qws, values)]
 
@@ -359,7 +361,9 @@ class _PropagationProbe:
         model.inputs,
         [w.input for w in self.weighted] + [w.output for w in wrappers] +
         list(model.outputs))
-    self._fn = tf.function(self._both_runs, reduce_retracing=True)
+    # Python loops over layers: autograph would only add its conversion time.
+    self._fn = tf.function(self._both_runs, reduce_retracing=True,
+                           autograph=False)
 
   def _both_runs(self, x):
     with float_weights(self.model):
