@@ -115,7 +115,7 @@ def nodes_in_graph(model: tf_keras.Model, layer: tf_keras.layers.Layer
           if f"{layer.name}_ib-{index}" in network_nodes]
 
 
-def build_step_state(model: tf_keras.Model, y_true, y_pred) -> None:
+def build_step_state(model: tf_keras.Model, y_true, y_pred=None) -> None:
   """Creates, now, the variables Keras creates in the first train step.
 
   Keras builds the optimizer's slots and the compiled loss's and metrics'
@@ -123,11 +123,15 @@ def build_step_state(model: tf_keras.Model, y_true, y_pred) -> None:
   `tf.function` that creates variables is traced twice (once to create them,
   once without): 13 s of a YOLOv8 run's start. `y_true` and `y_pred` are
   tensors of the structure and rank the compiled loss and metrics receive
-  (one example is enough: `accuracy` picks its kind from the ranks); with
+  (one example is enough: `accuracy` picks its kind from the ranks;
+  `y_pred` defaults to zeros shaped as the model's output); with
   `y_true` None the metrics are left to the first step, for models whose
   metrics see other structures than their loss and hold no variables.
   Call it under the strategy's scope, after `compile`.
   """
+  if y_pred is None:
+    y_pred = tf.nest.map_structure(
+        lambda t: tf.zeros([1, *t.shape[1:]], t.dtype), model.output)
   model.optimizer.build(model.trainable_variables)
   if model.compiled_loss is not None and not model.compiled_loss.built:
     model.compiled_loss.build(y_pred)

@@ -22,6 +22,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras
 
+from kqreg import _tfmot
 from kqreg import models as models_lib
 from kqreg.quantize import freeze_activation_ranges, quantize
 from kqreg.study.statistics import geometric_mean_interval
@@ -78,6 +79,7 @@ def training_step(model: tf_keras.Model, input_shape, batch_size: int = 64,
   x = tf.constant(rng.random((batch_size, *input_shape), dtype=np.float32))
   y = tf.constant(rng.integers(0, 10, batch_size))
   compile_for_timing(model, jit_compile)
+  _tfmot.build_step_state(model, y[:1])  # the first step then traces once
   batches = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
   train_function = model.make_train_function()
   return lambda: train_function(batches)
