@@ -65,6 +65,20 @@ def cnn():
 
 
 @pytest.fixture
+def train_step_traces(monkeypatch):
+  """Names of the models whose `train_step` is traced (called), in order."""
+  traces = []
+  train_step = tf_keras.Model.train_step
+
+  def counted(model, data):
+    traces.append(model.name)
+    return train_step(model, data)
+
+  monkeypatch.setattr(tf_keras.Model, "train_step", counted)
+  return traces
+
+
+@pytest.fixture
 def batch():
   rng = np.random.default_rng(0)
   x = rng.random((32, 8, 8, 1), dtype=np.float32)

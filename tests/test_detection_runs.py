@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-import tf_keras
 
 from kqreg import detection
 from kqreg import runs
@@ -20,15 +19,7 @@ from kqreg.detection import task as detect_task
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_voc_runs_on_mock_data(tmp_path, monkeypatch):
-  traces = []
-  train_step = tf_keras.Model.train_step
-
-  def counted(model, data):
-    traces.append(model.name)
-    return train_step(model, data)
-
-  monkeypatch.setattr(tf_keras.Model, "train_step", counted)
+def test_voc_runs_on_mock_data(tmp_path, train_step_traces):
   with tfds.testing.mock_data(num_examples=4):
     ds, info = detection.load_detection("voc/2007", "train")
     assert info.num_classes == 20
@@ -40,7 +31,7 @@ def test_voc_runs_on_mock_data(tmp_path, monkeypatch):
   assert result["train_examples"] == 4
   # The loss accumulators keras-cv's loss creates exist before the first
   # trace, so the train step is traced once, not twice.
-  assert len(traces) == 1, traces
+  assert len(train_step_traces) == 1, train_step_traces
 
 
 # Trainer -------------------------------------------------------------------

@@ -47,19 +47,11 @@ def test_run_writes_every_output_on_offline_datasets(dataset, tmp_path):
   assert params["task"] == "classify" and params["config"]["bits"] == "w4a8"
 
 
-def test_the_train_step_is_traced_once(tmp_path, monkeypatch):
+def test_the_train_step_is_traced_once(tmp_path, train_step_traces):
   # Variables created in a trace make tf.function trace again: `run` creates
   # the optimizer's slots and the loss and metric accumulators beforehand.
-  traces = []
-  train_step = tf_keras.Model.train_step
-
-  def counted(model, data):
-    traces.append(model.name)
-    return train_step(model, data)
-
-  monkeypatch.setattr(tf_keras.Model, "train_step", counted)
   result = runs.run(_config(tmp_path, epochs=2, noise_analysis=False))
-  assert len(traces) == 1, traces
+  assert len(train_step_traces) == 1, train_step_traces
   assert np.isfinite(result["val_loss"])
 
 
