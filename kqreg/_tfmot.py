@@ -121,12 +121,12 @@ def build_step_state(model: tf_keras.Model, y_true, y_pred=None) -> None:
   Keras builds the optimizer's slots and the compiled loss's and metrics'
   accumulators inside the first trace of `train_function`, and a
   `tf.function` that creates variables is traced twice (once to create them,
-  once without): 13 s of a YOLOv8 run's start. `y_true` and `y_pred` are
-  tensors of the structure and rank the compiled loss and metrics receive
-  (one example is enough: `accuracy` picks its kind from the ranks;
-  `y_pred` defaults to zeros shaped as the model's output); with
-  `y_true` None the metrics are left to the first step, for models whose
-  metrics see other structures than their loss and hold no variables.
+  once without), which doubles the largest cost of a short run's start.
+  `y_true` and `y_pred` are tensors of the structure and rank the compiled
+  loss and metrics receive (one example is enough: `accuracy` picks its kind
+  from the ranks; `y_pred` defaults to zeros shaped as the model's output);
+  with `y_true` None the metrics are left to the first step, for models
+  whose metrics see other structures than their loss and hold no variables.
   Call it under the strategy's scope, after `compile`.
   """
   if y_pred is None:
