@@ -3,8 +3,6 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,6 +11,8 @@ from kqreg import auto_bits, classify, runs
 from kqreg import models as models_lib
 from kqreg.policy import BitPolicy, PolicyError
 from kqreg.summary import profile
+
+import trainer_process  # tests/trainer_process.py
 
 
 def _config(tmp_path, name="run", **overrides):
@@ -154,11 +154,10 @@ def test_bits_flag_parses_auto_and_refuses_a_bad_budget():
 
 
 def test_sensitivity_cli_prints_the_table_and_a_policy(float_run, tmp_path):
-  out = subprocess.run(
-      [sys.executable, "-m", "kqreg_trainers.sensitivity",
-       f"--model_dir={float_run}", "--budget=4.0", "--calibration_examples=32",
-       "--sensitivity_bits=2,4,8", f"--output_dir={tmp_path / 'out'}"],
-      capture_output=True, text=True, timeout=300, check=False)
+  out = trainer_process.run(
+      "kqreg_trainers.sensitivity", f"--model_dir={float_run}", "--budget=4.0",
+      "--calibration_examples=32", "--sensitivity_bits=2,4,8",
+      f"--output_dir={tmp_path / 'out'}")
   assert out.returncode == 0, out.stderr[-2000:]
   policy = out.stdout.split("--bits='")[1].split("'")[0]
   assert BitPolicy.parse(policy).default.activation == 8

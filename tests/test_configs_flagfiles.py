@@ -3,10 +3,10 @@
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+
+import trainer_process  # tests/trainer_process.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.cfg")))
@@ -16,9 +16,7 @@ DETECTION = {"shapes_yolov8.cfg", "voc_yolov8.cfg", "shapes_sweep.cfg"}
 
 
 def _run(*args):
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  return subprocess.run([sys.executable, "-m", "trainers.sweep", "--workers=1", *args], cwd=ROOT,
-                        env=env, capture_output=True, text=True, timeout=600)
+  return trainer_process.run("trainers.sweep", "--workers=1", *args)
 
 
 def test_configs_exist():

@@ -3,8 +3,6 @@
 import json
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,6 +15,8 @@ from kqreg.data import DatasetError
 from kqreg.detection import metrics, shapes
 from kqreg import runs
 from kqreg.detection import task as detect_task
+
+import trainer_process  # tests/trainer_process.py
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -228,17 +228,16 @@ def test_a8_detector_saved_before_graph_2_is_refused_with_advice():
 @pytest.fixture(scope="module")
 def shapes_sweep(shapes_dir, tmp_path_factory):
   """configs/shapes_sweep.cfg shrunk (fp and w4a8, 3 epochs, 16 images,
-  32 px) and exported, run once through kqreg-sweep --task=detect."""
+  32 px) and exported, run once through kqreg-sweep --task=detect (in its
+  own process: test_trainers.py covers worker processes)."""
   out = tmp_path_factory.mktemp("sweep")
-  proc = subprocess.run(
-      [sys.executable, "-m", "trainers.sweep",
-       f"--flagfile={os.path.join(REPO, 'configs', 'shapes_sweep.cfg')}",
-       f"--data_dir={shapes_dir}", "--epochs=3", "--seeds=0", "--sweep_bits=fp,w4a8",
-       "--train_examples=16", "--val_examples=8", "--map_examples=8",
-       "--image_size=32", "--noise_analysis=false", "--export_tflite",
-       f"--output_dir={out}"],
-      cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, capture_output=True,
-      text=True, timeout=900)
+  proc = trainer_process.run(
+      "trainers.sweep",
+      f"--flagfile={os.path.join(REPO, 'configs', 'shapes_sweep.cfg')}",
+      f"--data_dir={shapes_dir}", "--epochs=3", "--seeds=0", "--sweep_bits=fp,w4a8",
+      "--train_examples=16", "--val_examples=8", "--map_examples=8",
+      "--image_size=32", "--noise_analysis=false", "--export_tflite", "--workers=1",
+      f"--output_dir={out}", timeout=900)
   assert proc.returncode == 0, proc.stderr
   return out, proc.stdout
 

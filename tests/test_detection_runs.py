@@ -4,8 +4,6 @@ two test workers can share the detection tests)."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,7 +14,8 @@ from kqreg import detection
 from kqreg import runs
 from kqreg.detection import task as detect_task
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import trainer_process  # tests/trainer_process.py
+
 
 
 def test_voc_runs_on_mock_data(tmp_path, train_step_traces):
@@ -42,11 +41,7 @@ def test_voc_runs_on_mock_data(tmp_path, train_step_traces):
     ["--bits=w4a4", "--export_tflite"],
 ])
 def test_trainer_bad_flags_exit_with_one_line(args, tmp_path):
-  proc = subprocess.run(
-      [sys.executable, "-m", "trainers.detect",
-       f"--model_dir={tmp_path / 'x'}", *args],
-      cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, capture_output=True,
-      text=True, timeout=300)
+  proc = trainer_process.run("trainers.detect", f"--model_dir={tmp_path / 'x'}", *args)
   assert proc.returncode == 2
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("kqreg-detect: error:"), (
@@ -95,19 +90,18 @@ def test_multi_worker_detection_on_loopback_chief_writes(shapes_dir, tmp_path):
   for s in sockets:
     s.close()
   model_dir = tmp_path / "run"
-  args = [sys.executable, "-m", "trainers.detect", f"--data_dir={shapes_dir}",
+  args = [f"--data_dir={shapes_dir}",
           "--bits=fp", "--image_size=32", "--epochs=1", "--batch_size=4",
           "--train_examples=8", "--val_examples=4", "--map_examples=0",
           "--noise_analysis=false", "--noaugment", "--verbose=0",
           "--strategy=multi_worker", f"--model_dir={model_dir}"]
-  procs = [subprocess.Popen(
-      args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      env={**os.environ, "PYTHONPATH": REPO, "TF_CONFIG": json.dumps(
+  procs = [trainer_process.TrainerProcess(
+      "trainers.detect", *args, env={**os.environ, "TF_CONFIG": json.dumps(
           {"cluster": cluster, "task": {"type": "worker", "index": i}})})
            for i in range(2)]
-  outputs = [p.communicate(timeout=600) for p in procs]
-  for proc, (_, err) in zip(procs, outputs):
-    assert proc.returncode == 0, err[-2000:]
+  for proc in procs:
+    proc.wait(timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
   result = json.loads((model_dir / "result.json").read_text())
   assert result["replicas"] == 2 and result["task"] == "detect"
   assert [row["epoch"] for row in result["history"]] == [0.0]

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,6 +12,8 @@ from kqreg import detection
 from kqreg.data import mnist
 from kqreg.detection import data as detection_data
 from kqreg.detection import digit_scenes
+
+import trainer_process  # tests/trainer_process.py
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -137,15 +137,13 @@ def test_flagfile_runs_shrunk_and_reports_ap_per_digit(prepared, data_dir,
   # configs/digit_scenes_yolov8.cfg, 1 epoch on 8 scenes at 32 px.
   del prepared  # the dataset is prepared in `data_dir`
   model_dir = tmp_path / "run"
-  proc = subprocess.run(
-      [sys.executable, "-m", "trainers.detect",
-       f"--flagfile={os.path.join(REPO, 'configs', 'digit_scenes_yolov8.cfg')}",
-       "--epochs=1", "--train_examples=8", "--val_examples=8",
-       "--map_examples=4", "--image_size=32", "--batch_size=4",
-       "--noise_analysis=false", "--verbose=0", f"--data_dir={data_dir}",
-       f"--model_dir={model_dir}"],
-      cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, capture_output=True,
-      text=True, timeout=600)
+  proc = trainer_process.run(
+      "trainers.detect",
+      f"--flagfile={os.path.join(REPO, 'configs', 'digit_scenes_yolov8.cfg')}",
+      "--epochs=1", "--train_examples=8", "--val_examples=8",
+      "--map_examples=4", "--image_size=32", "--batch_size=4",
+      "--noise_analysis=false", "--verbose=0", f"--data_dir={data_dir}",
+      f"--model_dir={model_dir}")
   assert proc.returncode == 0, proc.stderr[-2000:]
   result = json.loads((model_dir / "result.json").read_text())
   assert result["dataset"] == "kqreg_digit_scenes"

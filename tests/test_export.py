@@ -9,8 +9,6 @@ from models of a few layers on 8x8 inputs.
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 import types
 
 import kqreg
@@ -22,7 +20,8 @@ import tensorflow as tf
 import tf_keras
 from kqreg import export
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import trainer_process  # tests/trainer_process.py
+
 MODELS = {
     "mlp": dict(hidden=(64,)),
     "cnn": dict(widths=(8, 16)),
@@ -676,10 +675,7 @@ def test_unwritable_paths(trained, tmp_path):
 
 
 def _cli(*args):
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  return subprocess.run([sys.executable, "-m", "trainers.export", *args],
-                        cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=300)
+  return trainer_process.run("trainers.export", *args)
 
 
 def test_cli(trained, digits, tmp_path):

@@ -1,24 +1,23 @@
-"""The absl trainers as a user runs them: subprocesses, flags in, files out."""
+"""The absl trainers as a user runs them: processes, flags in, files out.
+
+Each trainer runs in a process of its own, forked from a server that has
+imported kqreg (tests/trainer_process.py)."""
 
 import csv
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
+import trainer_process
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--dataset=kqreg_digits", "--model=cnn", "--train_examples=64", "--batch_size=32",
         "--verbose=0"]
 
 
 def _run(module, *args, timeout=600):
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=timeout)
+  return trainer_process.run(module, *args, timeout=timeout)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -68,10 +67,8 @@ def _epochs(model_dir):
 
 def test_killed_run_resumes_without_losing_or_repeating_epochs(tmp_path):
   model_dir = str(tmp_path / "run")
-  args = ["-m", "trainers.classify", *TINY, "--bits=w4", "--epochs=6", f"--model_dir={model_dir}"]
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  args = [*TINY, "--bits=w4", "--epochs=6", f"--model_dir={model_dir}"]
+  proc = trainer_process.TrainerProcess("trainers.classify", *args)
   deadline = time.time() + 300
   while len(_epochs(model_dir)) < 2 and time.time() < deadline and proc.poll() is None:
     time.sleep(0.2)
@@ -79,7 +76,7 @@ def test_killed_run_resumes_without_losing_or_repeating_epochs(tmp_path):
   proc.wait()
   done = _epochs(model_dir)
   assert 2 <= len(done) < 6, done
-  result = _run("trainers.classify", *args[2:])
+  result = _run("trainers.classify", *args)
   assert result.returncode == 0, result.stderr
   assert _epochs(model_dir) == [str(e) for e in range(6)]
   with open(os.path.join(model_dir, "history.csv"), newline="") as f:
@@ -123,16 +120,14 @@ def test_sweep_bad_input_exits_with_one_line(args, message, tmp_path):
 
 def test_sigterm_stops_with_one_line_and_the_run_resumes(tmp_path):
   model_dir = str(tmp_path / "run")
-  args = ["-m", "trainers.classify", *TINY, "--bits=w4", "--epochs=40",
-          "--noise_analysis=false", f"--model_dir={model_dir}"]
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc = trainer_process.TrainerProcess(
+      "trainers.classify", *TINY, "--bits=w4", "--epochs=40", "--noise_analysis=false",
+      f"--model_dir={model_dir}")
   deadline = time.time() + 300
   while len(_epochs(model_dir)) < 2 and time.time() < deadline and proc.poll() is None:
     time.sleep(0.2)
   proc.send_signal(signal.SIGTERM)
-  _, stderr = proc.communicate(timeout=120)
+  stderr = proc.wait(timeout=120).stderr
   assert proc.returncode == 130, stderr
   lines = [l for l in stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and "interrupted (SIGTERM) after" in lines[0], stderr
@@ -212,17 +207,16 @@ def test_multi_worker_two_processes_train_and_chief_writes_outputs(tmp_path):
   procs = []
   start = time.time()
   for index in range(2):
-    env = dict(os.environ, PYTHONPATH=ROOT,
-               TF_CONFIG=json.dumps({"cluster": cluster,
-                                     "task": {"type": "worker", "index": index}}))
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "trainers.classify", *MLP, "--strategy=multi_worker",
-         f"--model_dir={model_dir}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True))
-  outputs = [p.communicate(timeout=400) for p in procs]
+    env = dict(os.environ, TF_CONFIG=json.dumps(
+        {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+    procs.append(trainer_process.TrainerProcess(
+        "trainers.classify", *MLP, "--strategy=multi_worker", f"--model_dir={model_dir}",
+        env=env))
+  for proc in procs:
+    proc.wait(timeout=400)
   elapsed = time.time() - start
-  for proc, (_, err) in zip(procs, outputs):
-    assert proc.returncode == 0, err[-2000:]
+  for proc in procs:
+    assert proc.returncode == 0, proc.stderr[-2000:]
   result = _final(model_dir)
   assert result["replicas"] == 2 and result["epochs"] == 3
   assert _epochs(model_dir) == ["0", "1", "2"]
@@ -235,9 +229,7 @@ def test_corrupt_checkpoint_is_refused_in_one_line(tmp_path):
   model_dir = tmp_path / "run"
   args = [*MLP[:-2], "--epochs=30", "--verbose=0", "--noise_analysis=false",
           f"--model_dir={model_dir}"]
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  proc = subprocess.Popen([sys.executable, "-m", "trainers.classify", *args], cwd=ROOT,
-                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = trainer_process.TrainerProcess("trainers.classify", *args)
   deadline = time.time() + 300
   while len(_epochs(model_dir)) < 3 and time.time() < deadline and proc.poll() is None:
     time.sleep(0.1)
