@@ -131,7 +131,7 @@ def test_sensitive_layer_gets_more_bits(budget):
 def _export_kernel_rows(model, policy, x, path):
   qat = kqreg.quantize(model, policy)
   qat(x, training=True)  # sets the weight ranges
-  report = export.export_tflite(qat, str(path), representative_data=x)
+  report = export.export_tflite(qat, str(path), representative_data=x, float_reference=False)
   return [r for r in report["weights"] if r["role"] == "weights"]
 
 

@@ -225,17 +225,21 @@ def _error_bound_in_output_steps(qat, x):
 
 @pytest.fixture(scope="module")
 def tiny_trained():
-  """tiny_trained(policy) -> QAT tiny CNN on sklearn's 8x8 digits, cached."""
+  """tiny_trained(policy) -> QAT tiny CNN on sklearn's 8x8 digits, cached
+  (one float model, trained once, quantized per policy)."""
   x, y = _sklearn_digits()
   cache = {}
 
   def get(policy):
-    if policy not in cache:
+    if "fp" not in cache:
       tf_keras.utils.set_random_seed(0)
       model = _tiny_cnn()
       model.compile(tf_keras.optimizers.Adam(1e-2), _loss())
       model.fit(x[:1400], y[:1400], batch_size=64, epochs=4, verbose=0)
-      qat = kqreg.quantize(model, policy)
+      cache["fp"] = model
+    if policy not in cache:
+      tf_keras.utils.set_random_seed(1)
+      qat = kqreg.quantize(cache["fp"], policy)  # a copy: "fp" stays float
       qat.compile(tf_keras.optimizers.Adam(1e-3), _loss())
       qat.fit(x[:1400], y[:1400], batch_size=64, epochs=1, verbose=0)
       cache[policy] = qat
@@ -308,7 +312,7 @@ def test_litert_agrees_with_keras_within_the_derived_bound(tiny_trained,
   qat = tiny_trained(policy)
   x, _ = _sklearn_digits()
   x_val = x[1400:1600]
-  report = export.export_tflite(qat, str(tmp_path / "m.tflite"))
+  report = export.export_tflite(qat, str(tmp_path / "m.tflite"), float_reference=False)
   check = export.verify_tflite(report["path"], qat, x_val)
   assert check["diff_units"] == "output_step"
   bound = _error_bound_in_output_steps(qat, x_val)
@@ -352,7 +356,8 @@ def test_file_stores_q_of_w_at_every_weight_bit_width(tiny_trained, tmp_path,
   qat = tiny_trained(policy)
   x, _ = _sklearn_digits()
   report = export.export_tflite(qat, str(tmp_path / "m.tflite"),
-                                representative_data=x[:64])
+                                representative_data=x[:64],
+                                float_reference=False)
   with open(report["path"], "rb") as f:
     info = export.inspect_tflite(f.read())
   for qw in kqreg.noise.quantized_weights(qat):
@@ -373,13 +378,28 @@ def test_file_stores_q_of_w_at_every_weight_bit_width(tiny_trained, tmp_path,
     assert report["regridded"] and max(report["regridded"].values()) > 0.01
 
 
+def test_float_reference_only_adds_the_size_ratio(tiny_trained, tmp_path):
+  qat = tiny_trained("w4a8")
+  with_ref = export.export_tflite(qat, str(tmp_path / "a.tflite"))
+  without = export.export_tflite(qat, str(tmp_path / "b.tflite"),
+                                 float_reference=False)
+  assert with_ref["float_size_bytes"] > with_ref["size_bytes"]
+  assert with_ref["ratio_to_float"] == pytest.approx(
+      with_ref["size_bytes"] / with_ref["float_size_bytes"])
+  assert without["float_size_bytes"] is None and without["ratio_to_float"] is None
+  assert "float_reference=False" in without["float_size_note"]
+  assert ((tmp_path / "a.tflite").read_bytes() ==
+          (tmp_path / "b.tflite").read_bytes())
+
+
 def test_regrid_refuses_a_kernel_off_the_grid_it_assumes(tiny_trained,
                                                          tmp_path):
   # An 8-bit kernel claimed to be 3-bit: its stored values are not within
   # the converter's rounding of a 3-bit grid, so re-gridding must refuse
   # rather than store something else.
   report = export.export_tflite(tiny_trained("w8a8"),
-                                str(tmp_path / "m.tflite"))
+                                str(tmp_path / "m.tflite"),
+                                float_reference=False)
   with open(report["path"], "rb") as f:
     data = f.read()
   info = export.inspect_tflite(data)
@@ -424,7 +444,7 @@ def test_every_layer_family_exports_in_integers(tmp_path, policy):
   x = np.random.default_rng(0).random((16, 8, 8, 3), dtype=np.float32)
   qat = _train_briefly(kqreg.quantize(_every_family_model(), policy,
                                       per_channel=False), x)
-  report = export.export_tflite(qat, str(tmp_path / "m.tflite"))
+  report = export.export_tflite(qat, str(tmp_path / "m.tflite"), float_reference=False)
   assert report["float_ops"] == [] and report["float_layers"] == []
   for op in ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV",
              "FULLY_CONNECTED"):
@@ -463,7 +483,7 @@ def test_inverted_residual_block_exports_in_integers(tmp_path):
   tf_keras.utils.set_random_seed(0)
   x = np.random.default_rng(0).random((16, 8, 8, 4), dtype=np.float32)
   qat = _train_briefly(kqreg.quantize(_inverted_residual_model(), "w4a8"), x)
-  report = export.export_tflite(qat, str(tmp_path / "m.tflite"))
+  report = export.export_tflite(qat, str(tmp_path / "m.tflite"), float_reference=False)
   assert report["float_ops"] == [] and report["float_layers"] == []
   kernels = _kernels(report)
   assert {r["layer"] for r in kernels} == {"expand", "depthwise", "project",
@@ -512,7 +532,7 @@ def test_tf_op_model_exports_integer_with_tflites_fixed_activation_grids(
     (quantizer,) = qat.get_layer(f"quant_{name}")._output_quantizers  # pylint: disable=protected-access
     assert isinstance(quantizer, kqreg.FixedRangeQuantizer), name
   qat = _train_briefly(qat, x)
-  report = export.export_tflite(qat, str(tmp_path / "m.tflite"))
+  report = export.export_tflite(qat, str(tmp_path / "m.tflite"), float_reference=False)
   assert report["float_ops"] == [] and report["float_layers"] == []
 
   from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
@@ -551,7 +571,7 @@ def test_transposed_conv_defaults_to_per_tensor_and_exports(tmp_path):
   model = tf_keras.Model(inputs, tf_keras.layers.Dense(3, name="head")(x))
   x = np.random.default_rng(0).random((8, 8, 8, 3), dtype=np.float32)
   qat = _train_briefly(kqreg.quantize(model, "w8a8"), x)
-  report = export.export_tflite(qat, str(tmp_path / "m.tflite"))
+  report = export.export_tflite(qat, str(tmp_path / "m.tflite"), float_reference=False)
   assert report["float_ops"] == []
 
 
@@ -594,7 +614,8 @@ def test_check_exportable_on_a_model():
 def test_int_io(trained, digits, tmp_path):
   qat = trained("cnn", "w8a8")
   report = export.export_tflite(qat, str(tmp_path / "int.tflite"),
-                                int_io=True)
+                                int_io=True,
+                                float_reference=False)
   from ai_edge_litert.interpreter import Interpreter
   interpreter = Interpreter(model_path=report["path"])
   assert interpreter.get_input_details()[0]["dtype"] == np.int8
@@ -616,7 +637,8 @@ def test_widening_allowed_reports_it(trained, digits, tmp_path):
   qat = trained("cnn", "w8a6")
   report = export.export_tflite(qat, str(tmp_path / "m.tflite"),
                                 allow_activation_widening=True,
-                                representative_data=digits["x_val"][:64])
+                                representative_data=digits["x_val"][:64],
+                                float_reference=False)
   assert report["activation_widening"]["block1_relu1"] == 6
   assert "8 bits" in report["activation_widening_note"]
   assert report["widening_mismatch"]["examples"] == 64
@@ -639,7 +661,8 @@ def test_weight_only_needs_representative_data(trained, digits, tmp_path):
   with pytest.raises(export.ExportError, match="representative_data"):
     export.export_tflite(qat, str(tmp_path / "m.tflite"))
   report = export.export_tflite(qat, str(tmp_path / "m.tflite"),
-                                representative_data=digits["x_train"][:128])
+                                representative_data=digits["x_train"][:128],
+                                float_reference=False)
   assert report["representative_data_used"] and not report["float_ops"]
   for row in _kernels(report):
     # Re-quantized to INT8 per channel, still on the 4-bit grid per channel.
@@ -670,7 +693,8 @@ def test_unwritable_paths(trained, tmp_path):
   # A missing parent folder is created.
   report = export.export_tflite(
       qat, str(tmp_path / "new" / "dir" / "m.tflite"),
-      representative_data=np.zeros((8, 32, 32, 1), np.float32))
+      representative_data=np.zeros((8, 32, 32, 1), np.float32),
+      float_reference=False)
   assert os.path.isfile(report["path"])
 
 
