@@ -1,21 +1,16 @@
 """The benchmark's --quick run writes its files with their columns (no timing asserts)."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import trainer_process  # tests/trainer_process.py
 
 
 def test_quick_benchmark_writes_json_and_markdown(tmp_path):
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  result = subprocess.run([sys.executable, "-m", "trainers.benchmark", "--quick",
-                           f"--output_dir={tmp_path}"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+  result = trainer_process.run("trainers.benchmark", "--quick",
+                               f"--output_dir={tmp_path}")
   assert result.returncode == 0, result.stderr[-3000:]
   data = json.loads((tmp_path / "benchmark.json").read_text())
   assert data["quick"] is True

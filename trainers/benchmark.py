@@ -1,7 +1,7 @@
 """Benchmarks kqreg against float, stock tfmot and the peers, in one run.
 
   kqreg-benchmark --output_dir=runs/benchmark          # full (~60 min)
-  kqreg-benchmark --quick --output_dir=/tmp/bench      # reduced, < 2 min
+  kqreg-benchmark --quick --output_dir=/tmp/bench      # smoke run, 2-3 min
 
 Writes benchmark.json and benchmark.md (tables, machine, targets) to
 --output_dir and prints them. Timings are medians after warm-up; ratios are

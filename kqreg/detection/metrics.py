@@ -152,13 +152,24 @@ def _predict_fn(model):
   """Forward pass + keras-cv decoding and NMS, traced once per model.
 
   `predict_on_batch` cannot be used: keras-cv's `predict_step` reads the
-  image shape from the tuple Keras wraps the batch in.
+  image shape from the tuple Keras wraps the batch in. The pass runs in the
+  model's strategy as one replica's step: read across replicas, every
+  batch-norm statistic of a multi-worker model would be all-reduced.
   """
   fn = getattr(model, "_kqreg_predict", None)
   if fn is None:
-    fn = tf.function(lambda images: model.decode_predictions(
-        model(images, training=False), images), reduce_retracing=True)
-    model._kqreg_predict = fn  # pylint: disable=protected-access
+    strategy = model.distribute_strategy
+
+    def replica_step(images):
+      return model.decode_predictions(model(images, training=False), images)
+
+    @tf.function(reduce_retracing=True)
+    def predict(images):
+      outputs = strategy.run(replica_step, args=(images,))
+      return tf.nest.map_structure(
+          lambda v: strategy.experimental_local_results(v)[0], outputs)
+
+    fn = model._kqreg_predict = predict  # pylint: disable=protected-access
   return fn
 
 
