@@ -45,6 +45,7 @@ def _fork_server():
     if _context is None:
       context = multiprocessing.get_context("forkserver")
       context.set_forkserver_preload(PRELOAD)
+      # The server preloads the checkout's kqreg, never an installed copy.
       saved_env = os.environ.get("PYTHONPATH")
       os.environ["PYTHONPATH"] = os.pathsep.join(
           [ROOT] + ([saved_env] if saved_env else []))
