@@ -101,6 +101,7 @@ def test_multi_worker_detection_on_loopback_chief_writes(shapes_dir, tmp_path):
            for i in range(2)]
   for proc in procs:
     proc.wait(timeout=600)
+  for proc in procs:
     assert proc.returncode == 0, proc.stderr[-2000:]
   result = json.loads((model_dir / "result.json").read_text())
   assert result["replicas"] == 2 and result["task"] == "detect"

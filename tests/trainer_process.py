@@ -27,7 +27,6 @@ import threading
 from typing import Dict, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTS = os.path.dirname(os.path.abspath(__file__))
 # What a trainer imports before it parses a flag; kqreg.detection also
 # brings keras-cv.
 PRELOAD = ["kqreg", "kqreg.runs", "kqreg.classify", "kqreg.detection",
@@ -112,14 +111,16 @@ class TrainerProcess:
 
   def wait(self, timeout: float = 600) -> "TrainerProcess":
     self._process.join(timeout)
-    if self._process.exitcode is None:
+    timed_out = self._process.exitcode is None
+    if timed_out:
       self._process.kill()
       self._process.join()
-      raise TimeoutError(f"trainer did not finish in {timeout:.0f}s: "
-                         f"{self._read(self._err)[-2000:]}")
     self.returncode = self._process.exitcode
     self.stdout, self.stderr = self._read(self._out), self._read(self._err)
     shutil.rmtree(self._folder)
+    if timed_out:
+      raise TimeoutError(f"trainer did not finish in {timeout:.0f}s: "
+                         f"{self.stderr[-2000:]}")
     return self
 
   @staticmethod

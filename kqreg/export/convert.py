@@ -291,9 +291,9 @@ def export_tflite(qat_model: tf_keras.Model,
       below 8 bits anyway; TFLite computes them in 8 bits.
     allow_float: export a model without quantization as float32.
     float_reference: convert the float32 counterpart too, for
-      `ratio_to_float`. It is a second conversion (a quarter to a third
-      of the export's time); without it `float_size_bytes` and `ratio_to_float` are
-      None and `float_size_note` says why.
+      `ratio_to_float`. It is a second conversion (a quarter to a third of
+      the export's time); without it `float_size_bytes` and `ratio_to_float`
+      are None and `float_size_note` says why.
 
   Returns:
     The report: `path`, `report_path`, `size_bytes`, `float_size_bytes` and
