@@ -5,11 +5,13 @@ Functional sub-models (tfmot refuses them), resolves the policy layer by
 layer, splits a SeparableConv2D with quantized activations into
 DepthwiseConv2D + 1x1 Conv2D (as tfmot's 8-bit scheme does, so TFLite gets
 the range between them; both halves take the layer's bits), places activation quantizers where TFLite will fuse ops (after
-Conv/Dense + BatchNormalization + ReLU chains), annotates, and runs tfmot's
-`quantize_apply` with kqreg's scheme inside `quantize_scope()`.
+Conv/Dense + BatchNormalization + ReLU chains), and wraps each planned
+layer in tfmot's `QuantizeWrapperV2` with kqreg's `QuantizeConfig`.
 
-kqreg's scheme quantizes only what the policy names: unlike tfmot's default
-8-bit scheme it adds no 8-bit input or output quantizer behind your back, so a
+It builds, in one pass over the graph, the model tfmot's `quantize_apply`
+builds from `annotate`'s model with `kqreg.scheme.QuantizeScheme` (tested).
+Only what the policy names is quantized: unlike tfmot's default 8-bit scheme
+no 8-bit input or output quantizer is added behind your back, so a
 weight-only policy (`w4`) really leaves every activation float.
 """
 
@@ -24,7 +26,8 @@ import tf_keras
 
 from kqreg import _tfmot
 from kqreg import configs as configs_lib
-from kqreg.graph import (QuantizeError, _split_separable, flatten_nested,
+from kqreg.graph import (QuantizeError, _fresh_inputs, _run_graph,
+                         _split_separable, flatten_nested,
                          graph_consumers)
 from kqreg import policy as policy_lib
 from kqreg import quantizers
@@ -297,8 +300,9 @@ def annotate(model: tf_keras.Model,
     **plan_kwargs: `per_channel`, `symmetric`, `narrow_range` (see `plan`).
 
   Returns:
-    An annotated model for `tfmot.quantization.keras.quantize_apply`; use
-    `quantize` to get the trainable model in one call.
+    An annotated model for `tfmot.quantization.keras.quantize_apply` with
+    `kqreg.scheme.QuantizeScheme(plan(model, policy).input_bits)`, which
+    gives the model `quantize` gives (`quantize` builds it faster).
   """
   return _annotate_plan(plan(model, policy, **plan_kwargs))
 
@@ -314,66 +318,6 @@ def _annotate_plan(the_plan: QuantizationPlan) -> tf_keras.Model:
 
   with quantize_scope():
     return tf_keras.models.clone_model(the_plan.model, clone_function=_wrap)
-
-
-class _NothingByDefaultRegistry(_tfmot.QuantizeRegistry):
-  """kqreg quantizes only what its plan names; nothing is added by default."""
-
-  def get_quantize_config(self, layer):
-    return None
-
-  def supports(self, layer):
-    return False
-
-
-class _InputQuantize(_tfmot.transforms.Transform):
-  """InputLayer => InputLayer -> QuantizeLayer(b-bit)."""
-
-  def __init__(self, bits: int):
-    self._bits = bits
-
-  def pattern(self):
-    return _tfmot.transforms.LayerPattern("InputLayer")
-
-  def replacement(self, match_layer):
-    quant_layer = _tfmot.QuantizeLayer(
-        quantizers.ActivationQuantizer(self._bits))
-    layer_config = tf_keras.layers.serialize(quant_layer)
-    layer_config["name"] = quant_layer.name
-    return _tfmot.transforms.LayerNode(layer_config, input_layers=[match_layer])
-
-  def custom_objects(self):
-    return {"QuantizeLayer": _tfmot.QuantizeLayer,
-            "ActivationQuantizer": quantizers.ActivationQuantizer}
-
-
-class _LayoutTransform(_tfmot.QuantizeLayoutTransform):
-
-  def __init__(self, input_bits: Optional[int]):
-    self._input_bits = input_bits
-
-  def apply(self, model, layer_quantize_map):
-    if self._input_bits is None:
-      return model, layer_quantize_map
-    # tfmot lists an input only when its first consumer is annotated; an input
-    # feeding a Flatten (an MLP) would stay float, so list every input.
-    for input_layer in model._input_layers:  # pylint: disable=protected-access
-      layer_quantize_map.setdefault(input_layer.name, {})
-    return _tfmot.ModelTransformer(
-        model, [_InputQuantize(self._input_bits)],
-        set(layer_quantize_map.keys()), layer_quantize_map).transform()
-
-
-class _KqregScheme(_tfmot.QuantizeScheme):
-
-  def __init__(self, input_bits: Optional[int]):
-    self._input_bits = input_bits
-
-  def get_layout_transformer(self):
-    return _LayoutTransform(self._input_bits)
-
-  def get_quantize_registry(self):
-    return _NothingByDefaultRegistry()
 
 
 def quantize(model: tf_keras.Model,
@@ -416,7 +360,77 @@ def quantize(model: tf_keras.Model,
           "nothing quantized, the model stays float.", stacklevel=2)
     _warn_left_float(the_plan.left_float)
     return model
-  annotated = _annotate_plan(the_plan)
+  _warn_left_float(the_plan.left_float)
   with quantize_scope():
-    return _tfmot_keras.quantize_apply(
-        annotated, scheme=_KqregScheme(the_plan.input_bits))
+    return _build_quantized(the_plan)
+
+
+def _build_quantized(the_plan: QuantizationPlan) -> tf_keras.Model:
+  """The plan's model rebuilt once, each planned layer in a QuantizeWrapperV2.
+
+  tfmot's `quantize_apply(annotated, scheme=QuantizeScheme(input_bits))`
+  builds the same model, layer for layer and weight for weight (a test
+  compares them), from four clones of the graph: a copy, the annotations
+  taken off, the input quantizer added, the wrappers put on. One pass takes
+  half the time (a YOLOv8-xs detector at w4a8: 8.5-9.9 s -> 4.5-4.9 s on
+  2 cores). Every layer is a fresh copy holding the original's weights:
+  `the_plan.model` is left untouched.
+  """
+  source = the_plan.model
+
+  def _copy(layer) -> tf_keras.layers.Layer:
+    return layer.__class__.from_config(layer.get_config())
+
+  def _with_weights(copy, layer):
+    if layer.weights:
+      copy.set_weights(layer.get_weights())
+    return copy
+
+  def _wrapped(layer, config, args, kwargs) -> QuantizeWrapperV2:
+    copy = _copy(layer)
+    copy(*args, **kwargs)  # built on the graph, as tfmot's copy is
+    return QuantizeWrapperV2(_with_weights(copy, layer), config,
+                             name_prefix="quant_")
+
+  def _input_quantizer() -> QuantizeLayer:
+    return QuantizeLayer(quantizers.ActivationQuantizer(the_plan.input_bits))
+
+  if isinstance(source, tf_keras.Sequential):
+    model = tf_keras.Sequential(name=source.name)
+    model.add(_fresh_inputs(source)[0])
+    if the_plan.input_bits is not None:
+      model.add(_input_quantizer())
+    for layer in source.layers:
+      config = the_plan.configs.get(layer.name)
+      if config is None:
+        model.add(_copy(layer))
+        _with_weights(model.layers[-1], layer)
+      else:
+        model.add(_wrapped(layer, config, model.outputs, {}))
+    return model
+
+  copies: Dict[str, tf_keras.layers.Layer] = {}
+
+  def _stand_in(layer):
+    """Calls `layer`'s copy (made on its first call: shared layers stay
+    shared)."""
+    def call(*args, **kwargs):
+      if layer.name in copies:
+        return copies[layer.name](*args, **kwargs)
+      config = the_plan.configs.get(layer.name)
+      if config is not None:
+        copies[layer.name] = _wrapped(layer, config, args, kwargs)
+        return copies[layer.name](*args, **kwargs)
+      copies[layer.name] = copy = _copy(layer)
+      outputs = copy(*args, **kwargs)
+      _with_weights(copy, layer)
+      return outputs
+    return call
+
+  inputs = _fresh_inputs(source)
+  x = inputs
+  if the_plan.input_bits is not None:
+    x = [_input_quantizer()(i) for i in inputs]
+  replace = {layer.name: _stand_in(layer) for layer in source.layers}
+  outputs = _run_graph(source, x, replace)
+  return tf_keras.Model(inputs, outputs, name=source.name)

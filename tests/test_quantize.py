@@ -11,6 +11,7 @@ import tensorflow as tf
 import tf_keras
 
 import kqreg
+from conftest import small_cnn
 
 
 def _kernels_as_used(qat_model):
@@ -312,3 +313,67 @@ def test_separable_conv_splits_into_quantized_halves(policy, sep_bits):
 def test_weight_only_separable_conv_stays_whole():
   qat = kqreg.quantize(_separable_model(), "w4")
   assert _inner_bits(qat)["sep"] == ("SeparableConv2D", 4, None)
+
+
+def _shared_branch_cnn():
+  """small_cnn's layers plus one Dense called on two branches."""
+  inputs = tf_keras.Input((8, 8, 1))
+  x = tf_keras.layers.Conv2D(8, 3, padding="same", name="conv")(inputs)
+  x = tf_keras.layers.BatchNormalization(name="bn")(x)
+  x = tf_keras.layers.ReLU(name="relu")(x)
+  pooled = [tf_keras.layers.GlobalAveragePooling2D(name="avg")(x),
+            tf_keras.layers.GlobalMaxPooling2D(name="max")(x)]
+  shared = tf_keras.layers.Dense(4, name="shared")
+  outputs = tf_keras.layers.Concatenate(name="cat")([shared(p) for p in pooled])
+  return tf_keras.Model(inputs, outputs, name="shared_branch")
+
+
+def _sequential_mlp():
+  return tf_keras.Sequential([tf_keras.Input((8, 8, 1)), tf_keras.layers.Flatten(),
+                              tf_keras.layers.Dense(16, activation="relu"),
+                              tf_keras.layers.Dense(10)], name="mlp")
+
+
+def _structure(model):
+  from kqreg import _tfmot  # pylint: disable=g-import-not-at-top
+
+  def name(layer):  # QuantizeLayer names come from a process-wide counter
+    return "quantize_layer" if type(layer).__name__ == "QuantizeLayer" else layer.name
+  # tfmot's layers keep the nodes of its intermediate clones: count the graph's.
+  return (type(model).__name__,
+          [(type(l).__name__, name(l), len(_tfmot.nodes_in_graph(model, l)))
+           for l in model.layers],
+          [w.shape for w in model.weights])
+
+
+@pytest.mark.parametrize("build", [small_cnn, _shared_branch_cnn, _sequential_mlp])
+@pytest.mark.parametrize("policy", ["w4a8,first=w8a8", "w3", "n4a8"])
+def test_quantize_builds_what_tfmots_quantize_apply_builds(build, policy):
+  """One pass over the graph gives tfmot's four-clone `quantize_apply` model."""
+  import tensorflow_model_optimization as tfmot  # pylint: disable=g-import-not-at-top
+  from kqreg.quantize import annotate, plan  # pylint: disable=g-import-not-at-top
+  from kqreg.scheme import QuantizeScheme  # pylint: disable=g-import-not-at-top
+  tf_keras.utils.set_random_seed(0)
+  model = build()
+  before = [w.copy() for w in model.get_weights()]
+  tf_keras.utils.set_random_seed(1)  # the noise twin's seeds come from it
+  ours = kqreg.quantize(model, policy)
+  tf_keras.utils.set_random_seed(1)
+  with kqreg.quantize_scope():
+    theirs = tfmot.quantization.keras.quantize_apply(
+        annotate(model, policy), scheme=QuantizeScheme(plan(model, policy).input_bits))
+  assert _structure(ours) == _structure(theirs)
+  configs = [(l.name, l.quantize_config.get_config()) for l in ours.layers
+             if hasattr(l, "quantize_config")]
+  assert configs and configs == [(l.name, l.quantize_config.get_config())
+                                 for l in theirs.layers if hasattr(l, "quantize_config")]
+  for a, b in zip(ours.get_weights(), theirs.get_weights()):
+    np.testing.assert_array_equal(a, b)
+  x = np.random.default_rng(0).random((4, 8, 8, 1), np.float32)
+  for training in (True, False):  # a training call also sets the ranges
+    np.testing.assert_array_equal(ours(x, training=training), theirs(x, training=training))
+  # A step of training moves the copy's weights only.
+  ours.compile("sgd", tf_keras.losses.MeanSquaredError())
+  ours.fit(x, np.ones((4, ours.output_shape[-1]), np.float32), verbose=0)
+  for a, b in zip(model.get_weights(), before):
+    np.testing.assert_array_equal(a, b)
