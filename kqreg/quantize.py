@@ -353,14 +353,13 @@ def quantize(model: tf_keras.Model,
     PolicyError: malformed policy, or one that names layers the model lacks.
   """
   the_plan = plan(model, policy, **plan_kwargs)
-  if not the_plan.configs:
-    if not policy_lib.BitPolicy.parse(policy).is_float:
-      warnings.warn(
-          f"Policy {str(policy)!r} quantizes no layer of {model.name!r}: "
-          "nothing quantized, the model stays float.", stacklevel=2)
-    _warn_left_float(the_plan.left_float)
-    return model
+  if not the_plan.configs and not policy_lib.BitPolicy.parse(policy).is_float:
+    warnings.warn(
+        f"Policy {str(policy)!r} quantizes no layer of {model.name!r}: "
+        "nothing quantized, the model stays float.", stacklevel=2)
   _warn_left_float(the_plan.left_float)
+  if not the_plan.configs:
+    return model
   with quantize_scope():
     return _build_quantized(the_plan)
 
