@@ -6,8 +6,9 @@ tfmot upgrade breaks (at most) this file. Public tfmot names come from
 `QuantizeScheme`, `QuantizeRegistry`, `QuantizeLayoutTransform` and
 `graph_transformations.{model_transformer, transforms}`); only the names
 tfmot keeps private (`QuantizeAnnotate`, `QuantizeLayer`) are imported from
-its `python.core` modules. TensorFlow's own XLA-context check
-(`in_xla_context`) is the one TensorFlow internal kqreg uses.
+its `python.core` modules. The TensorFlow internals kqreg uses are its
+XLA-context check (`in_xla_context`) and its variable freezing
+(`freeze_variables`), which TensorFlow 2 keeps private.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras
+from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.ops import control_flow_util  # pylint: disable=g-direct-tensorflow-import
 # Private in tfmot 0.8.1: no public alias exists for these two classes.
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_annotate import (  # pylint: disable=line-too-long
@@ -27,6 +29,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
 
 __all__ = [
     "in_xla_context",
+    "freeze_variables",
     "tfmot_keras",
     "QuantizeAnnotate",
     "QuantizeLayer",
@@ -148,3 +151,15 @@ def in_xla_context() -> bool:
   """
   graph = tf.compat.v1.get_default_graph()
   return control_flow_util.GraphOrParentsInXlaContext(graph)
+
+
+def freeze_variables(function: tf.types.experimental.ConcreteFunction
+                     ) -> tf.types.experimental.ConcreteFunction:
+  """`function` with the variables it reads turned into constants.
+
+  TensorFlow's own freezing, the one its converters use. Functional If and
+  While stay as they are (TFLite converts those, not their Switch/Merge
+  lowering). The result returns a flat list of `function`'s outputs.
+  """
+  return convert_to_constants.convert_variables_to_constants_v2(
+      function, lower_control_flow=False)

@@ -248,15 +248,19 @@ def tiny_trained():
   return get
 
 
-def _without_source_record(data):
+def _without_source_record_and_names(data):
   """The file with the converter's CONVERSION_METADATA (which records what it
-  converted from: a Keras model or a concrete function) left out."""
+  converted from: a Keras model or a concrete function) and the tensors'
+  names left out. The signatures, with their input and output names, stay."""
   import flatbuffers  # pylint: disable=g-import-not-at-top
   from tensorflow.lite.python import schema_py_generated as schema  # pylint: disable=g-import-not-at-top
   model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
   for entry in model.metadata:
     if entry.name == b"CONVERSION_METADATA":
       model.buffers[entry.buffer].data = None
+  for subgraph in model.subgraphs:
+    for tensor in subgraph.tensors:
+      tensor.name = None
   builder = flatbuffers.Builder(0)
   builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
   return bytes(builder.Output())
@@ -265,9 +269,11 @@ def _without_source_record(data):
 @pytest.mark.parametrize("optimize", [True, False])
 def test_conversion_writes_the_file_the_keras_converter_writes(tiny_trained,
                                                                optimize):
-  """kqreg converts one traced inference function, not a SavedModel of every
-  layer: the file must still be `from_keras_model`'s, to the byte, but for
-  the converter's record of its source."""
+  """kqreg converts one frozen inference function, not a SavedModel of every
+  layer and variable: the file must still be `from_keras_model`'s, to the
+  byte, but for the converter's record of its source and the names of
+  tensors (a frozen graph names a variable's value after its read). The
+  weights keep the names export matches to layers."""
   from kqreg.export import converter  # pylint: disable=g-import-not-at-top
   qat = tiny_trained("w4a8")
   keras_converter = tf.lite.TFLiteConverter.from_keras_model(qat)
@@ -276,7 +282,60 @@ def test_conversion_writes_the_file_the_keras_converter_writes(tiny_trained,
   expected = keras_converter.convert()
   written = converter.convert(qat, optimize=optimize)
   assert written != expected  # the source record differs
-  assert _without_source_record(written) == _without_source_record(expected)
+  assert (_without_source_record_and_names(written) ==
+          _without_source_record_and_names(expected))
+  weight_names = [[c["name"] for c in export.inspect_tflite(data)["constants"]
+                   if "FakeQuant" in c["name"]] for data in (written, expected)]
+  assert weight_names[0] and weight_names[0] == weight_names[1]
+
+
+def _tensor_contents(data):
+  """Each weight tensor's type, shape, bytes and quantization, sorted."""
+  from tensorflow.lite.python import schema_py_generated as schema  # pylint: disable=g-import-not-at-top
+  model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
+  contents = []
+  for tensor in model.subgraphs[0].tensors:
+    raw = model.buffers[tensor.buffer].data
+    q = tensor.quantization
+    contents.append((
+        tensor.type, tuple(tensor.shape),
+        None if raw is None else bytes(raw),
+        None if q is None or q.scale is None else tuple(q.scale),
+        None if q is None or q.zeroPoint is None else tuple(q.zeroPoint)))
+  return sorted(contents, key=repr)
+
+
+def test_conversion_of_parallel_branches_matches_the_keras_converter():
+  """On a graph of parallel branches the frozen function may order the
+  branches' ops differently: the ops, the tensors (weights, shapes,
+  quantization) and the outputs must still be `from_keras_model`'s."""
+  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+  from kqreg.export import converter  # pylint: disable=g-import-not-at-top
+  tf_keras.utils.set_random_seed(0)
+  inputs = tf_keras.Input((8, 8, 1))
+  branches = [tf_keras.layers.GlobalAveragePooling2D()(
+      tf_keras.layers.Conv2D(4, k, activation="relu", name=f"conv_{k}")(inputs))
+              for k in (1, 3, 5)]
+  outputs = tf_keras.layers.Dense(3, name="head")(
+      tf_keras.layers.Concatenate()(branches))
+  qat = kqreg.quantize(tf_keras.Model(inputs, outputs, name="branches"),
+                       "w4a8")
+  x = np.random.default_rng(0).random((16, 8, 8, 1)).astype(np.float32)
+  qat(x, training=True)  # ranges from data, not the initial ones
+  keras_converter = tf.lite.TFLiteConverter.from_keras_model(qat)
+  keras_converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  files = [converter.convert(qat, optimize=True), keras_converter.convert()]
+  infos = [export.inspect_tflite(data) for data in files]
+  assert infos[0]["op_counts"] == infos[1]["op_counts"]
+  assert _tensor_contents(files[0]) == _tensor_contents(files[1])
+  results = []
+  for data in files:
+    runner = Interpreter(model_content=data).get_signature_runner()
+    (name,) = runner.get_input_details()
+    results.append(runner(**{name: x}))
+  assert results[0].keys() == results[1].keys() == {"quant_head"}
+  np.testing.assert_array_equal(results[0]["quant_head"],
+                                results[1]["quant_head"])
 
 
 def test_conversion_of_a_model_never_called_says_what_to_do():

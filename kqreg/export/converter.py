@@ -100,16 +100,20 @@ def _conversion_error(e: ConverterError, model: tf_keras.Model) -> ExportError:
   return ExportError(f"TFLite conversion of {model.name!r} failed: {reason}")
 
 
-def _save_for_conversion(model: tf_keras.Model, folder: str) -> None:
-  """Saves `model(inputs, training=False)` to `folder` as a SavedModel of one
-  signature, which the converter reads as it reads a Keras model's.
+def _inference_function(model: tf_keras.Model
+                        ) -> tf.types.experimental.ConcreteFunction:
+  """`model(inputs, training=False)` as one concrete function holding its
+  weights as constants, with the model's output names.
 
   `TFLiteConverter.from_keras_model` saves the Keras model itself, which
   traces every layer's call (three times the whole conversion of a YOLOv8
   detector), and the gradient of every custom-gradient op (TensorFlow's
-  swish is one: a third of what remains). This traces the model once and no
-  gradient. The file is the same but for the converter's record of its
-  source (a test compares them).
+  swish is one). This traces the model once and no gradient. Freezing the
+  variables here, not in the converter, spares it saving and loading a
+  SavedModel of every variable (two thirds of a YOLOv8 head's conversion).
+  The file holds `from_keras_model`'s ops, tensors and signature and gives
+  its outputs to the bit; tensor names, the order of parallel branches' ops
+  and the converter's record of its source may differ (tests compare them).
   """
   spec = model.save_spec(dynamic_batch=False)
   if spec is None:
@@ -127,13 +131,21 @@ def _save_for_conversion(model: tf_keras.Model, folder: str) -> None:
 
   function = tf.function(infer, autograph=False).get_concrete_function(
       spec[0][0])
-  holder = tf.Module()
-  # Only what inference reads: the SavedModel's save and restore functions
-  # grow with every variable, and tfmot's per-wrapper step counters are a
-  # fifth of a QAT detector's. The file is the same (tested).
-  holder.model_variables = list(function.variables)
+  frozen = _tfmot.freeze_variables(function)
+  structure = function.structured_outputs
+
+  def named(inputs):  # the frozen function returns a flat list
+    return tf.nest.pack_sequence_as(structure, frozen(inputs))
+
+  return tf.function(named, autograph=False).get_concrete_function(
+      spec[0][0])
+
+
+def _save_for_conversion(model: tf_keras.Model, folder: str) -> None:
+  """Saves the model's inference function to `folder` as a SavedModel of one
+  signature, which the converter reads as it reads a Keras model's."""
   tf.saved_model.save(
-      holder, folder, signatures=function,
+      tf.Module(), folder, signatures=_inference_function(model),
       options=tf.saved_model.SaveOptions(
           save_debug_info=True,  # the converter's errors name layers from it
           experimental_custom_gradients=False))

@@ -391,8 +391,8 @@ def export(model: tf_keras.Model,
   """Converts `model` to TFLite (default optimizations) and reads the file.
 
   Every row of the benchmark goes through this one conversion (kqreg's, which
-  writes the file `TFLiteConverter.from_keras_model` writes), so the peers
-  are compared as a user's plain converter call would treat them:
+  writes the ops and tensors `TFLiteConverter.from_keras_model` writes), so
+  the peers are compared as a user's plain converter call would treat them:
   fake-quant graphs (tfmot, kqreg) keep their ranges; other graphs are
   quantized by the converter from `representative` (int8) or, without it,
   get dynamic-range int8 weights.
