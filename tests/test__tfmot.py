@@ -39,3 +39,23 @@ def test_nodes_in_graph_skips_other_models_nodes():
   assert node_b.outputs is model_b.outputs[0]
   (node_a,) = _tfmot.nodes_in_graph(model_a, shared)
   assert node_a.outputs is model_a.outputs[0]
+
+
+def test_freeze_variables_keeps_values_and_functional_control_flow():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  scale = tf.Variable(3.0)
+
+  @tf.function(autograph=False)
+  def scaled(x):
+    return tf.cond(tf.reduce_sum(x) > 0, lambda: x * scale, lambda: x - scale)
+
+  function = scaled.get_concrete_function(tf.TensorSpec((2,), tf.float32))
+  frozen = _tfmot.freeze_variables(function)
+  assert not frozen.variables
+  ops = {op.type for op in frozen.graph.get_operations()}
+  assert ops & {"If", "StatelessIf"} and not ops & {"Switch", "Merge"}
+  for x in ([1.0, 2.0], [-1.0, -2.0]):
+    (out,) = frozen(tf.constant(x))
+    assert out.numpy().tolist() == function(tf.constant(x)).numpy().tolist()
+  scale.assign(5.0)  # a constant now: the variable no longer reaches it
+  assert frozen(tf.constant([1.0, 2.0]))[0].numpy().tolist() == [3.0, 6.0]
