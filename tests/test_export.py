@@ -248,13 +248,18 @@ def tiny_trained():
   return get
 
 
+def _flatbuffer_model(data):
+  """The file as the TFLite schema's mutable object tree."""
+  from tensorflow.lite.python import schema_py_generated as schema  # pylint: disable=g-import-not-at-top
+  return schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
+
+
 def _without_source_record_and_names(data):
   """The file with the converter's CONVERSION_METADATA (which records what it
   converted from: a Keras model or a concrete function) and the tensors'
   names left out. The signatures, with their input and output names, stay."""
   import flatbuffers  # pylint: disable=g-import-not-at-top
-  from tensorflow.lite.python import schema_py_generated as schema  # pylint: disable=g-import-not-at-top
-  model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
+  model = _flatbuffer_model(data)
   for entry in model.metadata:
     if entry.name == b"CONVERSION_METADATA":
       model.buffers[entry.buffer].data = None
@@ -290,9 +295,8 @@ def test_conversion_writes_the_file_the_keras_converter_writes(tiny_trained,
 
 
 def _tensor_contents(data):
-  """Each weight tensor's type, shape, bytes and quantization, sorted."""
-  from tensorflow.lite.python import schema_py_generated as schema  # pylint: disable=g-import-not-at-top
-  model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
+  """Each tensor's type, shape, buffer bytes and quantization, sorted."""
+  model = _flatbuffer_model(data)
   contents = []
   for tensor in model.subgraphs[0].tensors:
     raw = model.buffers[tensor.buffer].data
