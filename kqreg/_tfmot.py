@@ -7,8 +7,9 @@ tfmot upgrade breaks (at most) this file. Public tfmot names come from
 `graph_transformations.{model_transformer, transforms}`); only the names
 tfmot keeps private (`QuantizeAnnotate`, `QuantizeLayer`) are imported from
 its `python.core` modules. The TensorFlow internals kqreg uses are its
-XLA-context check (`in_xla_context`) and its variable freezing
-(`freeze_variables`), which TensorFlow 2 keeps private.
+XLA-context check (`in_xla_context`), its variable freezing
+(`freeze_variables`) and autograph's module rules
+(`exempt_from_autograph`), which TensorFlow 2 keeps private.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras
+from tensorflow.python.autograph.core import config as _autograph_config  # pylint: disable=g-direct-tensorflow-import
+from tensorflow.python.autograph.core import config_lib as _autograph_rules  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.ops import control_flow_util  # pylint: disable=g-direct-tensorflow-import
 # Private in tfmot 0.8.1: no public alias exists for these two classes.
@@ -29,6 +32,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
 
 __all__ = [
     "in_xla_context",
+    "exempt_from_autograph",
     "freeze_variables",
     "tfmot_keras",
     "QuantizeAnnotate",
@@ -151,6 +155,24 @@ def in_xla_context() -> bool:
   """
   graph = tf.compat.v1.get_default_graph()
   return control_flow_util.GraphOrParentsInXlaContext(graph)
+
+
+def exempt_from_autograph(*module_prefixes: str) -> None:
+  """Autograph calls these modules' functions as they are, from now on.
+
+  What TensorFlow does for its own modules and Keras's: their functions
+  build graphs with `tf.cond`/`tf.while_loop` themselves, so converting
+  them only costs tracing time. Process-wide and idempotent; `prefix`
+  covers `prefix.*`.
+  """
+  present = {rule._prefix for rule in _autograph_config.CONVERSION_RULES  # pylint: disable=protected-access
+             if isinstance(rule, _autograph_rules.DoNotConvert)}
+  new = tuple(_autograph_rules.DoNotConvert(prefix)
+              for prefix in dict.fromkeys(module_prefixes)
+              if prefix not in present)
+  if new:
+    _autograph_config.CONVERSION_RULES = (
+        tuple(_autograph_config.CONVERSION_RULES) + new)
 
 
 def freeze_variables(function: tf.types.experimental.ConcreteFunction

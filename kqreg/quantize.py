@@ -82,6 +82,11 @@ class QuantizeLayer(_tfmot.QuantizeLayer):
     super().build(input_shape)
     self.built = True
 
+  def _should_use_autograph(self) -> bool:
+    # Keras converts every `call` defined outside Keras; this one branches on
+    # Python values only, so converting it is tracing time spent for nothing.
+    return False
+
 
 class QuantizeWrapperV2(_tfmot.QuantizeWrapperV2):
   """tfmot's QuantizeWrapperV2, building the wrapped layer first.
@@ -97,6 +102,13 @@ class QuantizeWrapperV2(_tfmot.QuantizeWrapperV2):
       self.layer.build(input_shape)
       self.layer.built = True
     super().build(input_shape)
+
+  def _should_use_autograph(self) -> bool:
+    # tfmot's `call` and kqreg's quantizers branch on Python values only, but
+    # `call` runs `self.layer.call` itself: convert it when Keras would
+    # convert the wrapped layer (a subclassed one may branch on tensors),
+    # not for Keras's own layers.
+    return self.layer._should_use_autograph()  # pylint: disable=protected-access
 
 
 def quantize_scope(*args) -> tf_keras.utils.CustomObjectScope:

@@ -1,5 +1,7 @@
 """Tests for kqreg._tfmot, the one seam to tfmot's and Keras's internals."""
 
+import pytest
+
 import kqreg
 import tf_keras
 from kqreg import _tfmot
@@ -59,3 +61,34 @@ def test_freeze_variables_keeps_values_and_functional_control_flow():
     assert out.numpy().tolist() == function(tf.constant(x)).numpy().tolist()
   scale.assign(5.0)  # a constant now: the variable no longer reaches it
   assert frozen(tf.constant([1.0, 2.0]))[0].numpy().tolist() == [3.0, 6.0]
+
+
+_PROBE = '''
+import tensorflow as tf
+
+
+def halve_if_positive(x):
+  if tf.reduce_sum(x) > 0:  # a Python branch on a tensor: needs autograph
+    return x / 2
+  return x
+'''
+
+
+def test_exempt_from_autograph_calls_the_module_unconverted(tmp_path, monkeypatch):
+  import tensorflow as tf
+  from tensorflow.python.autograph.core import config
+  (tmp_path / "kqreg_autograph_probe.py").write_text(_PROBE)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  import kqreg_autograph_probe as probe
+  monkeypatch.setattr(config, "CONVERSION_RULES", config.CONVERSION_RULES)
+
+  def traced(x):  # converted (a tf.function's own code), calls the probe
+    return probe.halve_if_positive(x)
+
+  assert tf.function(traced)(tf.constant([4.0])).numpy() == [2.0]
+  before = len(config.CONVERSION_RULES)
+  _tfmot.exempt_from_autograph("kqreg_autograph_probe")
+  _tfmot.exempt_from_autograph("kqreg_autograph_probe")  # idempotent
+  assert len(config.CONVERSION_RULES) == before + 1
+  with pytest.raises(tf.errors.OperatorNotAllowedInGraphError):
+    tf.function(traced)(tf.constant([4.0]))

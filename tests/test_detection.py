@@ -154,6 +154,41 @@ def test_shapes_pipeline_gives_dense_keras_cv_boxes(shapes_dir):
   assert np.all(kept[:, 2] > kept[:, 0]) and np.all(kept[:, 3] > kept[:, 1])
 
 
+def test_pipelines_trace_keras_cv_unconverted(shapes_dir, monkeypatch):
+  """keras-cv's box code in a pipeline's maps runs as written once kqreg
+  exempts it (`kqreg.detection.autograph`); without that, autograph converts it."""
+  from tensorflow.python.autograph.core import config
+  from tensorflow.python.autograph.impl import conversion
+  from tensorflow.python.autograph.pyct import cache, transpiler
+  from kqreg.detection import autograph, data
+  requested = []
+  transform = transpiler.PyToPy.transform_function
+
+  def spy(self, fn, user_context):
+    requested.append(getattr(fn, "__module__", ""))
+    return transform(self, fn, user_context)
+
+  monkeypatch.setattr(transpiler.PyToPy, "transform_function", spy)
+  ds, _ = detection.load_detection("kqreg_shapes", "validation", shapes_dir)
+
+  def keras_cv_conversions():
+    requested.clear()
+    next(iter(detection.pipeline(ds, image_size=32, batch_size=2, training=False,
+                                 take=2, cache=False)))
+    return [m for m in requested if m.startswith(autograph.KERAS_CV_MODULES)]
+
+  # As before any detector: without kqreg's rules, and nothing remembered as
+  # exempt by earlier tests.
+  ours = {f"DoNotConvert rule for {m}" for m in autograph.KERAS_CV_MODULES}
+  monkeypatch.setattr(config, "CONVERSION_RULES", tuple(
+      r for r in config.CONVERSION_RULES if str(r) not in ours))
+  monkeypatch.setattr(conversion, "_ALLOWLIST_CACHE", cache.UnboundInstanceCache())
+  with monkeypatch.context() as undone:
+    undone.setattr(data, "trace_keras_cv_as_written", lambda: None)
+    assert keras_cv_conversions()  # the spy sees them when they happen
+  assert keras_cv_conversions() == []
+
+
 def test_unknown_and_unprepared_datasets_name_the_fix(tmp_path):
   with pytest.raises(DatasetError, match="kqreg_shapes"):
     detection.load_detection("no_such_dataset", "train", str(tmp_path))

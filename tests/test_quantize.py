@@ -45,6 +45,44 @@ def test_kernels_take_at_most_2_to_the_b_minus_1_values(bits, per_channel, cnn, 
   assert seen == 3  # conv_a, conv_b, head
 
 
+class _HalvedWhenPositive(tf_keras.layers.Conv2D):
+  """A user's Conv2D whose `call` branches in Python on a tensor."""
+
+  def call(self, inputs):
+    outputs = super().call(inputs)
+    if tf.reduce_mean(outputs) > 0.0:  # traces only autograph-converted
+      outputs = outputs / 2.0
+    return outputs
+
+
+def test_wrappers_autograph_only_what_the_wrapped_layer_needs(monkeypatch):
+  inputs = tf_keras.Input((6, 6, 1))
+  x = _HalvedWhenPositive(2, 3, name="user_conv")(inputs)
+  x = tf_keras.layers.Flatten()(x)
+  outputs = tf_keras.layers.Dense(2, name="dense")(x)
+  qat = kqreg.quantize(tf_keras.Model(inputs, outputs), "w4a8")
+  from tf_keras.src.engine import base_layer
+  autograph = base_layer.tf.__internal__.autograph  # what Keras layers call
+  converted = []
+  convert = autograph.tf_convert
+
+  def spy(fn, ctx, *args, **kwargs):
+    converted.append(getattr(getattr(fn, "__self__", None), "name", None))
+    return convert(fn, ctx, *args, **kwargs)
+
+  monkeypatch.setattr(autograph, "tf_convert", spy)
+  qat.compile("adam", "mse")
+  x = np.random.default_rng(0).random((4, 6, 6, 1), dtype=np.float32)
+  history = qat.fit(x, np.zeros((4, 2)), verbose=0)
+  assert np.isfinite(history.history["loss"][0])
+  # The user's layer is converted through its wrapper (tfmot's `call` runs
+  # the inner `call` itself); Keras's Dense and the input quantizer are not.
+  wrappers = {l.layer.name: l.name for l in qat.layers if hasattr(l, "layer")}
+  assert wrappers["user_conv"] in converted
+  assert wrappers["dense"] not in converted
+  assert not any(name and name.startswith("quantize_layer") for name in converted)
+
+
 def test_every_layer_family_quantizes_and_trains():
   inputs = tf_keras.Input((12, 12, 3))
   x = tf_keras.layers.Conv2D(8, 3, padding="same")(inputs)

@@ -10,6 +10,7 @@ composed into scenes); both prepare without network access.
   metrics   `mean_average_precision`, `evaluate_map`: COCO-style mAP
   export    `export_detector`: the network as TFLite, mAP checked in LiteRT
   task      `DetectConfig`, `run`: the detection hooks of `kqreg.runs`
+  autograph keras-cv's box, loss and NMS code traced as written (no autograph)
 """
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)

@@ -31,6 +31,7 @@ from kqreg.data.core import (DatasetError, check_positive_int, open_split,
 # Importing the builder modules registers them with TFDS.
 from kqreg.detection import digit_scenes  # noqa: F401
 from kqreg.detection import shapes  # noqa: F401
+from kqreg.detection.autograph import trace_keras_cv_as_written
 
 __all__ = ["OFFLINE_DETECTION_DATASETS", "DetectionInfo", "DatasetError",
            "load_detection", "pipeline", "validation_split"]
@@ -190,6 +191,7 @@ def pipeline(ds: tf.data.Dataset, *, image_size: int, batch_size: int,
   check_positive_int(batch_size, "batch_size")
   check_positive_int(max_boxes, "max_boxes")
   check_positive_int(take, "take", allow_none=True)
+  trace_keras_cv_as_written()
   if take is not None:
     ds = ds.take(take)
 

@@ -51,6 +51,7 @@ from keras_cv.src.models.task import Task
 
 from kqreg import _tfmot
 from kqreg import policy as policy_lib
+from kqreg.detection.autograph import trace_keras_cv_as_written
 from kqreg.graph import tf_ops_as_layers
 from kqreg.quantize import quantize
 from kqreg.runs import ConfigError
@@ -295,6 +296,7 @@ def build_detector(num_classes: int, backbone: str = "xs",
                     iou_threshold=iou_threshold,
                     max_detections=max_detections, class_prior=class_prior)
   policy = policy_lib.BitPolicy.parse(bits)
+  trace_keras_cv_as_written()
   float_backbone = build_backbone(backbone, image_size)
   decoder = keras_cv.layers.NonMaxSuppression(
       bounding_box_format="xyxy", from_logits=False,
