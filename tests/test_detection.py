@@ -154,9 +154,10 @@ def test_shapes_pipeline_gives_dense_keras_cv_boxes(shapes_dir):
   assert np.all(kept[:, 2] > kept[:, 0]) and np.all(kept[:, 3] > kept[:, 1])
 
 
-def test_pipelines_trace_keras_cv_unconverted(shapes_dir, monkeypatch):
+def test_pipelines_and_detectors_trace_keras_cv_unconverted(shapes_dir, monkeypatch):
   """keras-cv's box code in a pipeline's maps runs as written once kqreg
-  exempts it (`kqreg.detection.autograph`); without that, autograph converts it."""
+  exempts it (`kqreg.detection.autograph`); without that, autograph converts it.
+  `pipeline` and `build_detector` both exempt it."""
   from tensorflow.python.autograph.core import config
   from tensorflow.python.autograph.impl import conversion
   from tensorflow.python.autograph.pyct import cache, transpiler
@@ -187,6 +188,11 @@ def test_pipelines_trace_keras_cv_unconverted(shapes_dir, monkeypatch):
     undone.setattr(data, "trace_keras_cv_as_written", lambda: None)
     assert keras_cv_conversions()  # the spy sees them when they happen
   assert keras_cv_conversions() == []
+  # Building a detector exempts them too.
+  monkeypatch.setattr(config, "CONVERSION_RULES", tuple(
+      r for r in config.CONVERSION_RULES if str(r) not in ours))
+  detection.build_detector(2, "xs", "fp", image_size=32)
+  assert ours <= {str(r) for r in config.CONVERSION_RULES}
 
 
 def test_unknown_and_unprepared_datasets_name_the_fix(tmp_path):

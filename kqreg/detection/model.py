@@ -280,6 +280,8 @@ def build_detector(num_classes: int, backbone: str = "xs",
     `QuantizedYOLOV8Detector`); `bounding_box_format` is "xyxy" pixels.
     Its `backbone` attribute is a Functional view onto the (quantized)
     backbone layers with `pyramid_level_inputs` naming them.
+    Building one has TensorFlow trace keras-cv's detection code without
+    autograph from then on (`kqreg.detection.autograph`).
 
   Raises:
     DetectorError: bad size, image size or class count.
