@@ -178,21 +178,24 @@ def test_pipelines_and_detectors_trace_keras_cv_unconverted(shapes_dir, monkeypa
                                  take=2, cache=False)))
     return [m for m in requested if m.startswith(autograph.KERAS_CV_MODULES)]
 
+  ours = set(autograph.KERAS_CV_MODULES)
+
+  def drop_our_rules():
+    monkeypatch.setattr(config, "CONVERSION_RULES", tuple(
+        r for r in config.CONVERSION_RULES if r._prefix not in ours))
+
   # As before any detector: without kqreg's rules, and nothing remembered as
   # exempt by earlier tests.
-  ours = {f"DoNotConvert rule for {m}" for m in autograph.KERAS_CV_MODULES}
-  monkeypatch.setattr(config, "CONVERSION_RULES", tuple(
-      r for r in config.CONVERSION_RULES if str(r) not in ours))
+  drop_our_rules()
   monkeypatch.setattr(conversion, "_ALLOWLIST_CACHE", cache.UnboundInstanceCache())
   with monkeypatch.context() as undone:
     undone.setattr(data, "trace_keras_cv_as_written", lambda: None)
     assert keras_cv_conversions()  # the spy sees them when they happen
   assert keras_cv_conversions() == []
   # Building a detector exempts them too.
-  monkeypatch.setattr(config, "CONVERSION_RULES", tuple(
-      r for r in config.CONVERSION_RULES if str(r) not in ours))
+  drop_our_rules()
   detection.build_detector(2, "xs", "fp", image_size=32)
-  assert ours <= {str(r) for r in config.CONVERSION_RULES}
+  assert ours <= {r._prefix for r in config.CONVERSION_RULES}
 
 
 def test_unknown_and_unprepared_datasets_name_the_fix(tmp_path):

@@ -74,6 +74,10 @@ def test_weight_noise_matches_numpy_reference(bits, per_channel, symmetric, trai
   np.testing.assert_allclose(got, wq, rtol=0, atol=ulp)
   delta = (wq - w_now).astype(np.float32)
   step = np.atleast_1d(scale)
+  model_std = np.sqrt(np.mean(step.astype(np.float64)**2) / 12)
+  rel_norm = np.linalg.norm(delta) / np.linalg.norm(w_now)
+  slack = 1e-3 * scale  # beyond the range by more than rounding
+  clip = np.mean((w_now < nmin - slack) | (w_now > nmax + slack))
   # The traced graph (per-epoch callback) and the op-by-op path (result.json).
   for traced in (True, False):
     (row,) = noise.weight_noise(qat, traced=traced)
@@ -84,14 +88,10 @@ def test_weight_noise_matches_numpy_reference(bits, per_channel, symmetric, trai
     assert row["delta_mean"] == pytest.approx(delta.mean(), rel=1e-4, abs=ulp)
     assert row["delta_std"] == pytest.approx(delta.std(), rel=1e-4)
     assert row["delta_max_abs"] == pytest.approx(np.abs(delta).max(), abs=ulp)
-    model_std = np.sqrt(np.mean(step.astype(np.float64)**2) / 12)
     assert row["model_std"] == pytest.approx(model_std, rel=1e-5)
     assert row["std_ratio"] == pytest.approx(delta.std() / model_std, rel=1e-4)
-    rel_norm = np.linalg.norm(delta) / np.linalg.norm(w_now)
     assert row["rel_norm"] == pytest.approx(rel_norm, rel=1e-4)
     assert row["sqnr_db"] == pytest.approx(-20 * np.log10(rel_norm), rel=1e-4)
-    slack = 1e-3 * scale  # beyond the range by more than rounding
-    clip = np.mean((w_now < nmin - slack) | (w_now > nmax + slack))
     assert row["clip_fraction"] == pytest.approx(clip, abs=1e-7)
     assert set(noise.WEIGHT_NOISE_KEYS) <= set(row)
 
