@@ -21,8 +21,8 @@ def test_iter_wrappers_recurses_into_nested_models():
   names = [w.layer.name for w in _tfmot.iter_wrappers(outer)]
   assert names == ["inner_dense"]
   assert len(list(_tfmot.iter_quantize_layers(outer))) == 1
-  assert kqreg.is_quantized(outer)
-  assert not kqreg.is_quantized(_dense_model("float"))
+  assert kqreg.qat.is_quantized(outer)
+  assert not kqreg.qat.is_quantized(_dense_model("float"))
 
 
 def test_public_tfmot_classes_are_the_ones_tfmot_wraps_with():

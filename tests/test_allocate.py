@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import tf_keras
 from kqreg import export
-from kqreg.bit_allocation import Budget, allocation, parse_budget, solve
-from kqreg.quantizable import stored_bytes
+from kqreg.mixed_precision.allocator import allocation
+from kqreg.mixed_precision.budget import Budget, parse_budget
+from kqreg.mixed_precision.knapsack import solve
+from kqreg.mixed_precision.quantizable import stored_bytes
 
 CHOICES = (2, 3, 4, 8)
 
@@ -199,9 +201,9 @@ def test_base_pins_skips_and_activation_bits(conv):
   # conv1 (72 weights at 8 bits) counts: conv2 gets what is left.
   assert result.bits["conv2"] == 3
   assert result.mean_bits == pytest.approx((8 * 72 + 3 * 1152) / 1224)
-  assert kqreg.policy.BitPolicy.parse(text) == result.policy
+  assert kqreg.qat.policy.BitPolicy.parse(text) == result.policy
   qat = kqreg.quantize(model, text)
-  assert {l.name for l in kqreg.profile(qat).layers
+  assert {l.name for l in kqreg.qat.profile(qat).layers
           if l.weight_bits is not None} == {"quant_conv1", "quant_conv2"}
 
 

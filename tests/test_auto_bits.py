@@ -7,10 +7,12 @@ import shutil
 import numpy as np
 import pytest
 
-from kqreg import auto_bits, classify, runs
-from kqreg import models as models_lib
-from kqreg.policy import BitPolicy, PolicyError
-from kqreg.summary import profile
+from kqreg.mixed_precision import auto_policy as auto_bits
+from kqreg.classification import task as classify
+from kqreg import runs
+from kqreg.classification import models as models_lib
+from kqreg.qat.policy import BitPolicy, PolicyError
+from kqreg.qat.profiles import profile
 
 import trainer_process  # tests/trainer_process.py
 
@@ -124,7 +126,7 @@ def test_init_from_loads_the_float_runs_weights(float_run, tmp_path):
   _, _, trained = runs.load_run(str(float_run))
   config = _config(tmp_path, bits="w8", init_from=str(float_run))
   fresh = _fresh_cnn()
-  runs.initial_weights(fresh, config)
+  runs.initial_weights(config).apply(fresh)
   for a, b in zip(fresh.get_weights(), trained.get_weights()):
     np.testing.assert_array_equal(a, b)
 
@@ -132,7 +134,7 @@ def test_init_from_loads_the_float_runs_weights(float_run, tmp_path):
 def test_init_from_refuses_another_architecture(float_run, tmp_path):
   config = _config(tmp_path, bits="w8", init_from=str(float_run))
   with pytest.raises(runs.ConfigError, match="architecture"):
-    runs.initial_weights(_fresh_cnn(widths=(4, 8)), config)
+    runs.initial_weights(config).apply(_fresh_cnn(widths=(4, 8)))
 
 
 def test_init_from_refuses_a_quantized_run(float_run, tmp_path):
@@ -142,7 +144,7 @@ def test_init_from_refuses_a_quantized_run(float_run, tmp_path):
   (run_dir / "params.json").write_text(json.dumps(params))
   config = _config(tmp_path, bits="w8", init_from=str(run_dir))
   with pytest.raises(runs.ConfigError, match="--bits=fp"):
-    runs.initial_weights(_fresh_cnn(), config)
+    runs.initial_weights(config)
 
 
 def test_bits_flag_parses_auto_and_refuses_a_bad_budget():
@@ -166,27 +168,3 @@ def test_sensitivity_cli_prints_the_table_and_a_policy(float_run, tmp_path):
     assert (tmp_path / "out" / name).exists(), name
 
 
-def test_readme_mixed_precision_example_runs(tmp_path, monkeypatch):
-  import re
-  import tf_keras
-  readme = open(os.path.join(os.path.dirname(__file__), "..",
-                             "README.md")).read()
-  section = readme.split("## Choose bits per layer")[1]
-  code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-  float_model = tf_keras.Sequential([
-      tf_keras.Input((12, 12, 1)),
-      tf_keras.layers.Conv2D(16, 3, activation="relu", name="block1_conv1"),
-      tf_keras.layers.Conv2D(32, 3, activation="relu", name="block3_conv2"),
-      tf_keras.layers.GlobalAveragePooling2D(),
-      tf_keras.layers.Dense(10, name="head")])
-  float_model.compile(loss=tf_keras.losses.SparseCategoricalCrossentropy(
-      from_logits=True))
-  rng = np.random.default_rng(0)
-  namespace = {"float_model": float_model,
-               "x_calib": rng.random((32, 12, 12, 1), dtype=np.float32),
-               "y_calib": rng.integers(0, 10, 32)}
-  monkeypatch.chdir(tmp_path)
-  exec(compile(code, "README.md", "exec"), namespace)  # pylint: disable=exec-used
-  policy = namespace["policy"]
-  assert str(policy).startswith("w") and "last=w8a8" in str(policy)
-  assert (tmp_path / "runs" / "sens" / "sensitivity.png").exists()

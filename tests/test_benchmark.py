@@ -41,7 +41,7 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path):
 
 
 def test_targets_are_judged_from_the_numbers():
-  from kqreg.study import benchmark_report as benchmark
+  from kqreg.study.benchmark import report as benchmark
   step = [{"model": "cnn", "variant": v, "jit": False, "ratio": r}
           for v, r in (("float", 1.0), ("tfmot_8bit", 1.40), ("kqreg_w8a8", 1.15),
                        ("kqreg_w8a8_frozen", 1.25), ("kqreg_w4", 1.08))]
@@ -70,7 +70,7 @@ def _timed(variant, rounds):
 
 
 def test_step_time_targets_are_judged_on_their_intervals():
-  from kqreg.study import benchmark_report as benchmark
+  from kqreg.study.benchmark import report as benchmark
   tflite = [{"format": "float32", "size_ratio": 1.0, "latency_ratio": 1.0}]
 
   def judged(tfmot, w8a8, w4):
@@ -105,7 +105,7 @@ def test_step_time_targets_are_judged_on_their_intervals():
 
 
 def test_paired_ratios_are_geometric_means_with_intervals():
-  from kqreg.study import step_timing
+  from kqreg.study.benchmark import step_timing
   result = step_timing.paired_ratios(
       {"float": [1.0, 2.0, 1.0, 2.0], "q": [1.5, 3.0, 1.5, 3.0],
        "noisy": [1.0, 4.0, 1.5, 2.0]}, "float")
@@ -126,7 +126,7 @@ def _tiny(units):
 
 
 def test_paired_step_times_rounds_and_failures():
-  from kqreg.study import benchmark
+  from kqreg.study.benchmark import step_timing as benchmark
   models = {"float": _tiny(10), "other": _tiny(10), "broken": _tiny(1)}
   timed = benchmark.paired_step_times(models, (4, 4, 1), batch_size=8, steps=2,
                                       repeats=4, warmup=1)
@@ -143,7 +143,7 @@ def test_paired_step_times_rounds_and_failures():
 
 def test_a_timed_step_is_one_optimizer_step_without_retracing():
   import numpy as np
-  from kqreg.study import step_timing
+  from kqreg.study.benchmark import step_timing
   model = _tiny(10)
   step = step_timing.training_step(model, (4, 4, 1), batch_size=8)
   before = [w.numpy().copy() for w in model.trainable_weights]
@@ -157,3 +157,109 @@ def test_a_timed_step_is_one_optimizer_step_without_retracing():
   assert int(model.optimizer.iterations.numpy()) == 4
   assert model.train_function.experimental_get_tracing_count() == 1
   assert any(not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights))
+
+
+# Only third-party tools fail softly ------------------------------------------
+
+def _peer_data():
+  import numpy as np
+  rng = np.random.default_rng(0)
+  return {"x_train": rng.random((128, 8, 8, 1), dtype=np.float32),
+          "y_train": np.arange(128) % 10,
+          "x_val": rng.random((32, 8, 8, 1), dtype=np.float32),
+          "y_val": np.arange(32) % 10}
+
+
+def _one_logit(model):
+  """`model` with a 1-unit head: labels 0..9 make its training step fail."""
+  import tf_keras
+  return tf_keras.Model(model.inputs, tf_keras.layers.Dense(1)(model.outputs[0]))
+
+
+def _third_party_peers():
+  from kqreg.study.benchmark import peers
+
+  class Missing(peers.Peer):
+    name, module, distribution = "missing", "kqreg_test_no_such_module", "missing"
+
+    def unsupported(self, model):
+      return []
+
+    def build(self, model, weight_bits, activation_bits=8):
+      raise AssertionError("never built: not importable")
+
+  class ImportsLate(Missing):
+    """Imports fine, then its build needs a module that is not there."""
+    name, module = "imports_late", "math"
+
+    def build(self, model, weight_bits, activation_bits=8):
+      import kqreg_test_no_such_module  # noqa: F401  pylint: disable=import-error,unused-import
+
+  class FailsToTrain(Missing):
+    name, module = "fails_to_train", "math"
+
+    def build(self, model, weight_bits, activation_bits=8):
+      return _one_logit(model)
+
+  return [Missing(), ImportsLate(), FailsToTrain()]
+
+
+def _compare(peers, references=("kqreg",)):
+  from kqreg.study.benchmark import peer_rows
+  return peer_rows.peer_comparison(_peer_data(), [("mlp", {"hidden": (4,)})],
+                                   bits=(4,), epochs=1, peers=peers,
+                                   references=references)
+
+
+def test_a_peers_import_error_is_a_note_and_kqregs_rows_stay_whole():
+  rows = {r["tool"]: r for r in _compare(_third_party_peers())}
+  assert rows["missing"]["note"] == (
+      "not importable (No module named 'kqreg_test_no_such_module')")
+  assert rows["imports_late"]["note"] == (
+      "ModuleNotFoundError: No module named 'kqreg_test_no_such_module'")
+  assert rows["fails_to_train"]["note"].startswith("InvalidArgumentError")
+  for tool in ("missing", "imports_late", "fails_to_train"):
+    assert rows[tool]["accuracy"] is None and rows[tool]["exported"] is None
+  for tool in ("float", "kqreg"):
+    assert rows[tool]["note"] == "" and 0 <= rows[tool]["accuracy"] <= 1
+  assert rows["kqreg"]["exported"] is True
+
+
+def test_kqregs_own_errors_propagate(monkeypatch):
+  from kqreg.export import ExportError
+  from kqreg.study.benchmark import peer_rows, peers
+  quantize = peer_rows.quantize
+
+  def broken_quantize(model, policy):
+    raise RuntimeError("kqreg bug in quantize")
+
+  # Building: the exception itself, not a row's note.
+  monkeypatch.setattr(peer_rows, "quantize", broken_quantize)
+  with pytest.raises(RuntimeError, match="kqreg bug in quantize"):
+    _compare(_third_party_peers())
+  # Training: kqreg's model fails its step (as the peer above does softly).
+  monkeypatch.setattr(peer_rows, "quantize",
+                      lambda model, policy: _one_logit(quantize(model, policy)))
+  import tensorflow as tf
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    _compare([])
+  # Exporting: the converter's own error, raised again for kqreg's row.
+  monkeypatch.setattr(peer_rows, "quantize", quantize)
+
+  def refuse(*args, **kwargs):
+    raise ExportError("TFLite conversion failed: boom")
+
+  monkeypatch.setattr(peers.converter, "convert", refuse)
+  with pytest.raises(ExportError, match="boom"):
+    _compare([])
+
+
+def test_only_stock_tfmots_step_time_row_may_carry_an_error():
+  from kqreg.study.benchmark import suite
+  ok = {"model": "cnn", "jit": False, "note": ""}
+  rows = [dict(ok, variant="float"), dict(ok, variant="kqreg_w8a8"),
+          dict(ok, variant="tfmot_8bit", note="InvalidArgumentError: XLA")]
+  assert suite._own_rows_succeeded(rows) is rows  # pylint: disable=protected-access
+  rows.append(dict(ok, variant="kqreg_w4", jit=True, note="ValueError: bad"))
+  with pytest.raises(RuntimeError, match=r"cnn kqreg_w4 \(jit=True\): ValueError: bad"):
+    suite._own_rows_succeeded(rows)  # pylint: disable=protected-access

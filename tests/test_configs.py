@@ -2,7 +2,7 @@ import pytest
 import tf_keras
 
 import kqreg
-from kqreg import configs
+from kqreg.qat import families as configs
 
 
 @pytest.mark.parametrize("layer, weights, per_channel", [
@@ -41,11 +41,11 @@ def test_activation_the_quantize_aware_activation_lacks_moves_to_output():
 ])
 def test_out_of_range_bits_raise(kwargs, message):
   with pytest.raises(ValueError, match=message):
-    kqreg.BitQuantizeConfig(weights=(("kernel", "last"),), **kwargs)
+    kqreg.qat.BitQuantizeConfig(weights=(("kernel", "last"),), **kwargs)
 
 
 def test_config_round_trips_through_keras_serialization():
-  config = kqreg.BitQuantizeConfig(weights=(("kernel", "last"),), activations=("activation",),
+  config = kqreg.qat.BitQuantizeConfig(weights=(("kernel", "last"),), activations=("activation",),
                                    weight_bits=3, activation_bits=None, per_channel=False)
   with kqreg.quantize_scope():
     again = tf_keras.utils.deserialize_keras_object(
@@ -62,8 +62,8 @@ def test_weight_noise_swaps_every_kernel_quantizer_for_its_twin(layer):
   assert twin != plain
   for attr, layout in twin.weights:
     noisy, rounded = twin.weight_quantizer(attr), plain.weight_quantizer(attr)
-    assert type(noisy) is kqreg.quantizers.WeightNoiseQuantizer
-    assert type(rounded) is kqreg.quantizers.WeightQuantizer
+    assert type(noisy) is kqreg.qat.quantizers.WeightNoiseQuantizer
+    assert type(rounded) is kqreg.qat.quantizers.WeightQuantizer
     assert noisy.get_config() == rounded.get_config()  # same bits, range and layout
 
 
@@ -81,12 +81,12 @@ def test_weight_noise_config_round_trips_and_needs_weight_bits():
   assert not configs.config_for_layer(tf_keras.layers.ReLU(), activation_bits=8,
                                       weight_noise=True).weight_noise
   with pytest.raises(ValueError, match="`weight_noise=True` needs `weight_bits`"):
-    kqreg.BitQuantizeConfig(weights=(("kernel", "last"),), weight_bits=None, weight_noise=True)
+    kqreg.qat.BitQuantizeConfig(weights=(("kernel", "last"),), weight_bits=None, weight_noise=True)
 
 
 def test_layer_without_family_is_refused_with_advice():
   with pytest.raises(ValueError, match="has no kqreg quantization family.*QuantizeConfig"):
-    configs.config_for_layer(tf_keras.layers.LayerNormalization())
+    configs.config_for_layer(tf_keras.layers.UnitNormalization())
 
 
 def test_subclass_of_known_layer_uses_nearest_family():
@@ -103,11 +103,11 @@ def test_subclass_of_known_layer_uses_nearest_family():
     ("relu", None), ("swish", None)])
 def test_bounded_activation_layers_get_the_fixed_grid(activation, interval):
   layer = tf_keras.layers.Activation(activation)
-  config = kqreg.configs.config_for_layer(layer, weight_bits=None,
+  config = kqreg.qat.families.config_for_layer(layer, weight_bits=None,
                                           activation_bits=6)
   (quantizer,) = config.get_output_quantizers(layer)
   if interval is None:
-    assert isinstance(quantizer, kqreg.ActivationQuantizer)
+    assert isinstance(quantizer, kqreg.qat.ActivationQuantizer)
   else:
-    assert quantizer == kqreg.FixedRangeQuantizer(6, *interval)
+    assert quantizer == kqreg.qat.FixedRangeQuantizer(6, *interval)
     assert quantizer.step == pytest.approx((interval[1] - interval[0]) / 64)

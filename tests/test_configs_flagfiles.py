@@ -66,3 +66,40 @@ def test_sweep_refuses_flags_of_the_other_task(args, message, tmp_path):
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_every_flag_default_is_its_config_field_default():
+  """One source of defaults: the config dataclasses (kqreg.runs.config.option)."""
+  import dataclasses
+  from absl import flags
+  from kqreg.runs.config import default_of, help_of
+  from kqreg_trainers import app
+  from kqreg_trainers import flags as kqreg_flags
+  kqreg_flags.define_flags("run", "classify", "detect")  # as kqreg-sweep does
+  for task in ("classify", "detect"):
+    config_class = kqreg_flags.config_class(task)
+    names = [n for g in ("run", task) for n in kqreg_flags.DEFINED[g]]
+    fields = {kqreg_flags.FIELD_OF.get(n, n) for n in names}
+    assert fields == {f.name for f in dataclasses.fields(config_class)} - {"model_dir"}, task
+    defaults = {n: flags.FLAGS[n].default for n in names}
+    built = config_class(model_dir="x", **app.config_values(task, defaults))
+    expected = config_class(model_dir="x")
+    for field in fields:
+      assert getattr(built, field) == getattr(expected, field), (task, field)
+      assert help_of(config_class, field), (task, field)
+    for name in names:  # a flag default other than None is the field's own
+      if flags.FLAGS[name].default is not None and name not in ("per_channel", "bits"):
+        field = kqreg_flags.FIELD_OF.get(name, name)
+        assert flags.FLAGS[name].default == default_of(config_class, field), name
+  # Defaults that differ between the tasks: None in the sweep, each task's in help.
+  assert flags.FLAGS["epochs"].default is None
+  assert "classify 30, detect 10" in flags.FLAGS["epochs"].help
+
+
+@pytest.mark.parametrize("module, default", [("trainers.classify", "30"),
+                                             ("trainers.detect", "10")])
+def test_a_task_trainer_shows_its_task_defaults(module, default):
+  result = trainer_process.run(module, "--help")
+  assert result.returncode in (0, 1), result.stderr  # absl's --help exits 1
+  text = " ".join(result.stdout.split())
+  assert f"--epochs: Training epochs. (default: '{default}')" in text, text[:3000]

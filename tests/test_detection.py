@@ -224,7 +224,7 @@ def test_w4_detector_quantizes_every_conv_to_its_15_level_grid():
   # A training-mode call sets every range from its kernel (the initial
   # ranges are a placeholder +-6, on which any bound would hold).
   model(np.random.default_rng(0).random((2, 32, 32, 3), np.float32), training=True)
-  weights = kqreg.noise.quantized_weights(model)
+  weights = kqreg.qat.quantized_weights(model)
   assert len(weights) == n_conv > 60  # backbone, FPN and head
   for qw in weights:
     assert qw.bits == 4
@@ -342,7 +342,37 @@ def test_w4a8_run_loss_falls_reports_map_and_saves(shapes_sweep, shapes_dir):
     runs.run(config)
 
 
-def test_exports_run_in_litert(shapes_sweep):
+def _litert_minus_keras_in_output_steps(run_dir, shapes_dir):
+  """{output: (its step in the file, |LiteRT − Keras| / step per value)} of
+  a run's model.tflite against its model.keras, on 8 validation images."""
+  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+  from kqreg.detection import export as detection_export  # pylint: disable=g-import-not-at-top
+  from kqreg.export import verify  # pylint: disable=g-import-not-at-top
+  _, _, model = runs.load_run(str(run_dir))
+  head = detection_export.head_model(model)
+  val_raw, _ = detection.load_detection("kqreg_shapes", "validation", shapes_dir)
+  images = np.concatenate([b["images"].numpy() for b in detection.pipeline(
+      val_raw, image_size=32, batch_size=8, training=False, max_boxes=32, take=8)])
+  path = str(run_dir / "model.tflite")
+  with open(path, "rb") as f:
+    info = kqreg.export.inspect_tflite(f.read())
+  runner = Interpreter(model_path=path).get_signature_runner()
+  (input_name,) = runner.get_input_details()
+  outputs = runner.get_output_details()
+  litert = {k: [] for k in outputs}
+  for image in images:  # one at a time, as on a device
+    for k, v in runner(**{input_name: image[np.newaxis]}).items():
+      litert[k].append(np.asarray(v, np.float64)[0])
+  keras = head.predict(images, verbose=0)
+  assert set(outputs) == set(keras) == {"boxes", "classes"}
+  result = {}
+  for k, detail in outputs.items():
+    step = verify._output_step(info, detail["index"])  # pylint: disable=protected-access
+    result[k] = (step, np.abs(np.stack(litert[k]) - keras[k]) / step)
+  return result
+
+
+def test_exports_run_in_litert(shapes_sweep, shapes_dir):
   out, _ = shapes_sweep
   fp, a8 = _result(out, "fp")["tflite"], _result(out, "w4a8")["tflite"]
   assert fp["weight_types"] == ["FLOAT32"]
@@ -358,6 +388,17 @@ def test_exports_run_in_litert(shapes_sweep):
   for key in ("tflite_map50", "keras_map50", "tflite_map", "keras_map"):
     assert 0.0 <= a8[key] <= 1.0
   assert fp["tflite_map50"] == pytest.approx(fp["keras_map50"], abs=0.02)
+  assert a8["tflite_map50"] == pytest.approx(a8["keras_map50"], abs=0.02)
+  # Both outputs, in the file's own output steps: on one grid, and LiteRT
+  # within one step of Keras on average.
+  for name, (steps, diff) in _litert_minus_keras_in_output_steps(
+      out / "runs" / "w4a8_seed0", shapes_dir).items():
+    assert steps > 0, name
+    # Keras' output quantizer and the file's output scale are one grid:
+    # every difference is a whole number of steps, up to float32 arithmetic
+    # on levels up to 255 (measured 0.0013 step at most).
+    np.testing.assert_allclose(diff, np.round(diff), atol=0.01, err_msg=name)
+    assert np.median(diff) == 0 and diff.mean() < 1.0, (name, diff.mean(), diff.max())
   for bits in ("fp", "w4a8"):
     assert (out / "runs" / f"{bits}_seed0" / "model.tflite").exists()
   # The class sigmoids trained on the grid TFLite's int8 LOGISTIC fixes.
@@ -391,9 +432,9 @@ def test_frozen_detector_ranges_hold_in_training_steps():
   # matters; the frozen step is traced, as in training.
   model(x, training=True)  # the ranges leave their initial ±6
   before = ranges()
-  assert kqreg.freeze_activation_ranges(model) == len(before) // 2 > 50
+  assert kqreg.qat.freeze_activation_ranges(model) == len(before) // 2 > 50
   traced_train_call()
   assert all(np.array_equal(a, b) for a, b in zip(before, ranges()))
-  kqreg.freeze_activation_ranges(model, False)
+  kqreg.qat.freeze_activation_ranges(model, False)
   model(x, training=True)
   assert not all(np.array_equal(a, b) for a, b in zip(before, ranges()))

@@ -5,7 +5,7 @@ import pytest
 import tf_keras
 from scipy import stats
 
-from kqreg import bit_allocation
+from kqreg.mixed_precision import budget as budget_lib
 from kqreg.study import mixed_precision as mp
 
 
@@ -24,7 +24,7 @@ def test_arms_give_allocation_the_rules_size():
   high = mp.policy_size(model, mp.RULE_HIGH)
   low = mp.policy_size(model, mp.RULE_LOW)
   assert arms[("A", "allocated")] == f"auto:{high['weight_bytes']}B"
-  budget = bit_allocation.parse_budget(arms[("B", "allocated")][5:])
+  budget = budget_lib.parse_budget(arms[("B", "allocated")][5:])
   assert budget.value <= low["mean_bits"] < budget.value + 1e-4
   # Uniform arms are no larger than their budget's rule.
   assert mp.policy_size(model, "w4a8")["weight_bytes"] <= high["weight_bytes"]

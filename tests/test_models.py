@@ -1,4 +1,4 @@
-"""Tests for kqreg.models: presets, builders, describe() and quantizability."""
+"""Tests for kqreg.classification.models: presets, builders, describe() and quantizability."""
 
 import re
 
@@ -7,8 +7,8 @@ import pytest
 import tf_keras
 
 import kqreg
-from kqreg import models
-from kqreg.models import registry
+from kqreg.classification import models
+from kqreg.classification.models import registry
 
 SHAPE, CLASSES = (32, 32, 3), 10
 
@@ -150,7 +150,7 @@ def test_applications_adapt_small_grayscale_inputs():
 def test_quantizes_w4a8_and_trains_one_step(name):
   model = models.build(name, SHAPE, CLASSES, seed=0)
   qat = kqreg.quantize(model, "w4a8")
-  assert kqreg.is_quantized(qat)
+  assert kqreg.qat.is_quantized(qat)
   qat.compile(tf_keras.optimizers.SGD(0.01),
               tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
   rng = np.random.default_rng(0)

@@ -8,7 +8,9 @@ import tensorflow as tf
 import tf_keras
 
 import kqreg
-from kqreg import noise
+from kqreg.noise import statistics as noise
+from kqreg.noise import propagation_probe as propagation
+from kqreg.qat import introspect
 
 
 def _np_range(w, bits, symmetric, axis):
@@ -61,7 +63,7 @@ def test_weight_noise_matches_numpy_reference(bits, per_channel, symmetric, trai
     _set_ranges(qat, x)
   else:
     _set_ranges(qat, x)
-  (qw,) = noise.quantized_weights(qat)
+  (qw,) = introspect.quantized_weights(qat)
   w_now = qw.weight.numpy()
 
   narrow = True
@@ -119,7 +121,7 @@ def test_one_bit_less_doubles_noise_at_fixed_range(bits):
 
 def test_float_model_gives_empty_results(cnn, batch):
   assert noise.weight_noise(cnn) == []
-  assert noise.propagation(cnn, batch[0]) == []
+  assert propagation.propagation(cnn, batch[0]) == []
 
 
 def test_output_perturbation_grows_as_bits_shrink(cnn, batch):
@@ -128,7 +130,7 @@ def test_output_perturbation_grows_as_bits_shrink(cnn, batch):
   for bits in (8, 4, 2):
     qat = kqreg.quantize(cnn, f"w{bits}")
     _set_ranges(qat, x)
-    rows = noise.propagation(qat, x)
+    rows = propagation.propagation(qat, x)
     assert rows[-1]["layer"] == "output"
     assert [r["layer"] for r in rows[:-1]] == ["conv_a", "conv_b", "head"]
     assert all(r["predicted"] is not None for r in rows[:-1])
@@ -139,14 +141,14 @@ def test_output_perturbation_grows_as_bits_shrink(cnn, batch):
 def test_first_order_prediction_tracks_local_perturbation(cnn, batch):
   qat = kqreg.quantize(cnn, "w4")
   _set_ranges(qat, batch[0])
-  for row in noise.propagation(qat, batch[0])[:-1]:
+  for row in propagation.propagation(qat, batch[0])[:-1]:
     assert 0.5 < row["predicted"] / row["measured_local"] < 2.0, row
 
 
 def test_propagation_refuses_wrong_input_shape(cnn):
   qat = kqreg.quantize(cnn, "w4")
   with pytest.raises(ValueError, match=r"probe batch has shape \(2, 5, 5, 1\).*takes \(None, 8, 8, 1\)"):
-    noise.propagation(qat, np.zeros((2, 5, 5, 1), np.float32))
+    propagation.propagation(qat, np.zeros((2, 5, 5, 1), np.float32))
 
 
 def _fit(qat, batch, log_dir, epochs, initial_epoch=0):
@@ -167,7 +169,7 @@ def test_callback_writes_documented_files(cnn, batch, tmp_path):
   _fit(qat, batch, str(tmp_path), epochs=2)
   rows = _read_csv(tmp_path / "noise.csv")
   header = list(rows[0])
-  assert header[:len(kqreg.callbacks.NOISE_CSV_COLUMNS)] == list(kqreg.callbacks.NOISE_CSV_COLUMNS)
+  assert header[:len(kqreg.noise.NOISE_CSV_COLUMNS)] == list(kqreg.noise.NOISE_CSV_COLUMNS)
   assert {"loss", "val_loss", "accuracy", "val_accuracy"} <= set(header)
   assert [(r["epoch"], r["layer"]) for r in rows] == [
       (e, l) for e in ("0", "1") for l in ("conv_a", "conv_b", "head", "output")]
@@ -220,7 +222,7 @@ def test_clip_fraction_counts_weights_outside_the_stored_range(per_channel):
   w = (rng.standard_normal((64, 32)) * 0.1).astype(np.float32)
   qat = kqreg.quantize(_dense_model(w), "w4", per_channel=per_channel)
   _set_ranges(qat, np.zeros((1, 64), np.float32))  # stored range: ±max|w|
-  (qw,) = noise.quantized_weights(qat)
+  (qw,) = introspect.quantized_weights(qat)
   moved = w.copy()
   peak = np.abs(w).max(axis=0) if per_channel else np.full(32, np.abs(w).max())
   # An optimizer step moves 7 weights of channel 0 and 4 of channel 5 past the
@@ -251,7 +253,7 @@ def test_first_order_prediction_matches_the_linear_output_perturbation(layer):
   x = rng.standard_normal((64, *shape)).astype(np.float32)
   qat = kqreg.quantize(model, "w4a8")
   _set_ranges(qat, x)
-  row = noise.propagation(qat, x)[0]
+  row = propagation.propagation(qat, x)[0]
   assert row["layer"] == "layer"
   assert 0.75 < row["predicted"] / row["measured_local"] < 1.25, row
 
@@ -262,13 +264,72 @@ def test_traced_statistics_follow_a_changed_quantizer():
   x = np.random.default_rng(6).standard_normal((16, 64)).astype(np.float32)
   _set_ranges(qat, x)
   (before,) = noise.weight_noise(qat)
-  prop_before = noise.propagation(qat, x)[0]["measured"]
+  prop_before = propagation.propagation(qat, x)[0]["measured"]
   (wrapper,) = [l for l in qat.layers if getattr(l, "_weight_vars", None)]
   (kernel, _, variables), = wrapper._weight_vars
-  wrapper._weight_vars = [(kernel, kqreg.WeightQuantizer(2, per_axis=False), variables)]
+  wrapper._weight_vars = [(kernel, kqreg.qat.WeightQuantizer(2, per_axis=False), variables)]
   (after,) = noise.weight_noise(qat)
   # Same stored range ±p: Δ = p/7 at 4 bits, p/1 at 2 bits.
   assert after["weight_bits"] == 2
   assert after["step"] == pytest.approx(7 * before["step"], rel=1e-6)
   assert after["delta_std"] > 3 * before["delta_std"]
-  assert noise.propagation(qat, x)[0]["measured"] > 3 * prop_before
+  assert propagation.propagation(qat, x)[0]["measured"] > 3 * prop_before
+
+
+def _dithered_kernel(shape, bits, step, rng):
+  """A kernel whose quantization error δ is iid uniform on (−Δ/2, Δ/2) at
+  `bits`, by construction: interior grid levels plus uniform offsets, and
+  one weight per output channel pinned at the peak L·Δ (L = 2^(b−1) − 1),
+  so that per-channel and per-tensor symmetric ranges both give step Δ.
+  Returns (kernel, pinned row of each channel in the (fan_in, C) view)."""
+  fan_in, channels = int(np.prod(shape[:-1])), shape[-1]
+  top = 2**(bits - 1) - 1
+  levels = rng.integers(-(top - 1), top, size=(fan_in, channels))  # |m| <= L-1
+  w = (levels + rng.uniform(-0.5, 0.5, size=(fan_in, channels))) * step
+  pinned = np.arange(channels) % fan_in
+  w[pinned, np.arange(channels)] = top * step
+  return w.reshape(shape).astype(np.float32), pinned
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_sensitivity_prediction_within_the_first_order_bound_at_low_bits(kind, bits):
+  """kqreg.sensitivity's `predicted` against its `measured_local` where the
+  first-order model's premise holds exactly, at 2-4 bits.
+
+  With δ iid uniform on (−Δ/2, Δ/2) (σ² = Δ²/12) and independent of x, the
+  local perturbation m² = ‖δ * x‖² = Σ_c δ_cᵀ A δ_c (A = PᵀP over the
+  receptive fields P) has E m² = σ² Σ_c (tr A − A_{j_c j_c}) (the pinned
+  weight j_c of channel c has δ = 0) and Var m² <= 2 σ⁴ C tr(A²) (the
+  uniform's fourth moment is 9/5 σ⁴ < 3 σ⁴). The model predicts
+  p² = σ² C tr A. Chebyshev: |m² − E m²| <= √(Var / α) fails with
+  probability <= α = 10⁻³, so m²/p² lies within t = √(Var/α)/p² of
+  E m²/p². A wrong formula (Δ²/4 for Δ²/12, 2^b − 1 levels for 2^b − 2 at
+  2-3 bits, a missing channel sum) falls outside.
+  """
+  rng = np.random.default_rng(bits)
+  if kind == "dense":
+    model = tf_keras.Sequential([tf_keras.Input((256,)),
+                                 tf_keras.layers.Dense(256, name="layer")])
+    x = rng.standard_normal((1024, 256)).astype(np.float32)
+    patches = x.astype(np.float64)
+  else:
+    model = tf_keras.Sequential([tf_keras.Input((8, 8, 16)), tf_keras.layers.Conv2D(
+        128, 3, padding="same", name="layer")])
+    x = rng.standard_normal((32, 8, 8, 16)).astype(np.float32)
+    patches = tf.image.extract_patches(x, [1, 3, 3, 1], [1, 1, 1, 1], [1, 1, 1, 1],
+                                       "SAME").numpy().reshape(-1, 144).astype(np.float64)
+  layer = model.get_layer("layer")
+  step = 0.05
+  kernel, pinned = _dithered_kernel(layer.kernel.shape, bits, step, rng)
+  layer.kernel.assign(kernel)
+  (row,) = kqreg.sensitivity(model, x, bits=(bits,))
+  gram = patches.T @ patches
+  channels = kernel.shape[-1]
+  sigma2 = step**2 / 12
+  p2 = sigma2 * channels * np.trace(gram)
+  expected = sigma2 * (channels * np.trace(gram) - np.diag(gram)[pinned].sum()) / p2
+  t = np.sqrt(2 * sigma2**2 * channels * np.sum(gram * gram) / 1e-3) / p2
+  assert t < 0.5, t  # the bound is informative at these sizes
+  ratio2 = (row["measured_local"] / row["predicted"])**2
+  assert abs(ratio2 - expected) <= t, (row, ratio2, expected, t)

@@ -8,8 +8,10 @@ import tensorflow as tf
 import tf_keras
 
 import kqreg
-from kqreg import noise
-from kqreg import quantizers
+from kqreg.noise import statistics as noise
+from kqreg.qat import quantizers
+from kqreg.noise import propagation_probe as propagation
+from kqreg.qat import introspect
 
 
 def _dense(n_in=128, n_out=100, seed=0, use_bias=False):
@@ -19,7 +21,7 @@ def _dense(n_in=128, n_out=100, seed=0, use_bias=False):
 
 
 def _twins(model):
-  return [qw.quantizer for qw in noise.quantized_weights(model)]
+  return [qw.quantizer for qw in introspect.quantized_weights(model)]
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
@@ -44,7 +46,7 @@ def test_twin_per_channel_step_equals_the_quantizers(cnn, batch):
   for token in ("w4", "n4"):
     qat = kqreg.quantize(cnn, token)
     qat(batch[0], training=True)
-    steps[token] = [qw.grid()[2].numpy() for qw in noise.quantized_weights(qat)]
+    steps[token] = [qw.grid()[2].numpy() for qw in introspect.quantized_weights(qat)]
   assert [s.shape for s in steps["n4"]] == [(8,), (8,), ()]  # conv per channel, Dense not
   for twin, quant in zip(steps["n4"], steps["w4"]):
     np.testing.assert_array_equal(twin, quant)
@@ -63,7 +65,7 @@ def test_n4_model_trains_and_is_the_float_model_at_inference(cnn, batch):
   assert loss[-1] < 0.8 * loss[0]
   first, second = qat.predict(x, verbose=0), qat.predict(x, verbose=0)
   np.testing.assert_array_equal(first, second)
-  with noise.float_weights(qat):
+  with propagation.float_weights(qat):
     np.testing.assert_array_equal(qat(x, training=False).numpy(),
                                   qat(x, training=False).numpy())
     np.testing.assert_allclose(qat(x, training=False).numpy(), first, rtol=0, atol=1e-5)
@@ -90,7 +92,7 @@ def test_each_compiled_training_step_draws_new_noise(token):
   record = _RecordDelta()
   loss = qat.fit(x, y, epochs=4, batch_size=32, shuffle=False, verbose=0,
                  callbacks=[record]).history["loss"]
-  w = noise.quantized_weights(qat)[0].weight.numpy()
+  w = introspect.quantized_weights(qat)[0].weight.numpy()
   if token == "w4":  # Rounding: the same kernel every step.
     assert len(set(loss)) == 1
     return
@@ -114,7 +116,7 @@ def test_same_seed_same_noise_other_seed_other_noise():
     qat = kqreg.quantize(base, "n4")
     qat.compile(tf_keras.optimizers.SGD(0.01), "mse")
     qat.fit(x, y, epochs=3, batch_size=16, shuffle=False, verbose=0)
-    runs.append(noise.quantized_weights(qat)[0].weight.numpy())
+    runs.append(introspect.quantized_weights(qat)[0].weight.numpy())
   np.testing.assert_array_equal(runs[0], runs[1])
   assert not np.array_equal(runs[0], runs[2])
 
@@ -132,7 +134,7 @@ def test_twin_model_saves_and_loads_and_continues_the_noise(cnn, batch, tmp_path
   kinds = [type(q).__name__ for q in _twins(loaded)]
   assert kinds == ["WeightNoiseQuantizer", "WeightNoiseQuantizer", "WeightQuantizer"]
   np.testing.assert_array_equal(loaded.predict(x, verbose=0), qat.predict(x, verbose=0))
-  seeds = [qw.variables["noise_seed"].numpy() for qw in noise.quantized_weights(loaded)[:2]]
+  seeds = [qw.variables["noise_seed"].numpy() for qw in introspect.quantized_weights(loaded)[:2]]
   assert all(s[1] == 2 for s in seeds)  # two steps taken before saving
   # The next training step draws the same noise in both.
   np.testing.assert_array_equal(loaded(x, training=True).numpy(), qat(x, training=True).numpy())
@@ -156,7 +158,7 @@ def test_noise_callback_records_the_twin_like_a_quantizer(cnn, batch, tmp_path):
 
 def test_policy_mixes_twins_and_quantizers_per_layer(cnn):
   qat = kqreg.quantize(cnn, "w4,conv_*=n4a8")
-  kinds = {qw.layer_name: qw.kind for qw in noise.quantized_weights(qat)}
+  kinds = {qw.layer_name: qw.kind for qw in introspect.quantized_weights(qat)}
   assert kinds == {"conv_a": "noise", "conv_b": "noise", "head": "round"}
 
 
@@ -170,4 +172,4 @@ def test_summary_shows_twins_as_n_bits_stored_in_float():
   assert any(" n4 " in line for line in lines)
   # A twin is float32 at inference: no storage saving, unlike w4.
   assert prof.weight_bytes == prof.float32_bytes
-  assert kqreg.profile(grid).weight_bytes < prof.weight_bytes
+  assert kqreg.qat.profile(grid).weight_bytes < prof.weight_bytes

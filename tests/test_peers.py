@@ -1,8 +1,10 @@
 """Peer adapters: build, a train step, quantized values against each peer's own
 formula, the export row, and the row a missing or refusing peer gets.
 
-A peer that is not installed here is never skipped: its test checks the row
-the benchmark reports for it instead.
+A peer that is not installed here is never skipped silently: its test checks
+the row the benchmark reports for it instead. Larq pins numpy<2 but
+runs on numpy 2: the README's test command installs it with --no-deps, so its
+DoReFa values are tested, and so is the row it gets where it is missing.
 """
 
 import sys
@@ -15,7 +17,9 @@ import tf_keras
 
 from kqreg import _tfmot
 from kqreg.export import ExportError
-from kqreg.study import benchmark_report, peer_benchmark, peers
+from kqreg.study.benchmark import report as benchmark_report
+from kqreg.study.benchmark import peer_rows as peer_benchmark
+from kqreg.study.benchmark import peers
 
 
 def _train_step(model, batch):
@@ -130,10 +134,47 @@ def test_qkeras_layers_follow_quantized_bits(cnn, batch):
   assert row["kernel_levels"] <= 16
 
 
+# Larq 0.14.0 declares numpy<2, so pip will not install it beside this
+# stack's numpy 2; installed without its dependencies it imports and trains
+# with numpy 2.4.6 (measured; this test passed so). CI does not install it.
+LARQ_INSTALL = "pip install --no-deps larq==0.14.0 terminaltables==3.1.10"
+
+
+def test_larq_row_says_exactly_why_larq_is_unavailable(monkeypatch):
+  """The row the benchmark reports where Larq is missing."""
+  peer = peers.get("larq")
+  if peer.available()[0]:  # installed here: check the row it would get
+    monkeypatch.setitem(sys.modules, "larq", None)
+  ok, reason = peer.available()
+  assert not ok
+  error = str(pytest.raises(ImportError, __import__, "larq").value)
+  if int(np.__version__.split(".")[0]) >= 2:
+    assert reason == (
+        f"not importable ({error}); larq 0.14.0 requires numpy<2.0,>=1.15.4 "
+        f"but this stack has numpy {np.__version__}: `pip install larq` "
+        "would downgrade numpy to 1.26.4; with numpy pinned pip stops with "
+        "ResolutionImpossible. It runs on numpy 2 all the same: pip install "
+        "--no-deps larq==0.14.0 terminaltables==3.1.10 (what the README's "
+        "test command does)")
+  else:
+    assert reason == (f"not importable ({error}); numpy {np.__version__} fits "
+                      "larq 0.14.0 requires numpy<2.0,>=1.15.4: install it")
+  rows = peer_benchmark.peer_comparison(_tiny_data(), [("mlp", {"hidden": (4,)})],
+                                        bits=(4,), epochs=1, peers=[peer],
+                                        references=())
+  assert [r["tool"] for r in rows] == ["float", "larq"]  # nothing built
+  row = rows[1]
+  assert row["note"] == reason and row["bits"] == "–" and row["version"] is None
+  assert row["accuracy"] is None and row["exported"] is None
+
+
 def test_larq_layers_follow_dorefa(cnn, batch):
   peer = peers.get("larq")
-  if not _reported_when_missing(peer):
-    return
+  ok, reason = peer.available()
+  # The README's test command installs Larq beside numpy 2: missing here is
+  # a broken test environment, not a reason to skip.
+  assert ok, (f"Larq is not installed ({reason}); `{LARQ_INSTALL}` installs "
+              "it beside numpy 2")
   qat = peer.build(cnn, weight_bits=4, activation_bits=8)
   kinds = {layer.name: type(layer).__name__ for layer in qat.layers}
   assert (kinds["conv_a"], kinds["conv_b"], kinds["head"]) == (

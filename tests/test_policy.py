@@ -1,7 +1,7 @@
 import pytest
 import tf_keras
 
-from kqreg.policy import BitPolicy, Bits, FLOAT, PolicyError
+from kqreg.qat.policy import BitPolicy, Bits, FLOAT, PolicyError
 
 
 @pytest.mark.parametrize("text, default", [

@@ -196,12 +196,12 @@ def test_nested_functional_backbone_is_flattened_quantized_and_trains(batch):
   model = _nested_backbone_model()
   x = np.random.default_rng(1).random((8, 16, 16, 3), dtype=np.float32)
   float_out = model.predict(x, verbose=0)
-  flat = kqreg.flatten_nested(model)
+  flat = kqreg.qat.flatten_nested(model)
   np.testing.assert_allclose(flat.predict(x, verbose=0), float_out, rtol=1e-5, atol=1e-6)
   qat = kqreg.quantize(model, "w4a8,bb_conv1=w8a8")
   qat.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
   qat.fit(x, np.arange(8) % 5, epochs=1, verbose=0)
-  rows = {row.name: row for row in kqreg.profile(qat).layers}
+  rows = {row.name: row for row in kqreg.qat.profile(qat).layers}
   assert rows["quant_bb_conv1"].weight_bits == 8
   assert rows["quant_bb_conv2"].weight_bits == 4
   assert rows["quant_cls"].weight_bits == 4
@@ -229,7 +229,7 @@ def test_fp_policy_returns_model_unchanged(cnn):
 
 
 def test_policy_matching_nothing_warns_and_keeps_float():
-  model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.LayerNormalization(name="ln")])
+  model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.UnitNormalization(name="ln")])
   with pytest.warns(UserWarning, match="quantizes no layer"):
     assert kqreg.quantize(model, "w4a8") is model
 
@@ -237,7 +237,7 @@ def test_policy_matching_nothing_warns_and_keeps_float():
 def test_layers_without_family_are_listed_in_a_warning():
   model = tf_keras.Sequential([tf_keras.Input((4,)),
                                tf_keras.layers.Dense(4, name="d"),
-                               tf_keras.layers.LayerNormalization(name="ln")])
+                               tf_keras.layers.UnitNormalization(name="ln")])
   with pytest.warns(UserWarning, match=r"no quantization family for layers \['ln'\]"):
     kqreg.quantize(model, "w4a8")
 
@@ -343,7 +343,7 @@ def test_separable_conv_splits_into_quantized_halves(policy, sep_bits):
   depthwise = [l for l in qat.layers if l.name == "quant_sep_depthwise"][0]
   assert depthwise.quantize_config.get_activations_and_quantizers(depthwise.layer)
   # Same weights, so the float halves compute the float layer.
-  quantize_lib = importlib.import_module("kqreg.quantize")
+  quantize_lib = importlib.import_module("kqreg.qat.transform")
   split = quantize_lib._split_separable(model, ["sep"])  # pylint: disable=protected-access
   np.testing.assert_allclose(split(x).numpy(), model(x).numpy(),
                              rtol=1e-5, atol=1e-5)
@@ -390,8 +390,8 @@ def _structure(model):
 def test_quantize_builds_what_tfmots_quantize_apply_builds(build, policy):
   """One pass over the graph gives tfmot's four-clone `quantize_apply` model."""
   import tensorflow_model_optimization as tfmot  # pylint: disable=g-import-not-at-top
-  from kqreg.quantize import annotate, plan  # pylint: disable=g-import-not-at-top
-  from kqreg.scheme import QuantizeScheme  # pylint: disable=g-import-not-at-top
+  from kqreg.qat.transform import annotate, plan  # pylint: disable=g-import-not-at-top
+  from kqreg.qat.scheme import QuantizeScheme  # pylint: disable=g-import-not-at-top
   tf_keras.utils.set_random_seed(0)
   model = build()
   before = [w.copy() for w in model.get_weights()]

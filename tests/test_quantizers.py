@@ -4,18 +4,19 @@ import tensorflow as tf
 import tf_keras
 
 from kqreg import kernels
-from kqreg import quantizers
+from kqreg.qat import grid
+from kqreg.qat import quantizers
 
 
 @pytest.mark.parametrize("bits", [None, 2, 5, 8])
 def test_check_bits_accepts_none_and_range(bits):
-  assert quantizers.check_bits(bits, quantizers.WEIGHT_BITS, "weight_bits") == bits
+  assert grid.check_bits(bits, grid.WEIGHT_BITS, "weight_bits") == bits
 
 
 @pytest.mark.parametrize("bits", [1, 9, 4.0, "4", True])
 def test_check_bits_names_value_and_range(bits):
   with pytest.raises(ValueError, match=r"`weight_bits` must be an integer between 2 and 8.*Received: weight_bits="):
-    quantizers.check_bits(bits, quantizers.WEIGHT_BITS, "weight_bits")
+    grid.check_bits(bits, grid.WEIGHT_BITS, "weight_bits")
 
 
 def test_activation_quantizer_allows_16_bits_weight_quantizer_does_not():
@@ -33,7 +34,7 @@ def test_nudged_grid_matches_fake_quant(bits, narrow):
   q = tf.quantization.fake_quant_with_min_max_vars(
       x, lo, hi, num_bits=bits, narrow_range=narrow).numpy()
   nmin, nmax, step = (t.numpy() for t in quantizers.nudged_grid(lo, hi, bits, narrow))
-  assert len(np.unique(q)) <= quantizers.num_levels(bits, narrow)
+  assert len(np.unique(q)) <= grid.num_levels(bits, narrow)
   assert q.min() == pytest.approx(nmin, abs=1e-6)
   assert q.max() == pytest.approx(nmax, abs=1e-6)
   np.testing.assert_allclose(np.diff(np.unique(q)), step, rtol=1e-4)

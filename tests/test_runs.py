@@ -9,7 +9,8 @@ import pytest
 import tensorflow_datasets as tfds
 import tf_keras
 
-from kqreg import classify, runs
+from kqreg.classification import task as classify
+from kqreg import runs
 from kqreg.data import DatasetError
 
 
@@ -56,7 +57,7 @@ def test_the_train_step_is_traced_once(tmp_path, train_step_traces):
 
 
 def test_bits_are_parsed_once_into_a_policy(tmp_path):
-  from kqreg.policy import BitPolicy
+  from kqreg.qat.policy import BitPolicy
   config = _config(tmp_path, bits="w4a8,first=w8")
   assert isinstance(config.bits, BitPolicy)
   assert config.identity()["bits"] == "w4a8,first=w8"
@@ -133,15 +134,54 @@ def test_validation_is_the_same_split_for_training_and_export(tmp_path):
   assert result["tflite"]["split"] == result["val_split"] == "train[90%:]"
 
 
-def test_label_noise_is_recorded_and_reaches_training_labels_only(tmp_path):
-  result = runs.run(_config(tmp_path, bits="fp", label_noise=0.25, epochs=1))
+def _labels_and_images(ds):
+  pairs = list(ds.as_numpy_iterator())
+  return (np.concatenate([y for _, y in pairs]),
+          np.concatenate([x for x, _ in pairs]))
+
+
+def test_label_noise_is_recorded_and_reaches_training_labels_only(tmp_path, monkeypatch):
+  from kqreg.data import label_noise
+  # The datasets the run trains and validates on, as the run builds them.
+  seen = []
+  datasets = classify.ClassificationTask.datasets
+
+  def keep(self, config, data):
+    out = datasets(self, config, data)
+    seen.append(out)
+    return out
+
+  monkeypatch.setattr(classify.ClassificationTask, "datasets", keep)
+  result = runs.run(_config(tmp_path, bits="fp", label_noise=0.25, epochs=1,
+                            noise_analysis=False))
   record = result["label_noise"]
   assert record["count"] == 16 and record["examples"] == 64
   assert record["fraction"] == 0.25
-  # Noisy labels in training, clean ones in validation: a second run with
-  # the same seed flips the same examples.
+  # The clean datasets of the same config, from a run without noise.
+  runs.run(_config(tmp_path, bits="fp", epochs=1, noise_analysis=False,
+                   model_dir=str(tmp_path / "clean")))
+  (noisy, clean) = seen
+  noisy_y, noisy_x = _labels_and_images(noisy["train_eval"])
+  clean_y, clean_x = _labels_and_images(clean["train_eval"])
+  np.testing.assert_array_equal(noisy_x, clean_x)  # the same 64 images, in order
+  changed = np.flatnonzero(noisy_y != clean_y)
+  # Exactly round(0.25 * 64) labels changed, each to another class: the
+  # positions and labels `corrupt_labels` gives for the run's seed.
+  assert len(changed) == 16 == round(0.25 * len(clean_y))
+  expected, expected_record = label_noise.corrupt_labels(clean_y, 0.25, 10, seed=0)
+  np.testing.assert_array_equal(noisy_y, expected)
+  assert record == expected_record
+  assert record["indices_sha256"] == label_noise.indices_sha256(changed)
+  # Training batches (shuffled) carry the noisy labels: the same classes counted.
+  train_y, _ = _labels_and_images(noisy["train"].take(2))
+  assert np.array_equal(np.bincount(train_y, minlength=10),
+                        np.bincount(noisy_y, minlength=10))
+  # Validation untouched: the same images and labels as without noise.
+  for a, b in zip(_labels_and_images(noisy["val"]), _labels_and_images(clean["val"])):
+    np.testing.assert_array_equal(a, b)
+  # A second run with the same seed flips the same examples.
   again = runs.run(_config(tmp_path, bits="fp", label_noise=0.25, epochs=1,
-                           model_dir=str(tmp_path / "again")))
+                           noise_analysis=False, model_dir=str(tmp_path / "again")))
   assert again["label_noise"] == record
 
 
@@ -178,11 +218,11 @@ def test_nan_loss_stops_with_epoch_and_step_and_records_noise(tmp_path):
 
 
 def test_callback_order_puts_the_nan_stop_first(tmp_path):
-  from kqreg.callbacks import (CheckedBackupAndRestore, EpochCSVLogger,
-                               NoiseAnalysisCallback, StopOnNaN)
+  from kqreg.runs.callbacks import CheckedBackupAndRestore, EpochCSVLogger, StopOnNaN
+  from kqreg.noise.callback import NoiseAnalysisCallback
   noise = NoiseAnalysisCallback(str(tmp_path))
   extra = tf_keras.callbacks.Callback()
-  order = [type(c) for c in runs.callbacks_in_order(
+  order = [type(c) for c in runs.train.callbacks_in_order(
       out_dir=str(tmp_path), backup_dir=str(tmp_path / "b"),
       task_callbacks=[extra], noise_callback=noise)]
   assert order[:5] == [StopOnNaN, tf_keras.callbacks.Callback,
@@ -216,7 +256,7 @@ def test_load_run_refuses_a_folder_without_task(tmp_path):
 ])
 def test_checkpoint_errors_are_refused_only_when_they_mean_a_bad_checkpoint(
     error, refused, tmp_path, monkeypatch):
-  from kqreg.callbacks import CheckedBackupAndRestore
+  from kqreg.runs.callbacks import CheckedBackupAndRestore
 
   def _raise(self, logs=None):
     raise error

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras
-from kqreg import quantizers
-from kqreg.layer_sensitivity import SENSITIVITY_KEYS
-from kqreg.quantizable import quantizable_layers, stored_bytes
-from kqreg.sensitivity_report import sensitivity_table, write_sensitivity
+from kqreg.qat import quantizers
+from kqreg.mixed_precision.layer_sensitivity import SENSITIVITY_KEYS
+from kqreg.mixed_precision.quantizable import quantizable_layers, stored_bytes
+from kqreg.mixed_precision.sensitivity_report import sensitivity_table, write_sensitivity
 
 from conftest import small_cnn
 
@@ -117,7 +117,7 @@ def _patch_matrix(model, x):
 
 
 @pytest.mark.parametrize("kind", ["dense", "conv"])
-def test_predicted_within_the_first_order_bound(kind):
+def test_measured_within_the_cauchy_schwarz_bound_and_chebyshev_at_6_8_bits(kind):
   """The bounds the additive model gives for m = ‖δ * x‖, p = its prediction.
 
   Always: |δ| <= Δ/2 (the range covers every weight), so each output
@@ -128,7 +128,9 @@ def test_predicted_within_the_first_order_bound(kind):
   weights at 6 and 8 bits): m² = Σ_c δ_cᵀ A δ_c with A = PᵀP, E m² = p², and
   Var m² <= 2 Σ_c σ_c⁴ tr(A²) (the uniform's excess kurtosis is negative).
   Chebyshev: |m²/p² − 1| <= t fails with probability <= α for
-  t = √(Var m² / α) / p². α = 10⁻³.
+  t = √(Var m² / α) / p². α = 10⁻³. Below 6 bits Glorot weights make δ
+  far from uniform; tests/test_noise.py checks the prediction there on
+  kernels whose δ is uniform by construction.
   """
   model, x = _first_order_model(kind)
   rows = kqreg.sensitivity(model, x, bits=(2, 3, 4, 6, 8))

@@ -1,4 +1,4 @@
-"""kqreg.study.statistics on synthetic data: fixed seeds, vectorized draws.
+"""kqreg.study.sweep.statistics on synthetic data: fixed seeds, vectorized draws.
 
 Rates over N draws are checked within about 3 binomial standard errors
 (N = 2000 at p = 0.05: se 0.005, tolerance 0.015).
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from kqreg.study import overfitting
-from kqreg.study import statistics
+from kqreg.study.sweep import overfitting
+from kqreg.study.sweep import statistics
 
 DRAWS = 2000
 TOLERANCE = 0.015
@@ -281,7 +281,7 @@ def test_overfitting_verdict_separates_arms():
 
 
 def test_mean_interval_is_the_one_sample_t_interval():
-  from kqreg.study.statistics import geometric_mean_interval, mean_interval
+  from kqreg.study.sweep.statistics import geometric_mean_interval, mean_interval
   mean, low, high = mean_interval([1.0, 2.0, 3.0])
   # sd 1, se 1/sqrt(3), t(0.975, 2) = 4.3027
   assert mean == 2.0 and abs(high - mean - 4.302653 / 3 ** 0.5) < 1e-5

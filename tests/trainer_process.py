@@ -16,6 +16,7 @@ interpreters in test_packaging.py and test_quantize.py.
 
 from __future__ import annotations
 
+import csv
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -29,8 +30,8 @@ from typing import Dict, Optional
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What a trainer imports before it parses a flag; kqreg.detection also
 # brings keras-cv.
-PRELOAD = ["kqreg", "kqreg.runs", "kqreg.classify", "kqreg.detection",
-           "kqreg.study.sweep", "tensorflow_datasets"]
+PRELOAD = ["kqreg", "kqreg.runs.train", "kqreg.classification.task", "kqreg.detection",
+           "kqreg.study.sweep.runner", "tensorflow_datasets"]
 
 _lock = threading.Lock()
 _context = None
@@ -133,3 +134,12 @@ def run(module: str, *args: str, env: Optional[Dict[str, str]] = None,
         cwd: str = ROOT, timeout: float = 600) -> TrainerProcess:
   """Runs `python -m module *args` to its end (see the module docstring)."""
   return TrainerProcess(module, *args, env=env, cwd=cwd).wait(timeout)
+
+
+def history_epochs(model_dir: str):
+  """The epochs a run's history.csv holds, in file order ([] if none)."""
+  path = os.path.join(model_dir, "history.csv")
+  if not os.path.exists(path):
+    return []
+  with open(path, newline="") as f:
+    return [row["epoch"] for row in csv.DictReader(f)]

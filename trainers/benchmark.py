@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import os
 
-from absl import app
-
-from . import flags as kqreg_flags
+from . import app
 
 PROG = "kqreg-benchmark"
 
 
 def _run(holders) -> str:
-  from kqreg import runs  # pylint: disable=g-import-not-at-top
+  from kqreg import runs
   from kqreg.io_utils import atomic_write_json, atomic_write_text  # pylint: disable=g-import-not-at-top
-  from kqreg.study import benchmark_report, benchmark_suite  # pylint: disable=g-import-not-at-top
+  from kqreg.study.benchmark import report as benchmark_report
+  from kqreg.study.benchmark import suite as benchmark_suite
   output_dir = holders.output_dir.value
   runs.make_dir(output_dir, "output_dir")
   results = benchmark_suite.run_benchmark(quick=holders.quick.value,
@@ -37,16 +36,14 @@ def _run(holders) -> str:
 
 
 def _main(argv, holders) -> None:
-  text = kqreg_flags.run_main(PROG, argv, lambda: _run(holders))
+  text = app.run_main(PROG, argv, lambda: _run(holders),
+                      new_dirs=[holders.output_dir.value])
   print()
   print(text)
 
 
 def main() -> None:
-  kqreg_flags.quiet_import()
-  holders = kqreg_flags.define_flags("benchmark")
-  app.run(lambda argv: _main(argv, holders),
-          flags_parser=kqreg_flags.parser(PROG))
+  app.start(PROG, ("benchmark",), _main)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,11 @@ Writes checkpoints (rerun the same command to resume), history.csv, the noise
 logs, TensorBoard logs, model.keras and result.json to --model_dir.
 """
 
-from . import train_app
+from . import app
 
 
 def main() -> None:
-  train_app.main("classify", "kqreg-classify")
+  app.train("classify", "kqreg-classify")
 
 
 if __name__ == "__main__":

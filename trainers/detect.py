@@ -9,11 +9,11 @@ and result.json (final losses, mAP@0.5 and mAP@[0.5:0.95]) to --model_dir;
 with --export_tflite also model.tflite, checked in LiteRT.
 """
 
-from . import train_app
+from . import app
 
 
 def main() -> None:
-  train_app.main("detect", "kqreg-detect")
+  app.train("detect", "kqreg-detect")
 
 
 if __name__ == "__main__":

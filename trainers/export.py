@@ -17,10 +17,7 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app
-from absl import flags
-
-from . import flags as kqreg_flags
+from . import app
 
 PROG = "kqreg-export"
 # Options that only a classifier's export takes.
@@ -49,6 +46,17 @@ def _table(report: dict, check: dict) -> str:
   lines.append(f"file: {report['path']}: {size} bytes, {ratio}")
   lines.append("ops: " + ", ".join(f"{op} x{n}"
                                    for op, n in report["op_counts"].items()))
+  table = report.get("storage_table")
+  lines.append(f"storage: {report.get('storage', 'size')}" + (
+      "" if not table else " (" + ", ".join(
+          f"{op} {kind}" for op, kind in sorted(table.items())) + ")"))
+  timed = report.get("latency_ms")
+  if timed:
+    ratio = report.get("latency_ratio_to_float") or {}
+    lines.append("latency (LiteRT, batch 1, median): " + ", ".join(
+        f"{timed[k]:.3f} ms {'1 thread' if k == '1' else k + ' cores'}" + (
+            f" ({ratio[k]:.2f} of float32)" if k in ratio else "")
+        for k in timed))
   if report["float_ops"]:
     lines.append(f"float ops: {', '.join(report['float_ops'])}")
   if report["float_layers"]:
@@ -86,7 +94,7 @@ def _detection_text(t) -> str:
 
 
 def _run(holders) -> str:
-  from kqreg import runs  # pylint: disable=g-import-not-at-top
+  from kqreg import runs
   model_dir = holders.model_dir.value
   if not model_dir or not os.path.isdir(model_dir):
     raise runs.ConfigError(
@@ -97,10 +105,12 @@ def _run(holders) -> str:
     data = task.load(config)
   output = holders.output.value or os.path.join(model_dir, "model.tflite")
   options = {name: getattr(holders, name).value for name in _CLASSIFY_OPTIONS
-             if kqreg_flags.given(name)}
-  figures = task.export(model, config, data, output,
-                        verify_examples=holders.verify_examples.value,
-                        **options)
+             if app.given(name)}
+  if holders.verify_examples.value is not None:
+    options["verify_examples"] = holders.verify_examples.value
+  if app.given("storage"):
+    config.storage = holders.storage.value
+  figures = task.export(model, config, data, output, **options)
   if task.name == "detect":
     return _detection_text(figures)
   with open(output + ".json") as f:
@@ -110,16 +120,15 @@ def _run(holders) -> str:
 
 
 def _main(argv, holders) -> None:
-  print(kqreg_flags.run_main(PROG, argv, lambda: _run(holders)))
+  output = holders.output.value
+  print(app.run_main(PROG, argv, lambda: _run(holders),
+                     new_dirs=[os.path.dirname(output) if output else None]))
 
 
 def main() -> None:
-  kqreg_flags.quiet_import()
-  kqreg_flags.import_detection()  # a run folder may hold a detector
-  holders = kqreg_flags.define_flags("model_dir", "export")
-  flags.mark_flag_as_required("model_dir")
-  app.run(lambda argv: _main(argv, holders),
-          flags_parser=kqreg_flags.parser(PROG))
+  # detection: a run folder may hold a detector.
+  app.start(PROG, ("model_dir", "export"), _main, required=("model_dir",),
+            detection=True)
 
 
 if __name__ == "__main__":

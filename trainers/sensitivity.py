@@ -15,27 +15,28 @@ from __future__ import annotations
 
 import os
 
-from absl import app
-
-from . import flags as kqreg_flags
+from . import app
 
 PROG = "kqreg-sensitivity"
 
 
 def _bits(values, flag: str):
-  from kqreg import runs  # pylint: disable=g-import-not-at-top
+  from kqreg import runs
   try:
-    return tuple(int(v) for v in values)
-  except ValueError as e:
+    bits = tuple(int(v) for v in values)
+  except ValueError:
+    bits = ()
+  if not bits or not all(2 <= b <= 8 for b in bits):
     raise runs.ConfigError(
-        f"--{flag}={','.join(values)}: give whole bit-widths such as "
-        "2,3,4,8.") from e
+        f"--{flag}={','.join(values)}: give whole bit-widths from 2 to 8 "
+        "such as 2,3,4,8.")
+  return bits
 
 
 def _calibration(task, config, examples: int):
   """One batch of `examples` training inputs (and labels), unshuffled."""
   import dataclasses  # pylint: disable=g-import-not-at-top
-  from kqreg import runs  # pylint: disable=g-import-not-at-top
+  from kqreg import runs
   config = dataclasses.replace(config, batch_size=examples, augment=False)
   with runs.data_errors(config):
     data = task.load(config)
@@ -43,9 +44,13 @@ def _calibration(task, config, examples: int):
 
 
 def _run(holders) -> str:
-  from kqreg import auto_bits, bit_allocation, layer_sensitivity, runs  # pylint: disable=g-import-not-at-top
-  from kqreg import sensitivity_report  # pylint: disable=g-import-not-at-top
-  from kqreg import policy as policy_lib  # pylint: disable=g-import-not-at-top
+  from kqreg.mixed_precision import auto_allocation
+  from kqreg.mixed_precision import allocator as bit_allocation
+  from kqreg.mixed_precision import layer_sensitivity as layer_sensitivity
+  from kqreg import runs
+  from kqreg.mixed_precision import sensitivity_report
+  from kqreg.qat import policy as policy_lib
+  from kqreg.mixed_precision.budget import parse_budget
   model_dir = holders.model_dir.value
   if not model_dir or not os.path.isdir(model_dir):
     raise runs.ConfigError(
@@ -57,15 +62,23 @@ def _run(holders) -> str:
   budget = holders.budget.value
   if budget is not None:
     try:
-      bit_allocation.parse_budget(budget)
+      parse_budget(budget)
     except ValueError as e:
       raise runs.ConfigError(f"--budget: {e}") from e
   task, config, model = runs.load_run(model_dir)
   batch = _calibration(task, config, holders.calibration_examples.value)
-  loss = auto_bits.loss_of(model)
+  loss = auto_allocation.loss_of(model)
   rows = layer_sensitivity.sensitivity(
       model, batch, bits=tuple(sorted(set(bits) | set(choices))),
       loss=loss, base=base)
+  chosen = None
+  if budget is not None:
+    try:
+      chosen = bit_allocation.allocation(model, batch, budget,
+                                         choices=choices, base=base,
+                                         rows=rows)
+    except ValueError as e:  # a budget below what the model can reach
+      raise runs.ConfigError(f"--budget={budget}: {e}") from e
   output_dir = holders.output_dir.value or os.path.join(model_dir,
                                                         "sensitivity")
   runs.make_dir(output_dir, "output_dir")
@@ -74,9 +87,7 @@ def _run(holders) -> str:
   lines = [sensitivity_report.sensitivity_table(shown),
            f"written: {os.path.join(output_dir, 'sensitivity.csv')}, "
            f"{os.path.join(output_dir, 'sensitivity.png')}"]
-  if budget is not None:
-    chosen = bit_allocation.allocation(model, batch, budget, choices=choices,
-                                       base=base, rows=rows)
+  if chosen is not None:
     lines.append(
         f"budget {budget}: mean {chosen.mean_bits:.2f} weight bits, "
         f"{chosen.weight_bytes:,} kernel bytes "
@@ -86,14 +97,12 @@ def _run(holders) -> str:
 
 
 def _main(argv, holders) -> None:
-  print(kqreg_flags.run_main(PROG, argv, lambda: _run(holders)))
+  print(app.run_main(PROG, argv, lambda: _run(holders),
+                     new_dirs=[holders.output_dir.value]))
 
 
 def main() -> None:
-  kqreg_flags.quiet_import()
-  holders = kqreg_flags.define_flags("model_dir", "sensitivity")
-  app.run(lambda argv: _main(argv, holders),
-          flags_parser=kqreg_flags.parser(PROG))
+  app.start(PROG, ("model_dir", "sensitivity"), _main)
 
 
 if __name__ == "__main__":

@@ -4,13 +4,14 @@ Importing this package registers the offline TFDS builders `kqreg_shapes`
 (procedural shape scenes) and `kqreg_digit_scenes` (real MNIST digits
 composed into scenes); both prepare without network access.
 
-  data      `load_detection`, `pipeline`: TFDS -> keras-cv box dicts
-  digit_scenes, shapes   the offline builders
-  model     `build_detector`: YOLOv8 with every Conv2D under a bit policy
-  metrics   `mean_average_precision`, `evaluate_map`: COCO-style mAP
-  export    `export_detector`: the network as TFLite, mAP checked in LiteRT
-  task      `DetectConfig`, `run`: the detection hooks of `kqreg.runs`
-  autograph keras-cv's box, loss and NMS code traced as written (no autograph)
+  data           `load_detection`, `pipeline`: TFDS -> keras-cv box dicts
+  digit_scenes   the offline builder of real MNIST digits in scenes
+  shapes         the offline builder of procedural shape scenes
+  model          `build_detector`: YOLOv8 with every Conv2D under a bit policy
+  metrics        `mean_average_precision`, `evaluate_map`: COCO-style mAP
+  export         `export_detector`: the network as TFLite, mAP checked in LiteRT
+  task           `DetectConfig`, `run`: the detection hooks of `kqreg.runs`
+  autograph      keras-cv's box, loss and NMS code traced as written
 """
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)

@@ -33,8 +33,13 @@ from kqreg.detection import digit_scenes  # noqa: F401
 from kqreg.detection import shapes  # noqa: F401
 from kqreg.detection.autograph import trace_keras_cv_as_written
 
-__all__ = ["OFFLINE_DETECTION_DATASETS", "DetectionInfo", "DatasetError",
-           "load_detection", "pipeline", "validation_split"]
+__all__ = [
+    "OFFLINE_DETECTION_DATASETS",
+    "DetectionInfo",
+    "load_detection",
+    "pipeline",
+    "validation_split",
+]
 
 OFFLINE_DETECTION_DATASETS: Tuple[str, ...] = ("kqreg_shapes",
                                                "kqreg_digit_scenes")

@@ -41,7 +41,7 @@ import tf_keras
 from kqreg.detection import metrics as metrics_lib
 from kqreg.detection.model import layer_output
 from kqreg.export import ExportError, export_tflite, report_summary
-from kqreg.quantize import is_quantized
+from kqreg.qat.introspect import is_quantized
 
 __all__ = ["head_model", "export_detector"]
 

@@ -50,11 +50,11 @@ from keras_cv.src.models.object_detection.yolo_v8 import (
 from keras_cv.src.models.task import Task
 
 from kqreg import _tfmot
-from kqreg import policy as policy_lib
+from kqreg.qat import policy as policy_lib
 from kqreg.detection.autograph import trace_keras_cv_as_written
-from kqreg.graph import tf_ops_as_layers
-from kqreg.quantize import quantize
-from kqreg.runs import ConfigError
+from kqreg.qat.rewrites import tf_ops_as_layers
+from kqreg.qat.transform import quantize
+from kqreg.runs.config import ConfigError
 
 __all__ = ["BACKBONES", "DetectorError", "QuantizedYOLOV8Detector",
            "quiet_keras_cv_warnings",

@@ -21,7 +21,7 @@ detector and writes to `model_dir`:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Dict, Tuple
+from typing import Any, ClassVar, Dict, Tuple, Optional
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
@@ -29,8 +29,9 @@ import tensorflow as tf
 import tf_keras
 
 from kqreg import data as data_lib
-from kqreg import run_config
-from kqreg import runs
+from kqreg.runs import config as run_config
+from kqreg.runs import task as task_lib
+from kqreg.runs import train as train_lib
 from kqreg.detection import data as detection_data
 from kqreg.detection import export as export_lib
 from kqreg.detection import metrics as metrics_lib
@@ -44,7 +45,7 @@ EXPORT_CHECK_EXAMPLES = 64  # validation images the exported file is run on
 
 
 @dataclasses.dataclass
-class DetectConfig(runs.RunConfig):
+class DetectConfig(run_config.RunConfig):
   """Everything one detection run depends on (and `RunConfig`'s fields).
 
   Attributes:
@@ -64,14 +65,17 @@ class DetectConfig(runs.RunConfig):
   epochs: int = 10
   batch_size: int = 16
   augment: bool = True
-  backbone: str = "xs"
-  image_size: int = 64
-  fpn_depth: int = 1
-  max_boxes: int = 32
-  map_examples: int = 64
+  backbone: str = run_config.option("xs", help="YOLOv8 backbone size.")
+  image_size: int = run_config.option(
+      64, help="Square input size, a multiple of 32.")
+  fpn_depth: int = run_config.option(
+      1, help="Depth of the FPN's CSP blocks.")
+  max_boxes: int = run_config.option(32, help="Boxes kept per image.")
+  map_examples: int = run_config.option(
+      64, help="Validation images for the per-epoch mAP (0: off).")
 
   TASK: ClassVar[str] = "detect"
-  IDENTITY: ClassVar[Tuple[str, ...]] = runs.RunConfig.IDENTITY + (
+  IDENTITY: ClassVar[Tuple[str, ...]] = run_config.RunConfig.IDENTITY + (
       "backbone", "image_size", "fpn_depth", "max_boxes")
 
   def validate(self) -> "DetectConfig":
@@ -81,6 +85,8 @@ class DetectConfig(runs.RunConfig):
                 f"must be a positive integer, got {getattr(self, name)!r}")
     self.need(isinstance(self.map_examples, int) and self.map_examples >= 0,
               "map_examples", f"must be >= 0, got {self.map_examples!r}")
+    self.need(self.init_from is None, "init_from",
+              "detection runs cannot start from a float run yet; drop it.")
     self.need(self.backbone in model_lib.BACKBONES, "backbone",
               f"unknown backbone {self.backbone!r}; use one of "
               f"{', '.join(model_lib.BACKBONES)}")
@@ -121,7 +127,7 @@ def _pipeline(config: DetectConfig, ds, **kwargs) -> tf.data.Dataset:
                                  max_boxes=config.max_boxes, **kwargs)
 
 
-class DetectionTask(runs.Task):
+class DetectionTask(task_lib.Task):
   """Hooks of a detection run: TFDS boxes, keras-cv YOLOv8, mAP."""
 
   name = "detect"
@@ -130,7 +136,7 @@ class DetectionTask(runs.Task):
               ("val_map50", "mAP@0.5", ".3f"), ("val_map", "mAP@[.5:.95]", ".3f"))
   write_graph = False  # the detector subclass refuses graph serialization
 
-  def load(self, config: DetectConfig) -> runs.Data:
+  def load(self, config: DetectConfig) -> task_lib.Data:
     train, info = detection_data.load_detection(config.dataset, "train",
                                                 config.data_dir)
     splits = data_lib.splits(info)
@@ -140,17 +146,17 @@ class DetectionTask(runs.Task):
                                            config.data_dir)
     if config.val_examples:
       val = val.take(config.val_examples)
-    n_train = runs.count_examples(train.take(config.train_examples)
+    n_train = train_lib.count_examples(train.take(config.train_examples)
                                   if config.train_examples else train)
     if config.train_examples is not None:
       if config.train_examples > n_train:
-        raise runs.ConfigError(
+        raise run_config.ConfigError(
             f"--train_examples={config.train_examples} is larger than the "
             f"training split of {config.dataset} ({n_train} examples).")
       train = train.take(config.train_examples)
-    return runs.Data(train, val, None, info, splits, n_train)
+    return task_lib.Data(train, val, None, info, splits, n_train)
 
-  def datasets(self, config: DetectConfig, data: runs.Data):
+  def datasets(self, config: DetectConfig, data: task_lib.Data):
     return {
         "train": _pipeline(config, data.train, training=True,
                            augment=config.augment, flip=data.info.flip,
@@ -159,19 +165,22 @@ class DetectionTask(runs.Task):
         "val": _pipeline(config, data.validation, training=False),
     }
 
-  def probe(self, config: DetectConfig, data: runs.Data) -> tf.Tensor:
+  def probe(self, config: DetectConfig, data: task_lib.Data) -> tf.Tensor:
     probe_ds = _pipeline(config, data.validation, training=False,
                          cache=False, take=PROBE_EXAMPLES,
                          batch_size=PROBE_EXAMPLES)
     return next(iter(probe_ds))["images"]
 
-  def build(self, config: DetectConfig, data: runs.Data,
-            steps_per_epoch: int) -> tf_keras.Model:
+  def build(self, config: DetectConfig, data: task_lib.Data,
+            steps_per_epoch: int, *,
+            initial: Optional[task_lib.InitialWeights] = None
+            ) -> tf_keras.Model:
+    del initial  # refused by `validate`
     model = model_lib.build_detector(
         data.info.num_classes, config.backbone, config.bits,
         config.image_size, fpn_depth=config.fpn_depth,
         per_channel=config.per_channel)
-    lr = runs.learning_rate_schedule(config.lr_schedule, config.learning_rate,
+    lr = task_lib.learning_rate_schedule(config.lr_schedule, config.learning_rate,
                                      config.epochs * steps_per_epoch)
     model.compile(box_loss="ciou", classification_loss="binary_crossentropy",
                   optimizer=tf_keras.optimizers.Adam(lr, global_clipnorm=10.0),
@@ -185,7 +194,7 @@ class DetectionTask(runs.Task):
     return None, {"box": tf.zeros([1, 1, 4]),
                   "class": tf.zeros([1, 1, model.num_classes])}
 
-  def callbacks(self, config: DetectConfig, data: runs.Data):
+  def callbacks(self, config: DetectConfig, data: task_lib.Data):
     if not config.map_examples:
       return []
     # Uncached: a partial read of a cached dataset would truncate its cache.
@@ -202,7 +211,7 @@ class DetectionTask(runs.Task):
             f"LiteRT vs {figures['keras_map50']:.3f} in Keras, "
             f"{figures['latency_ms_per_example']:.2f} ms/image")
 
-  def header(self, config: DetectConfig, data: runs.Data) -> Dict[str, Any]:
+  def header(self, config: DetectConfig, data: task_lib.Data) -> Dict[str, Any]:
     return {**super().header(config, data), "backbone": config.backbone,
             "image_size": config.image_size}
 
@@ -221,7 +230,7 @@ class DetectionTask(runs.Task):
       result[f"val_{key}"] = {
           name: (None if np.isnan(v) else v)
           for name, v in zip(data.info.class_names, final_map[key])}
-    result["val_examples"] = runs.count_examples(data.validation)
+    result["val_examples"] = train_lib.count_examples(data.validation)
     return result
 
   def export(self, model, config, data, path: str, *,
@@ -231,7 +240,7 @@ class DetectionTask(runs.Task):
     # activation ranges come from QAT, a weight-only one's are calibrated
     # on the training images.
     if options:
-      raise runs.ConfigError(
+      raise run_config.ConfigError(
           f"{', '.join('--' + k for k in options)} apply to classification "
           "exports only; drop them for a detection run.")
     calibration = np.concatenate([
@@ -242,6 +251,13 @@ class DetectionTask(runs.Task):
                          take=max(1, verify_examples))
     figures = export_lib.export_detector(model, path, calibration, check_ds,
                                          data.info.num_classes)
+    storage = getattr(config, "storage", "size")
+    if storage != "size":
+      # export_detector stores packed INT4 kernels: re-store them (the same
+      # integers and scales, so the mAP check above holds) and re-time.
+      from kqreg import export as export_core  # pylint: disable=g-import-not-at-top
+      figures.update(export_core.report_summary(
+          export_core.set_storage(path, storage)))
     figures["split"] = data.splits.validation
     return figures
 
@@ -251,4 +267,4 @@ TASK = DetectionTask()
 
 def run(config: DetectConfig) -> Dict[str, Any]:
   """`kqreg.runs.run` for a detection config."""
-  return runs.run(config)
+  return train_lib.run(config)

@@ -3,7 +3,9 @@
 Modules: `convert` (`export_tflite` and its steps), `converter` (the TFLite
 converter call), `flatbuffer` (reading and re-gridding a .tflite file),
 `model_info` (what export needs from the Keras model; `check_exportable`),
-`verify` (running a file in LiteRT against Keras).
+`storage` (INT4 or INT8 per kernel: `storage="size" | "speed" | "auto"`),
+`latency` (timing a file in LiteRT), `verify` (running a file in LiteRT
+against Keras).
 
 Example:
 
@@ -11,20 +13,25 @@ Example:
 kqreg.export.check_exportable("w4a8")        # before training
 qat = kqreg.quantize(model, "w4a8")
 ... train ...
-report = kqreg.export.export_tflite(qat, "runs/w4a8/model.tflite")
+report = kqreg.export.export_tflite(qat, "runs/w4a8/model.tflite",
+                                     storage="auto")
 check = kqreg.export.verify_tflite("runs/w4a8/model.tflite", qat, x_val)
 ```
 """
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 
-from kqreg.export.convert import REPORT_SUFFIX, export_tflite, report_summary
+from kqreg.export.writer import (REPORT_SUFFIX, export_tflite, report_summary,
+                                 set_storage)
 from kqreg.export.errors import ExportError
 from kqreg.export.flatbuffer import inspect_tflite, regrid_weights
-from kqreg.export.model_info import check_exportable, export_problems
+from kqreg.export.latency import measure_latency
+from kqreg.export.storage import DEFAULT_STORAGE, STORAGES, storage_table
+from kqreg.export.exportable import check_exportable, export_problems
 from kqreg.export.verify import interpreter, tflite_predict, verify_tflite
 
 __all__ = [
+    "DEFAULT_STORAGE",
     "ExportError",
     "REPORT_SUFFIX",
     "check_exportable",
@@ -32,8 +39,12 @@ __all__ = [
     "export_tflite",
     "inspect_tflite",
     "interpreter",
+    "measure_latency",
     "regrid_weights",
     "report_summary",
+    "set_storage",
+    "STORAGES",
+    "storage_table",
     "tflite_predict",
     "verify_tflite",
 ]

@@ -14,9 +14,9 @@ import tf_keras
 from tensorflow.lite.python.convert_phase import ConverterError
 
 from kqreg import _tfmot
-from kqreg import quantizers
+from kqreg.qat import quantizers
 from kqreg.export.errors import ExportError
-from kqreg.quantize import QuantizeLayer
+from kqreg.qat.layers import QuantizeLayer
 
 __all__ = ["representative", "first_batch", "convert",
            "with_input_quantizer"]

@@ -15,4 +15,13 @@ EXACT_WEIGHT_BITS = frozenset(range(2, 9))
 
 
 class ExportError(ValueError):
-  """A model or path kqreg cannot export to TFLite, with what to do about it."""
+  """A model or path kqreg cannot export to TFLite, with what to do about it.
+
+  Example:
+  >>> import kqreg
+  >>> try:
+  ...   kqreg.export.interpreter("missing.tflite")
+  ... except kqreg.ExportError as e:
+  ...   print(type(e).__name__)
+  ExportError
+  """

@@ -11,14 +11,13 @@ from __future__ import annotations
 import collections
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import flatbuffers
 import numpy as np
 from tensorflow.lite.python import schema_py_generated as _schema
 
 from kqreg.export.errors import ExportError
 
-__all__ = ["inspect_tflite", "regrid_weights", "WEIGHTED_OPS"]
+__all__ = ["inspect_tflite", "regrid_weights", "widen_int4", "WEIGHTED_OPS"]
 
 _TYPE_NAMES = {v: k for k, v in vars(_schema.TensorType).items()
                if not k.startswith("_")}
@@ -89,6 +88,15 @@ def inspect_tflite(data: bytes) -> Dict[str, Any]:
     type, shape, constant, scale}) of the main subgraph, `constants` (list of
     {index, name, type, shape, elements, bytes, values, quantized_dimension,
     scales}), `inputs` and `outputs` (tensor indices of the main subgraph).
+
+  Example:
+  >>> import kqreg, numpy as np, os, tempfile, tensorflow as tf
+  >>> f = tf.function(lambda x: 2.0 * x, input_signature=[tf.TensorSpec((1, 4))])
+  >>> data = tf.lite.TFLiteConverter.from_concrete_functions(
+  ...     [f.get_concrete_function()]).convert()
+  >>> info = kqreg.export.inspect_tflite(data)
+  >>> info["op_counts"], len(info["inputs"]), len(info["outputs"])
+  ({'MUL': 1}, 1, 1)
   """
   model = _schema.Model.GetRootAsModel(data, 0)
   op_codes = []
@@ -227,6 +235,15 @@ def regrid_weights(data: bytes,
   Raises:
     ExportError: a kernel's stored values are further from the assumed grid
       than the converter's rounding allows (a scale kqreg does not expect).
+
+  Example:
+  >>> import kqreg, numpy as np, os, tempfile, tensorflow as tf
+  >>> f = tf.function(lambda x: 2.0 * x, input_signature=[tf.TensorSpec((1, 4))])
+  >>> data = tf.lite.TFLiteConverter.from_concrete_functions(
+  ...     [f.get_concrete_function()]).convert()
+  >>> new_data, distances = kqreg.export.regrid_weights(data, {})  # no kernels
+  >>> new_data == data, distances
+  (True, {})
   """
   info = inspect_tflite(data)
   constants = {c["index"]: c for c in info["constants"]}
@@ -294,3 +311,38 @@ def regrid_weights(data: bytes,
   builder = flatbuffers.Builder(len(data) + 1024)
   builder.Finish(model.Pack(builder), file_identifier=_FILE_IDENTIFIER)
   return bytes(builder.Output()), moved
+
+
+def widen_int4(data: bytes, indices) -> bytes:
+  """The file with the INT4 constants at `indices` stored as INT8.
+
+  The same integers (within [-7, 7]) with the same scales and zero points,
+  one byte each: the file computes the same values, and LiteRT reads the
+  kernels without unpacking them (`kqreg.export.storage`).
+
+  Raises:
+    ExportError: a tensor is not an INT4 constant, or shares its buffer with
+      a tensor not widened.
+  """
+  info = inspect_tflite(data)
+  constants = {c["index"]: c for c in info["constants"]}
+  model = _schema.ModelT.InitFromPackedBuf(data, 0)
+  subgraph = model.subgraphs[0]
+  indices = set(indices)
+  users = collections.Counter(t.buffer for t in subgraph.tensors)
+  for index in sorted(indices):
+    const = constants.get(index)
+    if const is None or const["type"] != "INT4":
+      raise ExportError(
+          f"Tensor {index} is not an INT4 constant; this is a kqreg bug: "
+          "please report it with the model.")
+    tensor = subgraph.tensors[index]
+    if users[tensor.buffer] > 1:
+      raise ExportError(
+          f"Weight tensor {const['name']!r} shares its buffer with another "
+          "tensor; export it with storage='size'.")
+    tensor.type = _schema.TensorType.INT8
+    model.buffers[tensor.buffer].data = _encode(const["values"], "INT8")
+  builder = flatbuffers.Builder(2 * len(data) + 1024)
+  builder.Finish(model.Pack(builder), file_identifier=_FILE_IDENTIFIER)
+  return bytes(builder.Output())

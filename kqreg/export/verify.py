@@ -21,6 +21,18 @@ def interpreter(path: str, num_threads: int = 1):
 
   Raises:
     ExportError: `path` is missing or not a TFLite file.
+
+  Example:
+  >>> import kqreg, numpy as np, os, tempfile, tensorflow as tf
+  >>> f = tf.function(lambda x: 2.0 * x, input_signature=[tf.TensorSpec((1, 4))])
+  >>> data = tf.lite.TFLiteConverter.from_concrete_functions(
+  ...     [f.get_concrete_function()]).convert()
+  >>> path = os.path.join(tempfile.mkdtemp(), "double.tflite")
+  >>> with open(path, "wb") as file:
+  ...   _ = file.write(data)
+  >>> runner = kqreg.export.interpreter(path)
+  >>> [d["shape"].tolist() for d in runner.get_input_details()]
+  [[1, 4]]
   """
   return _interpreter(path, num_threads)[1]
 
@@ -69,6 +81,18 @@ def tflite_predict(path: str, x, *,
   Raises:
     ExportError: `path` is missing or not a TFLite file, has other than one
       input and one output, or `x` is empty.
+
+  Example:
+  >>> import kqreg, numpy as np, os, tempfile, tensorflow as tf
+  >>> f = tf.function(lambda x: 2.0 * x, input_signature=[tf.TensorSpec((1, 4))])
+  >>> data = tf.lite.TFLiteConverter.from_concrete_functions(
+  ...     [f.get_concrete_function()]).convert()
+  >>> path = os.path.join(tempfile.mkdtemp(), "double.tflite")
+  >>> with open(path, "wb") as file:
+  ...   _ = file.write(data)
+  >>> y, seconds = kqreg.export.tflite_predict(path, np.ones((3, 4), "float32"))
+  >>> y.shape, y[0].tolist()
+  ((3, 4), [2.0, 2.0, 2.0, 2.0])
   """
   return _predict(_interpreter(path, num_threads)[1], path, x)
 
@@ -147,6 +171,17 @@ def verify_tflite(path: str, qat_model: tf_keras.Model, x, *,
   Raises:
     ExportError: `path` is missing or not a TFLite file, or the model has
       other than one input and one output.
+
+  Example:
+  >>> import kqreg, tf_keras, numpy as np, os, tempfile
+  >>> model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(2)])
+  >>> qat = kqreg.quantize(model, "w8a8")
+  >>> x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
+  >>> path = os.path.join(tempfile.mkdtemp(), "model.tflite")
+  >>> _ = kqreg.export_tflite(qat, path, representative_data=x)
+  >>> check = kqreg.verify_tflite(path, qat, x)
+  >>> check["examples"], check["diff_units"], check["max_abs_diff"] <= 1.0
+  (8, 'output_step', True)
   """
   data, interpreter = _interpreter(path, num_threads)
   x = np.asarray(x)

@@ -1,0 +1,344 @@
+"""What an export needs to know about a Keras (QAT) model, and what it refuses.
+
+`check_exportable` says, before training, whether a policy's or a model's
+bits can become an integer TFLite file with the values QAT trained.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Dict, Iterable, List, Optional, Tuple, Union
+
+from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
+import numpy as np
+import tf_keras
+
+from kqreg import _tfmot
+from kqreg.qat import policy as policy_lib
+from kqreg.export.errors import ExportError, KERNEL_ACTIVATION_BITS
+from kqreg.qat.layers import quantize_scope
+from kqreg.qat import introspect
+
+__all__ = ["check_exportable", "export_problems"]
+
+
+def _wrappers(model: tf_keras.Model) -> List[_tfmot.QuantizeWrapper]:
+  return list(_tfmot.iter_wrappers(model))
+
+
+def activation_bits(model: tf_keras.Model) -> Dict[str, int]:
+  """Layer name -> bits of each activation quantizer of `model`."""
+  found = {}
+  for layer in model.layers:
+    if isinstance(layer, _tfmot.QuantizeLayer):
+      bits = getattr(layer.quantizer, "num_bits", None)
+      if bits is not None:
+        found[f"{layer.name} (model input)"] = int(bits)
+  for wrapper in _wrappers(model):
+    config, inner = wrapper.quantize_config, wrapper.layer
+    quantizers = list(config.get_output_quantizers(inner))
+    quantizers += [q for _, q in config.get_activations_and_quantizers(inner)]
+    bits = [int(q.num_bits) for q in quantizers if hasattr(q, "num_bits")]
+    if bits:
+      # The bits furthest from TFLite's 8 are the ones export must judge.
+      found[inner.name] = max(
+          bits, key=lambda b: abs(b - KERNEL_ACTIVATION_BITS))
+  return found
+
+
+def weight_bits(model: tf_keras.Model
+                ) -> Dict[str, List[Tuple[str, introspect.QuantizedWeight]]]:
+  """Wrapper name -> [(weight variable name, its `QuantizedWeight`)]."""
+  found = collections.defaultdict(list)
+  for qw in introspect.quantized_weights(model):
+    found[qw.wrapper.name].append((_short_name(qw.weight), qw))
+  return dict(found)
+
+
+def levels_used(qw: introspect.QuantizedWeight) -> np.ndarray:
+  """max |Q(w)| / Δ per output channel, even for a per-tensor range.
+
+  A calibrating converter stores every kernel per output channel, and a
+  folded BatchNormalization scales a channel's values and step alike, so
+  this count is what the file's channels hold.
+  """
+  q = qw.channels_last(qw.quantized()).numpy()
+  step = qw.grid()[2].numpy()
+  peak = np.max(np.abs(q).reshape(-1, q.shape[-1]), axis=0)
+  return np.round(peak / np.maximum(step, 1e-30)).astype(np.int64).reshape(-1)
+
+
+def match_layer(tensor_name: str, wrapper_names: Iterable[str]
+                 ) -> Optional[str]:
+  """The wrapper a converted tensor came from, by the names TF gave it.
+
+  Converted weight tensors are named after the ops they were folded from,
+  e.g. "cnn/quant_conv1/Conv2D;cnn/quant_conv1/LastValueQuant/FakeQuant...";
+  the part naming the weight quantizer identifies the layer best.
+  """
+  parts = tensor_name.split(";")
+  ranked = ([p for p in parts if "LastValueQuant" in p or "FakeQuant" in p] +
+            parts)
+  for part in ranked:
+    components = part.split("/")
+    for name in wrapper_names:
+      if name in components:
+        return name
+  return None
+
+
+def float_layers(model: tf_keras.Model) -> List[str]:
+  """Layers with weights that the QAT model leaves float.
+
+  BatchNormalization is not listed: the converter folds it into the
+  preceding conv or dense kernel.
+  """
+  names = []
+  for layer in model.layers:
+    if isinstance(layer, (tf_keras.layers.InputLayer,
+                          _tfmot.QuantizeLayer)):
+      continue
+    inner = layer.layer if isinstance(layer,
+                                      _tfmot.QuantizeWrapper) else layer
+    if isinstance(inner, tf_keras.layers.BatchNormalization):
+      continue
+    if not inner.weights:
+      continue
+    if isinstance(layer, _tfmot.QuantizeWrapper) and getattr(
+        layer, "_weight_vars", None):
+      continue
+    names.append(inner.name)
+  return names
+
+
+def float_counterpart(qat_model: tf_keras.Model) -> tf_keras.Model:
+  """The QAT model with every quantizer removed and its float weights.
+
+  Wrappers become their inner layer (rebuilt from config, with the original
+  activation in place of tfmot's quantize-aware one) holding the float shadow
+  weights; the input `QuantizeLayer` becomes a linear Activation, which the
+  converter drops.
+  """
+  made = {}
+
+  def _strip(layer):
+    if isinstance(layer, _tfmot.QuantizeLayer):
+      new = tf_keras.layers.Activation("linear", name=layer.name)
+    else:
+      inner = layer.layer if isinstance(
+          layer, _tfmot.QuantizeWrapper) else layer
+      config = inner.get_config()
+      activation = config.get("activation")
+      if (isinstance(activation, dict) and
+          activation.get("class_name") == "QuantizeAwareActivation"):
+        config["activation"] = activation["config"]["activation"]
+      new = type(inner).from_config(config)
+    made[layer.name] = new
+    return new
+
+  with quantize_scope():
+    clone = tf_keras.models.clone_model(qat_model, clone_function=_strip)
+  for layer in qat_model.layers:
+    new = made.get(layer.name)
+    if new is None or not new.weights:
+      continue
+    # A wrapper owns its inner layer's kernel (the inner layer then holds a
+    # quantized tensor in its place) next to its own quantizer variables,
+    # which are named after the wrapper.
+    wrapped = isinstance(layer, _tfmot.QuantizeWrapper)
+    # Matched by the name below the layer's own: a composite layer holds
+    # several `kernel`s (a MultiHeadAttention's `query/kernel`, ...).
+    values = {_name_in_layer(w, new.name): w for w in layer.weights
+              if not (wrapped and w.name.startswith(f"{layer.name}/"))}
+    new.set_weights([values[_name_in_layer(w, new.name)].numpy()
+                     for w in new.weights])
+  return clone
+
+
+def _short_name(variable) -> str:
+  return variable.name.split("/")[-1].split(":")[0]
+
+
+def _name_in_layer(variable, layer_name: str) -> str:
+  """`variable`'s name below its layer's: `kernel`, `query/kernel`."""
+  parts = variable.name.split(":")[0].split("/")
+  if layer_name in parts[:-1]:
+    return "/".join(parts[len(parts) - 1 - parts[::-1].index(layer_name):])
+  return parts[-1]
+
+
+def _activation_problem(where: str, bits: int) -> Optional[str]:
+  if bits < KERNEL_ACTIVATION_BITS:
+    return f"{where}: {bits}-bit activations (TFLite computes 8)"
+  if bits > KERNEL_ACTIVATION_BITS:
+    return (f"{where}: {bits}-bit activations (kqreg exports 8-bit integer "
+            "activations only)")
+  return None
+
+
+def _policy_settings(policy: policy_lib.BitPolicy
+                     ) -> List[Tuple[str, policy_lib.Bits]]:
+  settings = [("default", policy.default)]
+  for key in ("first", "last"):
+    bits = getattr(policy, key, None)
+    if bits is not None:
+      settings.append((key, bits))
+  for attr in ("names", "types"):
+    for key, bits in getattr(policy, attr, ()) or ():
+      settings.append((str(key), bits))
+  return settings
+
+
+# 1-D convolutions run as 2-D ones on an expanded kernel; a per-channel
+# kernel's quantized axis then moves and the converter fails ("'tfl.reshape'
+# op requires 'output' type ... to be cast compatible").
+_PER_CHANNEL_REFUSED = (tf_keras.layers.Conv1D, tf_keras.layers.DepthwiseConv1D,
+                        tf_keras.layers.SeparableConv1D)
+# Layers whose conversion fails whatever their bits (TF 2.21), and why:
+# (types, quantized ones only, reason).
+_UNCONVERTIBLE = (
+    ((tf_keras.layers.LSTM, tf_keras.layers.GRU), False,
+     "the recurrent loop does not convert, quantized or float (its "
+     "TensorList has no static element shape)"),
+    ((tf_keras.layers.MaxPooling3D, tf_keras.layers.AveragePooling3D), False,
+     "TFLite has no 3-D pooling kernel (TF Select only)"),
+)
+
+
+def _family_status(layer) -> str:
+  from kqreg.qat import families  # pylint: disable=g-import-not-at-top
+  family = families.family_of(layer)
+  return family.export if family is not None else ""
+
+
+def _inner_layers(model: tf_keras.Model):
+  for layer in model.layers:
+    yield layer.layer if isinstance(layer, _tfmot.QuantizeWrapper) else layer
+
+
+def family_problems(model: tf_keras.Model) -> List[str]:
+  """Layers that convert but do not run in integers, with the measured reason.
+
+  From `LAYER_FAMILIES[...].export` (statuses "hybrid: ..." and
+  "float: ..."): the file holds their kernels, but TFLite computes them
+  in float.
+  """
+  problems = []
+  for inner in _inner_layers(model):
+    status = _family_status(inner)
+    if status.startswith(("hybrid", "float")):
+      problems.append(f"{inner.name}: {type(inner).__name__} {status}")
+  return problems
+
+
+def layer_problems(model: tf_keras.Model) -> List[str]:
+  """Quantized layers TFLite's converter cannot take (TF 2.21), by name.
+
+  Its TRANSPOSE_CONV takes no INT4 weights (<= 4 bits are stored as INT4),
+  and a per-channel Conv2DTranspose kernel fails to convert ("'tfl.transpose'
+  op has mismatched quantized axes"); nor does a per-channel Conv1D,
+  DepthwiseConv1D or SeparableConv1D kernel, an LSTM or GRU, or 3-D
+  pooling. A <= 4-bit Embedding table converts, but LiteRT refuses to run
+  the file.
+  """
+  problems = []
+  for layer in model.layers:
+    wrapped = isinstance(layer, _tfmot.QuantizeWrapper)
+    inner = layer.layer if wrapped else layer
+    for types, quantized_only, reason in _UNCONVERTIBLE:
+      if isinstance(inner, types) and (wrapped or not quantized_only):
+        problems.append(f"{inner.name}: {reason}")
+  reported = set()
+  for qw in introspect.quantized_weights(model):
+    if (isinstance(qw.wrapper.layer, _PER_CHANNEL_REFUSED) and
+        getattr(qw.quantizer, "per_axis", False) and
+        qw.layer_name not in reported):
+      reported.add(qw.layer_name)
+      problems.append(
+          f"{qw.layer_name}: per-channel {type(qw.wrapper.layer).__name__} "
+          "weights (TFLite runs it as a 2-D convolution and refuses the "
+          "moved channel axis; quantize it per tensor)")
+    if isinstance(qw.wrapper.layer, tf_keras.layers.Embedding) and (
+        qw.bits <= 4):
+      problems.append(
+          f"{qw.layer_name}: {qw.bits}-bit Embedding table (stored as INT4, "
+          "whose GATHER output LiteRT's QUANTIZE refuses to run; use 5..8 "
+          "bits)")
+    if not isinstance(qw.wrapper.layer, tf_keras.layers.Conv2DTranspose):
+      continue
+    if qw.bits <= 4:
+      problems.append(f"{qw.layer_name}: {qw.bits}-bit Conv2DTranspose "
+                      "weights (TFLite's TRANSPOSE_CONV needs 5..8 bits)")
+    if getattr(qw.quantizer, "per_axis", False):
+      problems.append(f"{qw.layer_name}: per-channel Conv2DTranspose "
+                      "weights (TFLite converts per-tensor ones only)")
+  return problems
+
+
+def export_problems(policy_or_model: Union[str, policy_lib.BitPolicy,
+                                           tf_keras.Model]) -> List[str]:
+  """What keeps a policy or QAT model from an exact integer TFLite file.
+
+  Args:
+    policy_or_model: a `BitPolicy` (or its string) or a model from
+      `kqreg.quantize`.
+
+  Returns:
+    One short phrase per problem ("conv1: 4-bit activations (TFLite computes
+    8)"), empty when the export will hold the values QAT trained. A policy
+    that quantizes no activation (weight-only, e.g. "w4") is fine: export
+    calibrates 8-bit activations from representative data.
+
+  Example:
+  >>> export_problems("w4a8"), len(export_problems("w4a4"))
+  ([], 1)
+  """
+  problems = []
+  if isinstance(policy_or_model, tf_keras.Model):
+    # Noise twins (n<b>) are float kernels with training-time noise.
+    problems += [f"{qw.layer_name}: {qw.bits}-bit noise twin (float weights "
+                 "at inference; export the w<b> model)"
+                 for qw in introspect.quantized_weights(policy_or_model)
+                 if getattr(qw, "is_noise", False)]
+    for name, bits in activation_bits(policy_or_model).items():
+      problem = _activation_problem(name, bits)
+      if problem:
+        problems.append(problem)
+    return (problems + layer_problems(policy_or_model) +
+            family_problems(policy_or_model))
+  policy = policy_lib.BitPolicy.parse(policy_or_model)
+  for key, bits in _policy_settings(policy):
+    if getattr(bits, "noise", False):
+      problems.append(f"{key}: {bits} trains with noise, not on a grid")
+      continue
+    if bits.activation is not None:
+      problem = _activation_problem(f"{key}={bits}", bits.activation)
+      if problem:
+        problems.append(problem)
+  return problems
+
+
+def check_exportable(policy_or_model: Union[str, policy_lib.BitPolicy,
+                                            tf_keras.Model]) -> None:
+  """Raises `ExportError` if `export_tflite` would refuse these bits.
+
+  Call it before training (e.g. for a trainer's `--export_tflite`) with the
+  run's `BitPolicy`, or on a QAT model.
+
+  Raises:
+    ExportError: one line naming the settings and what to do.
+
+  Example:
+  >>> check_exportable("w4a8")
+  >>> try:
+  ...   check_exportable("w4a4")
+  ... except ExportError as e:
+  ...   print("refused")
+  refused
+  """
+  problems = export_problems(policy_or_model)
+  if problems:
+    raise ExportError(
+        f"Cannot export to an integer TFLite file: {'; '.join(problems)}. "
+        "Train with 8-bit activations (e.g. 'w4a8') or weight-only ('w4'), "
+        "with grid (not noise) bits, or do not export.")

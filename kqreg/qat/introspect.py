@@ -1,0 +1,138 @@
+"""What a QAT model holds: its quantized weights and whether it is quantized.
+
+`QuantizedWeight` is one kernel with the very quantizer and range variables
+the forward pass uses, so Q(w) read here is bit for bit what the layer
+multiplies by. Noise analysis, mixed precision and export all read kernels
+through it.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, List, Tuple
+
+from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
+import tensorflow as tf
+import tf_keras
+
+from kqreg import _tfmot
+from kqreg.qat import quantizers
+
+__all__ = ["QuantizedWeight", "is_quantized", "quantized_weights"]
+
+
+class QuantizedWeight:
+  """One quantized weight tensor of a QAT model, with its quantizer state.
+
+  Attributes:
+    wrapper: the tfmot `QuantizeWrapper` holding it.
+    weight: the float shadow variable w.
+    quantizer: the tfmot quantizer the forward pass applies.
+    variables: the quantizer's variables (`min_var`, `max_var`).
+
+  Example:
+  >>> import kqreg, tf_keras
+  >>> model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(2)])
+  >>> weight = kqreg.qat.quantized_weights(kqreg.quantize(model, "w4"))[0]
+  >>> tuple(weight.weight.shape), type(weight.quantizer).__name__
+  ((4, 2), 'WeightQuantizer')
+  """
+
+  def __init__(self, wrapper, weight, quantizer, variables):
+    self.wrapper = wrapper
+    self.weight = weight
+    self.quantizer = quantizer
+    self.variables = variables
+
+  @property
+  def layer_name(self) -> str:
+    return self.wrapper.layer.name
+
+  @property
+  def weight_name(self) -> str:
+    """The kernel's name in its layer: `kernel`, `recurrent_kernel`,
+    `embeddings`; with the sub-layer's name where the layer holds several of
+    one name (a MultiHeadAttention's `query/kernel`, `key/kernel`, ...)."""
+    parts = _name_parts(self.weight)
+    siblings = [_name_parts(w)[-1] for w, _, _ in
+                getattr(self.wrapper, "_weight_vars", [])]
+    if len(parts) >= 2 and siblings.count(parts[-1]) > 1:
+      return "/".join(parts[-2:])
+    return parts[-1]
+
+  @property
+  def bits(self) -> int:
+    return int(self.quantizer.num_bits)
+
+  @property
+  def is_noise(self) -> bool:
+    """True for a noise twin (`n<b>`), which adds noise and never rounds."""
+    return isinstance(self.quantizer, quantizers.WeightNoiseQuantizer)
+
+  @property
+  def kind(self) -> str:
+    """"noise" for a noise twin, "round" for a quantizer."""
+    return "noise" if self.is_noise else "round"
+
+  def quantized(self) -> tf.Tensor:
+    """Q(w): the kernel the forward pass multiplies by at inference.
+
+    A noise twin returns w: it perturbs only in training.
+    """
+    return self.quantizer(self.weight, training=False, weights=self.variables)
+
+  def delta(self) -> tf.Tensor:
+    """δ: Q(w) − w, or for a noise twin the draw of its last training step."""
+    if self.is_noise:
+      return self.quantizer.last_noise(tf.convert_to_tensor(self.weight),
+                                       self.variables)
+    return self.quantized() - tf.convert_to_tensor(self.weight)
+
+  def channels_last(self, tensor: tf.Tensor) -> tf.Tensor:
+    if isinstance(self.quantizer, quantizers.WeightQuantizer):
+      return self.quantizer.to_channels_last(tensor)
+    return tensor
+
+  def grid(self) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(nudged_min, nudged_max, step), one entry per channel or a scalar."""
+    return quantizers.nudged_grid(self.variables["min_var"],
+                                  self.variables["max_var"], self.bits,
+                                  bool(getattr(self.quantizer, "narrow_range",
+                                               False)))
+
+
+def _name_parts(variable) -> List[str]:
+  return variable.name.split(":")[0].split("/")
+
+
+def quantized_weights(model: tf_keras.Model) -> List[QuantizedWeight]:
+  """Every quantized weight tensor of `model`, in layer order.
+
+  Example:
+  >>> import kqreg, tf_keras
+  >>> model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(2)])
+  >>> len(kqreg.qat.quantized_weights(kqreg.quantize(model, "w4")))
+  1
+  """
+  found = []
+  for layer in _wrappers(model):
+    for weight, quantizer, variables in getattr(layer, "_weight_vars", []):
+      if "min_var" in variables and hasattr(quantizer, "num_bits"):
+        found.append(QuantizedWeight(layer, weight, quantizer, variables))
+  return found
+
+
+def _wrappers(model) -> Iterator:
+  return _tfmot.iter_wrappers(model)
+
+
+def is_quantized(model: tf_keras.Model) -> bool:
+  """True if `model` holds a tfmot quantize wrapper or layer (nested too).
+
+  Example:
+  >>> import kqreg, tf_keras
+  >>> model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(2)])
+  >>> kqreg.qat.is_quantized(model), kqreg.qat.is_quantized(kqreg.quantize(model, "w4"))
+  (False, True)
+  """
+  return (any(True for _ in _tfmot.iter_wrappers(model)) or
+          any(True for _ in _tfmot.iter_quantize_layers(model)))

@@ -1,0 +1,167 @@
+"""kqreg's tfmot layer classes and the scope that loads saved QAT models.
+
+`QuantizeWrapperV2` and `QuantizeLayer` subclass tfmot's only to control
+autograph: Keras converts the `call` of every layer defined outside Keras,
+and with it tfmot's and kqreg's quantizer code. kqreg's wrapper converts only
+when the wrapped layer needs it; its input quantizer never does.
+"""
+
+from __future__ import annotations
+
+from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
+import tf_keras
+from tensorflow.python.util import tf_inspect  # pylint: disable=g-direct-tensorflow-import
+from tf_keras.src.utils import layer_utils  # pylint: disable=g-direct-tensorflow-import
+
+from kqreg import _tfmot
+from kqreg.qat import families as configs_lib
+from kqreg.qat import quantizers
+
+__all__ = ["QuantizeLayer", "QuantizeWrapperV2", "quantize_scope"]
+
+_tfmot_keras = _tfmot.tfmot_keras
+
+
+class QuantizeLayer(_tfmot.QuantizeLayer):
+  """tfmot's QuantizeLayer, marked built by `build`.
+
+  tfmot's `build` never sets `built`, so loading a `.keras` file builds the
+  layer twice and fails ("expected 5 variables, but received 3").
+  `quantize_scope` loads `QuantizeLayer` as this class.
+
+  Example:
+  >>> import kqreg
+  >>> layer = kqreg.qat.QuantizeLayer(kqreg.qat.ActivationQuantizer(8))
+  >>> layer.build((None, 4)); layer.built
+  True
+  """
+
+  def build(self, input_shape):
+    super().build(input_shape)
+    self.built = True
+
+  def _should_use_autograph(self) -> bool:
+    # Keras converts every `call` defined outside Keras; this one branches on
+    # Python values only, so converting it is tracing time spent for nothing.
+    return False
+
+
+class QuantizeWrapperV2(_tfmot.QuantizeWrapperV2):
+  """tfmot's QuantizeWrapperV2, building the wrapped layer first.
+
+  `quantize_apply` wraps built layers, so a saved wrapper lists the inner
+  layer's weights before its quantizer variables; a wrapper rebuilt from a
+  `.keras` file would otherwise create them in another order and fail to
+  load. `quantize_scope` loads `QuantizeWrapperV2` as this class.
+
+  Example:
+  >>> import kqreg, tf_keras
+  >>> model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(2)])
+  >>> qat = kqreg.quantize(model, "w4")
+  >>> type(qat.layers[0]).__name__, qat.layers[0].name  # doctest: +ELLIPSIS
+  ('QuantizeWrapperV2', 'quant_dense...')
+  """
+
+  def build(self, input_shape):
+    if not self.layer.built:
+      self.layer.build(input_shape)
+      self.layer.built = True
+    _build_attention_projections(self.layer)
+    super().build(input_shape)
+
+  def _init_call_fn_args(self, expects_training_arg=None):
+    super()._init_call_fn_args(expects_training_arg)
+    inner = getattr(self, "layer", None)
+    names = (tf_inspect.getfullargspec(inner.call).args
+             if inner is not None else [])
+    if len(names) > 2 and names[2] != "training":
+      # A layer of several inputs (a MultiHeadAttention's query, value):
+      # Keras names positional arguments after these when it saves the
+      # graph, so a loaded model passes `value` again.
+      self._call_spec = layer_utils.CallFunctionSpec(
+          tf_inspect.getfullargspec(inner.call))
+      self._call_spec.expects_training_arg = True
+
+  def call(self, inputs, *args, **kwargs):
+    # tfmot's `call(inputs, training=None)` would take a second positional
+    # input (a MultiHeadAttention's `value`) for `training`: pass it on by
+    # the wrapped layer's own argument names.
+    if args:
+      names = tf_inspect.getfullargspec(self.layer.call).args[2:]
+      kwargs.update(zip(names, args))
+    return super().call(inputs, **kwargs)
+
+  def _weight_name(self, name: str) -> str:
+    # tfmot names a kernel's range variables after its last name component;
+    # a composite layer's sub-layer kernels (a MultiHeadAttention's four
+    # `kernel`s) keep their sub-layer's name too, so they stay distinct.
+    parts = name.split(":")[0].split("/")
+    if len(parts) >= 2 and parts[-2] != self.layer.name:
+      return f"{parts[-2]}_{parts[-1]}"
+    return parts[-1]
+
+  def _should_use_autograph(self) -> bool:
+    # tfmot's `call` and kqreg's quantizers branch on Python values only, but
+    # `call` runs `self.layer.call` itself: convert it when Keras would
+    # convert the wrapped layer (a subclassed one may branch on tensors),
+    # not for Keras's own layers.
+    return self.layer._should_use_autograph()  # pylint: disable=protected-access
+
+
+def _build_attention_projections(layer) -> None:
+  """Builds a MultiHeadAttention's projections from its stored shapes.
+
+  A MultiHeadAttention loaded from its config has its EinsumDense
+  projections but builds them only when first called; the wrapper needs
+  their kernels before that.
+  """
+  if not isinstance(layer, tf_keras.layers.MultiHeadAttention):
+    return
+  query = getattr(layer, "_query_shape", None)
+  if query is None or layer._query_dense.built:  # pylint: disable=protected-access
+    return
+  value = layer._value_shape  # pylint: disable=protected-access
+  key = layer._key_shape or value  # pylint: disable=protected-access
+  layer._query_dense.build(query)  # pylint: disable=protected-access
+  layer._key_dense.build(key)  # pylint: disable=protected-access
+  layer._value_dense.build(value)  # pylint: disable=protected-access
+  heads = query[:-1].concatenate(  # [B, T, heads, value_dim]
+      [layer._num_heads, layer._value_dim])  # pylint: disable=protected-access
+  layer._output_dense.build(heads)  # pylint: disable=protected-access
+
+
+def quantize_scope(*args) -> tf_keras.utils.CustomObjectScope:
+  """A scope holding tfmot's and every kqreg custom object.
+
+  Example:
+  >>> import kqreg, tf_keras
+  >>> model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(2)])
+  >>> import os, tempfile
+  >>> path = os.path.join(tempfile.mkdtemp(), "qat.keras")
+  >>> kqreg.quantize(model, "w4").save(path)
+  >>> with kqreg.quantize_scope():
+  ...   loaded = tf_keras.models.load_model(path)
+  >>> kqreg.qat.is_quantized(loaded)
+  True
+
+  Args:
+    *args: further dicts of custom objects.
+  """
+  objects = {
+      "WeightQuantizer": quantizers.WeightQuantizer,
+      "WeightNoiseQuantizer": quantizers.WeightNoiseQuantizer,
+      "ActivationQuantizer": quantizers.ActivationQuantizer,
+      "FixedRangeQuantizer": quantizers.FixedRangeQuantizer,
+      "BitQuantizeConfig": configs_lib.BitQuantizeConfig,
+  }
+  # After tfmot's objects, so it overrides tfmot's QuantizeLayer.
+  kqreg_objects = {"QuantizeLayer": QuantizeLayer,
+                   "QuantizeWrapperV2": QuantizeWrapperV2}
+  merged = {}
+  for scope_objects in _tfmot_keras.quantize_scope().custom_objects:
+    merged.update(scope_objects)
+  merged.update(objects)
+  merged.update(kqreg_objects)
+  for extra in args:
+    merged.update(extra)
+  return tf_keras.utils.custom_object_scope(merged)

@@ -1,0 +1,375 @@
+"""Graph rewrites before quantization: nested models flattened, separable
+convolutions split, tf ops made layers.
+
+tfmot's `quantize_apply` takes one flat Sequential or Functional graph:
+`flatten_nested` inlines Functional sub-models (a backbone inside a
+detector). TFLite needs a range between the two halves of a SeparableConv2D
+to run it in integers: `_split_separable` rebuilds such layers as a
+DepthwiseConv2D `<name>_depthwise` and a 1x1 Conv2D `<name>` with the same
+weights, as tfmot's own 8-bit scheme does. `tf_ops_as_layers` rebuilds
+concat, add and nearest-repeat tf ops as the Keras layers they compute, so
+activation policies reach them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Tuple
+
+from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
+import tensorflow as tf
+import tf_keras
+
+from kqreg import _tfmot
+
+__all__ = ["QuantizeError", "flatten_nested", "graph_consumers",
+           "inbound_layers", "tf_ops_as_layers"]
+
+
+class QuantizeError(ValueError):
+  """A model kqreg cannot annotate or quantize, with what to do about it.
+
+  Example:
+  >>> import kqreg, tf_keras
+  >>> model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(2)])
+  >>> class Sub(tf_keras.Model):
+  ...   def call(self, x):
+  ...     return x
+  >>> try:
+  ...   kqreg.quantize(Sub(), "w4")
+  ... except kqreg.QuantizeError as e:
+  ...   print(type(e).__name__)
+  QuantizeError
+  """
+
+
+def _check_graph_model(model, what: str) -> None:
+  if not isinstance(model, tf_keras.Model):
+    raise QuantizeError(
+        f"`{what}` must be a tf_keras Model. Received: {type(model)!r}. "
+        "If it is a Keras 3 model, build it after `import kqreg` so it "
+        "uses tf_keras.")
+  if not (isinstance(model, tf_keras.Sequential) or
+          getattr(model, "_is_graph_network", False)):
+    raise QuantizeError(
+        f"`{what}` is a subclassed model ({type(model).__name__}), which "
+        "cannot be cloned layer by layer. Rebuild it as a Sequential or "
+        "Functional model, or quantize its layers one by one with "
+        "`kqreg.qat.quantize_annotate_layer`.")
+  if not model.built:
+    raise QuantizeError(
+        f"`{what}` is not built. Call `model.build(input_shape)` or give "
+        "its first layer an `input_shape` before quantizing.")
+
+
+def _is_graph_submodel(layer) -> bool:
+  return (isinstance(layer, tf_keras.Model) and
+          getattr(layer, "_is_graph_network", False))
+
+
+def _run_graph(model: tf_keras.Model, inputs: List[tf.Tensor],
+               replace: Optional[Dict[str, Callable]] = None):
+  """Calls `model`'s layers on `inputs`, inlining nested graph models.
+
+  `replace` maps a layer name to a callable used in that layer's place.
+  """
+  replace = replace or {}
+  tensor_dict = {}
+  usage = model._tensor_usage_count  # pylint: disable=protected-access
+  for x, y in zip(model.inputs, inputs):
+    tensor_dict[str(id(x))] = [y] * usage[str(id(x))]
+  nodes_by_depth = model._nodes_by_depth  # pylint: disable=protected-access
+  for depth in sorted(nodes_by_depth, reverse=True):
+    for node in nodes_by_depth[depth]:
+      if node.is_input or any(i not in tensor_dict
+                              for i in node.flat_input_ids):
+        continue
+      args, kwargs = node.map_arguments(tensor_dict)
+      if _is_graph_submodel(node.layer):
+        sub_inputs = tf.nest.flatten(args[0] if args else kwargs["inputs"])
+        outputs = _run_graph(node.layer, sub_inputs, replace)
+      else:
+        outputs = replace.get(node.layer.name, node.layer)(*args, **kwargs)
+      for x_id, y in zip(node.flat_output_ids, tf.nest.flatten(outputs)):
+        tensor_dict[x_id] = [y] * usage[x_id]
+  outputs = [tensor_dict[str(id(x))].pop() for x in model.outputs]
+  return tf.nest.pack_sequence_as(model._nested_outputs, outputs)  # pylint: disable=protected-access
+
+
+def _fresh_inputs(model: tf_keras.Model) -> List:
+  return [
+      tf_keras.Input(batch_shape=x.shape, dtype=x.dtype,
+                     name=x.name.split(":")[0].replace("/", "_"))
+      for x in model.inputs
+  ]
+
+
+def _separable_halves(layer: tf_keras.layers.SeparableConv2D
+                     ) -> Tuple[tf_keras.layers.DepthwiseConv2D,
+                                tf_keras.layers.Conv2D]:
+  """`layer` as DepthwiseConv2D + 1x1 Conv2D holding copies of its weights.
+
+  TFLite needs an activation range between the two (tfmot's 8-bit scheme
+  splits the layer the same way, `SeparableConvQuantize`); without one the
+  converter leaves both float. The pointwise half keeps `layer`'s name, the
+  depthwise half is named `<name>_depthwise`.
+  """
+  config = layer.get_config()
+  depthwise = tf_keras.layers.DepthwiseConv2D(
+      kernel_size=config["kernel_size"], strides=config["strides"],
+      padding=config["padding"], depth_multiplier=config["depth_multiplier"],
+      data_format=config["data_format"],
+      dilation_rate=config["dilation_rate"], use_bias=False,
+      depthwise_initializer=config["depthwise_initializer"],
+      depthwise_regularizer=config["depthwise_regularizer"],
+      depthwise_constraint=config["depthwise_constraint"],
+      name=f"{layer.name}_depthwise", dtype=layer.dtype_policy)
+  pointwise = tf_keras.layers.Conv2D(
+      config["filters"], 1, data_format=config["data_format"],
+      activation=config["activation"], use_bias=config["use_bias"],
+      kernel_initializer=config["pointwise_initializer"],
+      bias_initializer=config["bias_initializer"],
+      kernel_regularizer=config["pointwise_regularizer"],
+      bias_regularizer=config["bias_regularizer"],
+      activity_regularizer=config["activity_regularizer"],
+      kernel_constraint=config["pointwise_constraint"],
+      bias_constraint=config["bias_constraint"],
+      trainable=layer.trainable, name=layer.name, dtype=layer.dtype_policy)
+  # Build from the kernels' shapes: a layer shared by several graphs has no
+  # single input shape.
+  _, _, channels, multiplier = layer.depthwise_kernel.shape
+
+  def _shape(c):
+    return ((None, c, None, None) if config["data_format"] == "channels_first"
+            else (None, None, None, c))
+
+  depthwise.build(_shape(channels))
+  pointwise.build(_shape(channels * multiplier))
+  depthwise.set_weights([layer.depthwise_kernel.numpy()])
+  pointwise.set_weights([layer.pointwise_kernel.numpy()] +
+                        ([layer.bias.numpy()] if layer.use_bias else []))
+  return depthwise, pointwise
+
+
+def _chain(first, second) -> Callable:
+  def call(inputs, **kwargs):
+    return second(first(inputs, **kwargs), **kwargs)
+  return call
+
+
+def _split_separable(model: tf_keras.Model, names) -> tf_keras.Model:
+  """`model` with each SeparableConv2D in `names` as its two halves."""
+  replace = {}
+  for name in names:
+    depthwise, pointwise = _separable_halves(model.get_layer(name))
+    replace[name] = _chain(depthwise, pointwise)
+  inputs = _fresh_inputs(model)
+  return tf_keras.Model(inputs, _run_graph(model, inputs, replace),
+                        name=model.name)
+
+
+def flatten_nested(model: tf_keras.Model) -> tf_keras.Model:
+  """Inlines nested Functional/Sequential sub-models into one flat graph.
+
+  tfmot's `quantize_apply` refuses a model that holds another model (a
+  backbone inside a detector, say). The flat model shares the original layer
+  objects, hence their weights; its layers carry their own names, prefixed by
+  the sub-model's name only where two would clash.
+
+  Returns:
+    `model` itself when nothing is nested, else a new Functional model.
+
+  Example:
+  >>> import kqreg, tf_keras
+  >>> model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(2)])
+  >>> outer = tf_keras.Sequential([tf_keras.Input((4,)), model])
+  >>> flat = kqreg.qat.flatten_nested(outer)
+  >>> [type(layer).__name__ for layer in flat.layers]
+  ['InputLayer', 'Dense']
+  """
+  _check_graph_model(model, "model")
+  if not any(_is_graph_submodel(layer) for layer in model.layers):
+    return model
+  names = set()
+  for layer in _iter_leaf_layers(model):
+    if layer.name in names:
+      raise QuantizeError(
+          f"Layer name {layer.name!r} occurs in two nested sub-models of "
+          f"{model.name!r}; give the layers unique names before quantizing.")
+    names.add(layer.name)
+  inputs = _fresh_inputs(model)
+  outputs = _run_graph(model, inputs)
+  return tf_keras.Model(inputs, outputs, name=model.name)
+
+
+def _iter_leaf_layers(model):
+  for layer in model.layers:
+    if _is_graph_submodel(layer):
+      yield from _iter_leaf_layers(layer)
+    elif not isinstance(layer, tf_keras.layers.InputLayer):
+      yield layer
+
+
+def inbound_layers(model: tf_keras.Model, layer) -> List:
+  """The layers whose outputs `layer` takes in `model`'s graph."""
+  return [inbound for node in _tfmot.nodes_in_graph(model, layer)
+          for inbound in tf.nest.flatten(node.inbound_layers)]
+
+
+def graph_consumers(model: tf_keras.Model) -> Dict[str, List]:
+  """Maps each layer name to the layers that consume its outputs in `model`."""
+  consumers: Dict[str, List] = {layer.name: [] for layer in model.layers}
+  for layer in model.layers:
+    for inbound in inbound_layers(model, layer):
+      consumers.setdefault(inbound.name, []).append(layer)
+  return consumers
+
+
+_TF_OP_LAMBDA = "TFOpLambda"
+
+
+def _symbol(layer) -> Optional[str]:
+  return getattr(layer, "symbol", None) if (
+      type(layer).__name__ == _TF_OP_LAMBDA) else None
+
+
+def _call_args(model: tf_keras.Model, layer):
+  """(args, kwargs) of `layer`'s one call in `model`'s graph."""
+  (node,) = _tfmot.nodes_in_graph(model, layer)
+  return node.call_args, node.call_kwargs
+
+
+def _repeat(args, kwargs):
+  """(repeats, axis) of a `tf.repeat` call with an int count, else None."""
+  repeats = kwargs.get("repeats", args[1] if len(args) > 1 else None)
+  axis = kwargs.get("axis", args[2] if len(args) > 2 else None)
+  if isinstance(repeats, bool) or not isinstance(repeats, int):
+    return None
+  return repeats, axis
+
+
+def _is_keras_tensor(x) -> bool:
+  try:
+    return tf_keras.backend.is_keras_tensor(x)
+  except ValueError:  # not a tensor at all, e.g. a Python number
+    return False
+
+
+def _same_shape_tensors(args) -> bool:
+  """True for `x + y` of two graph tensors of one shape (what Add takes)."""
+  return (len(args) == 2 and all(_is_keras_tensor(a) for a in args) and
+          args[0].shape == args[1].shape)
+
+
+def _passthrough(x, *args, **kwargs):
+  del args, kwargs
+  return x
+
+
+def tf_ops_as_layers(model: tf_keras.Model,
+                     keep: Optional[Callable[[tf_keras.layers.Layer, List],
+                                             bool]] = None
+                     ) -> tf_keras.Model:
+  """`model` with its concat, nearest-repeat and add tf ops as Keras layers.
+
+  Models built from TensorFlow ops (`TFOpLambda` layers: `tf.concat`,
+  `tf.repeat`, `x + y`; keras-cv's YOLOv8 CSP blocks and FPN, for one) hide
+  them from kqreg's layer families: under an activation policy they get no
+  range, and TFLite's integer kernels need one (an int8 CONCATENATION needs
+  one scale for its inputs and output). Rebuilt as layers, they are
+  quantized like any model's:
+
+  * `tf.concat(xs, axis)` -> `Concatenate(axis)` (quantized at its output);
+  * `tf.repeat(tf.repeat(x, a, axis=1), b, axis=2)` (nearest upsampling) ->
+    `UpSampling2D((a, b), interpolation="nearest")`, whose values stay on
+    their input's grid;
+  * `x + y` of two same-shaped tensors -> `Add()` (quantized at its output).
+
+  `tf.split` stays a tf op: its outputs are slices on its input's grid,
+  which TFLite's int8 SPLIT takes. The function computed is unchanged.
+
+  Args:
+    model: Functional model (nested sub-models are inlined first).
+    keep: `keep(layer, input_layers)` is True for tf-op layers to leave as
+      they are (`input_layers`: the layers feeding it).
+
+  Returns:
+    A new Functional model sharing every other layer (and its weights) with
+    `model`; new layers are named `<op>_<i>` in graph order (`concat_0`,
+    `upsample_0`, `add_0`), so two builds of one architecture name them
+    alike. `model` itself if it holds none of those ops.
+
+  Example:
+  >>> import kqreg, tf_keras, tensorflow as tf
+  >>> x = tf_keras.Input((4,))
+  >>> model = tf_keras.Model(x, tf.concat([x, x], axis=-1))
+  >>> rebuilt = kqreg.qat.tf_ops_as_layers(model)
+  >>> [type(layer).__name__ for layer in rebuilt.layers]
+  ['InputLayer', 'Concatenate']
+  """
+  flat = flatten_nested(model)
+  consumers = graph_consumers(flat)
+  taken = {layer.name for layer in flat.layers}
+  counts: Dict[str, int] = {}
+
+  def _name(op: str) -> str:
+    while True:
+      index = counts.get(op, 0)
+      counts[op] = index + 1
+      if f"{op}_{index}" not in taken:
+        return f"{op}_{index}"
+
+  def _kept(layer) -> bool:
+    return bool(keep and keep(layer, inbound_layers(flat, layer)))
+
+  replace: Dict[str, Callable] = {}
+  # Graph order: layers are listed topologically.
+  for layer in flat.layers:
+    symbol = _symbol(layer)
+    if symbol is None or layer.name in replace or _kept(layer):
+      continue
+    args, kwargs = _call_args(flat, layer)
+    if symbol == "concat":
+      axis = kwargs.get("axis", args[1] if len(args) > 1 else None)
+      if isinstance(axis, int):
+        replace[layer.name] = _first(tf_keras.layers.Concatenate(
+            axis=axis, name=_name("concat")))
+    elif symbol == "__operators__.add" and _same_shape_tensors(args[:2]):
+      replace[layer.name] = _binary(tf_keras.layers.Add(name=_name("add")))
+    elif symbol == "repeat":
+      first = _repeat(args, kwargs)
+      following = consumers.get(layer.name, [])
+      if first is None or first[1] not in (1, 2) or args[0].shape.rank != 4:
+        continue  # not an image-axis repeat of an NHWC map
+      size = [1, 1]
+      size[first[1] - 1] = first[0]
+      if (len(following) == 1 and _symbol(following[0]) == "repeat" and
+          not _kept(following[0])):
+        second = _repeat(*_call_args(flat, following[0]))
+        if second is not None and second[1] in (1, 2) and second[1] != first[1]:
+          # keras-cv's upsampling: one op for the pair.
+          size[second[1] - 1] = second[0]
+          replace[layer.name] = _passthrough
+          replace[following[0].name] = _first(tf_keras.layers.UpSampling2D(
+              tuple(size), interpolation="nearest", name=_name("upsample")))
+          continue
+      replace[layer.name] = _first(tf_keras.layers.UpSampling2D(
+          tuple(size), interpolation="nearest", name=_name("upsample")))
+  if not replace:
+    return model
+  inputs = _fresh_inputs(flat)
+  return tf_keras.Model(inputs, _run_graph(flat, inputs, replace),
+                        name=model.name)
+
+
+def _binary(layer: tf_keras.layers.Layer) -> Callable:
+  def call(x, y, *args, **kwargs):
+    del args, kwargs  # `name=` of the tf op
+    return layer([x, y])
+  return call
+
+
+def _first(layer: tf_keras.layers.Layer) -> Callable:
+  def call(x, *args, **kwargs):
+    del args, kwargs  # the tf op's other arguments, now the layer's
+    return layer(x)
+  return call

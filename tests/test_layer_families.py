@@ -1,0 +1,463 @@
+"""The layer families beyond 2-D vision: 1-D/3-D convolutions, embeddings,
+attention, recurrent layers, layer normalization, and integer inputs.
+
+Per family: the kernels sit on the b-bit grid after a training step, a saved
+model loads bit-identical, the noise statistics match a NumPy reference, and
+export stores Q(w) (or names why it cannot). Then the four models of the
+issue ("any model a user brings") quantize without a left-float warning,
+train, and export where TFLite can.
+"""
+
+import csv
+import warnings
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+import kqreg
+from kqreg import export
+from kqreg.noise import arrays
+from kqreg.qat import introspect
+
+L = tf_keras.layers
+_RNG = np.random.default_rng(0)
+
+
+# ----------------------------------------------------------------------------
+# Models: one per group of families, and the issue's four.
+
+
+def _conv1d_families():
+  inputs = tf_keras.Input((12, 3))
+  x = L.Conv1D(6, 3, padding="same", activation="relu", name="conv1d")(inputs)
+  x = L.DepthwiseConv1D(3, depth_multiplier=2, padding="same",
+                        name="dw1d")(x)
+  x = L.SeparableConv1D(6, 3, padding="same", activation="relu",
+                        name="sep1d")(x)
+  x = L.Conv1DTranspose(4, 3, strides=2, padding="same", name="tconv1d")(x)
+  x = L.AveragePooling1D(2, name="avg1d")(x)
+  x = L.MaxPooling1D(2, name="max1d")(x)
+  x = L.GlobalAveragePooling1D(name="gap1d")(x)
+  return tf_keras.Model(inputs, L.Dense(3, name="head")(x), name="conv1d_m")
+
+
+def _conv3d_families():
+  inputs = tf_keras.Input((2, 4, 4, 2))
+  x = L.Conv3D(4, 3, padding="same", activation="relu", name="conv3d")(inputs)
+  x = L.Conv3DTranspose(3, 3, strides=2, padding="same", name="tconv3d")(x)
+  x = L.MaxPooling3D(2, name="max3d")(x)
+  x = L.GlobalAveragePooling3D(name="gap3d")(x)
+  return tf_keras.Model(inputs, L.Dense(3, name="head")(x), name="conv3d_m")
+
+
+def _sequence_families():
+  inputs = tf_keras.Input((7,), dtype="int32")
+  x = L.Embedding(20, 8, name="emb")(inputs)
+  x = L.LSTM(6, return_sequences=True, name="lstm")(x)
+  x = L.GRU(5, name="gru")(x)
+  return tf_keras.Model(inputs, L.Dense(3, name="head")(x), name="seq_m")
+
+
+def _attention_families():
+  inputs = tf_keras.Input((6, 8))
+  x = L.EinsumDense("abc,cd->abd", output_shape=(None, 8), bias_axes="d",
+                    name="einsum")(inputs)
+  a = L.MultiHeadAttention(2, 4, name="mha")(x, x)
+  x = L.LayerNormalization(name="ln")(x + a)
+  x = L.GlobalAveragePooling1D(name="gap1d")(x)
+  return tf_keras.Model(inputs, L.Dense(3, name="head")(x), name="attn_m")
+
+
+def _inputs_for(model, n=8, seed=0):
+  rng = np.random.default_rng(seed)
+  spec = model.inputs[0]
+  if spec.dtype.is_integer:
+    return rng.integers(0, 20, (n, *spec.shape[1:])).astype(np.int32)
+  return rng.random((n, *spec.shape[1:]), dtype=np.float32)
+
+
+def _quantize(model, policy="w4a8", **kwargs):
+  """`kqreg.quantize`, failing on any warning (a layer left float)."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    return kqreg.quantize(model, policy, **kwargs)
+
+
+def _train_step(qat, x, callbacks=()):
+  # Eagerly: tracing a train step of an LSTM costs ten times the step.
+  qat.compile("adam", "mse", run_eagerly=True)
+  qat.fit(x, np.zeros((len(x), *qat.output_shape[1:]), np.float32),
+          epochs=1, verbose=0, callbacks=list(callbacks))
+  qat(x, training=True)  # ranges from the weights as they are now
+  return qat
+
+
+# ----------------------------------------------------------------------------
+# A NumPy reference of the quantizer, independent of kqreg's TensorFlow code.
+
+
+def _np_channels_last(w, layout):
+  if layout == "transpose":
+    return np.swapaxes(w, -1, -2)
+  if layout == "depthwise":
+    return w.reshape(*w.shape[:-2], 1, w.shape[-2] * w.shape[-1])
+  return w
+
+
+def _np_quantize(w, bits, per_channel):
+  """Symmetric narrow fake-quant on ±max|w|, channels on the last axis, as
+  TensorFlow's FakeQuantWithMinMaxVars computes it in float32."""
+  flat = w.reshape(-1, w.shape[-1]) if per_channel else w.reshape(-1, 1)
+  peak = np.abs(flat).max(axis=0).astype(np.float32)
+  half = np.float32(2**(bits - 1) - 1)
+  step = (peak + peak) / (2 * half)
+  q = np.floor(np.clip(flat, -half * step, half * step) / step + half +
+               np.float32(0.5)) - half
+  return (q * step).astype(np.float32).reshape(w.shape), step, q
+
+
+_LAYOUT = {"depthwise_kernel": "depthwise"}
+
+
+def _layout(qw):
+  if isinstance(qw.wrapper.layer, (L.Conv1DTranspose, L.Conv3DTranspose)):
+    return "transpose"
+  return _LAYOUT.get(qw.weight_name, "last")
+
+
+# ----------------------------------------------------------------------------
+# Per family: grid, save/load, noise statistics.
+
+_FAMILY_MODELS = {
+    "conv1d": (_conv1d_families, {
+        "conv1d/kernel", "dw1d/depthwise_kernel", "sep1d/depthwise_kernel",
+        "sep1d/pointwise_kernel", "tconv1d/kernel", "head/kernel"}),
+    "conv3d": (_conv3d_families, {
+        "conv3d/kernel", "tconv3d/kernel", "head/kernel"}),
+    "sequence": (_sequence_families, {
+        "emb/embeddings", "lstm/kernel", "lstm/recurrent_kernel",
+        "gru/kernel", "gru/recurrent_kernel", "head/kernel"}),
+    "attention": (_attention_families, {
+        "einsum/kernel", "mha/query/kernel", "mha/key/kernel",
+        "mha/value/kernel", "mha/attention_output/kernel", "head/kernel"}),
+}
+
+
+@pytest.mark.parametrize("group", sorted(_FAMILY_MODELS))
+def test_family_kernels_grid_save_load_and_noise(group, tmp_path):
+  build, expected = _FAMILY_MODELS[group]
+  tf_keras.utils.set_random_seed(0)
+  model = build()
+  x = _inputs_for(model)
+  bits = 3
+  # The 1-D kernels per channel (export refuses them, QAT does not): their
+  # transposed and depthwise layouts then decide which weights share a range.
+  qat = _quantize(model, f"w{bits}a8",
+                  **({"per_channel": True} if group == "conv1d" else {}))
+  callback = kqreg.NoiseAnalysisCallback(str(tmp_path / "noise"),
+                                         histograms=False)
+  _train_step(qat, x, [callback])
+  qws = introspect.quantized_weights(qat)
+  names = {f"{qw.layer_name}/{qw.weight_name}" for qw in qws}
+  assert names == expected
+
+  # 1. Every kernel on the b-bit grid: at most 2^b - 1 levels per channel,
+  #    equal to the NumPy fake-quant of the weights on their own range.
+  rows = {(r["layer"], r["weight"]): r
+          for r in kqreg.noise.weight_noise(qat, traced=False)}
+  for qw in qws:
+    layout = _layout(qw)
+    per_channel = bool(qw.quantizer.per_axis)
+    w = _np_channels_last(qw.weight.numpy(), layout)
+    got = _np_channels_last(qw.quantized().numpy(), layout)
+    want, step, levels = _np_quantize(w, bits, per_channel)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * step.max(),
+                               err_msg=qw.weight_name)
+    flat_levels = levels.reshape(-1, levels.shape[-1])
+    assert max(len(np.unique(c)) for c in flat_levels.T) <= 2**bits - 1
+    assert np.abs(levels).max() <= 2**(bits - 1) - 1
+    # 3. The statistics of weight_noise against kqreg.noise.arrays on the
+    #    NumPy Q(w): same step, δ and clipping.
+    reference = arrays.delta_statistics(
+        w, want, step, grid_min=-(2**(bits - 1) - 1) * step,
+        grid_max=(2**(bits - 1) - 1) * step)
+    row = rows[(qw.layer_name, qw.weight_name)]
+    assert row["weight_bits"] == bits and row["kind"] == "round"
+    for key in ("step", "step_min", "step_max", "model_std", "delta_std",
+                "rel_norm", "std_ratio"):
+      assert row[key] == pytest.approx(reference[key], rel=1e-4), (
+          qw.weight_name, key)
+    assert row["delta_max_abs"] == pytest.approx(reference["delta_max_abs"],
+                                                 abs=1e-6 * step.max())
+    assert row["clip_fraction"] == 0.0 == reference["clip_fraction"]
+
+  # The noise callback recorded every new kernel.
+  with open(tmp_path / "noise" / "noise.csv", newline="") as f:
+    recorded = {f"{r['layer']}/{r['weight']}" for r in csv.DictReader(f)}
+  assert recorded == expected
+
+  # 2. Saved and loaded inside quantize_scope: bit-identical.
+  expected_out = qat(x, training=False).numpy()
+  path = str(tmp_path / "model.keras")
+  qat.save(path)
+  with kqreg.quantize_scope():
+    loaded = tf_keras.models.load_model(path)
+  np.testing.assert_array_equal(loaded(x, training=False).numpy(),
+                                expected_out)
+  for a, b in zip(loaded.get_weights(), qat.get_weights()):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_family_table_and_channel_choices():
+  configs = kqreg.qat.families
+  cases = {
+      L.Conv1D(3, 3): ((("kernel", "last"),), False),
+      L.Conv3D(3, 3): ((("kernel", "last"),), True),
+      L.Conv1DTranspose(3, 3): ((("kernel", "transpose"),), False),
+      L.Conv3DTranspose(3, 3): ((("kernel", "transpose"),), False),
+      L.DepthwiseConv1D(3): ((("depthwise_kernel", "depthwise"),), False),
+      L.Embedding(4, 2): ((("embeddings", "last"),), False),
+      L.EinsumDense("ab,bc->ac", 3): ((("kernel", "last"),), False),
+      L.LSTM(2): ((("cell.kernel", "last"), ("cell.recurrent_kernel", "last")),
+                  False),
+      L.GRU(2): ((("cell.kernel", "last"), ("cell.recurrent_kernel", "last")),
+                 False),
+  }
+  for layer, (weights, per_channel) in cases.items():
+    config = configs.config_for_layer(layer, weight_bits=4, activation_bits=8)
+    assert (config.weights, config.per_channel) == (weights, per_channel), layer
+  ln = configs.config_for_layer(L.LayerNormalization(), weight_bits=4,
+                                activation_bits=8)
+  assert ln.weights == () and ln.quantize_output
+  # Every new family says what export makes of it.
+  statuses = {f.layer_type.__name__: f.export.split(":")[0].split()[0]
+              for f in configs.LAYER_FAMILIES if f.export}
+  assert statuses == _EXPORT_STATUS
+
+
+_EXPORT_STATUS = {
+    "Conv1D": "integer", "DepthwiseConv1D": "integer",
+    "EinsumDense": "integer", "Embedding": "integer",
+    "Conv1DTranspose": "hybrid", "SeparableConv1D": "hybrid",
+    "MultiHeadAttention": "hybrid", "Conv3D": "float",
+    "Conv3DTranspose": "float", "LayerNormalization": "float",
+    "LSTM": "refused", "GRU": "refused",
+}
+
+
+# ----------------------------------------------------------------------------
+# Integer inputs.
+
+
+def test_integer_input_gets_no_input_quantizer():
+  tf_keras.utils.set_random_seed(0)
+  inputs = tf_keras.Input((5,), dtype="int32")
+  features = tf_keras.Input((3,))
+  x = L.Flatten()(L.Embedding(10, 4, name="emb")(inputs))
+  x = L.Concatenate(name="cat")([x, features])
+  model = tf_keras.Model([inputs, features], L.Dense(2, name="head")(x))
+  qat = _quantize(model, "w4a8")
+  quantizers = [l for l in qat.layers if type(l).__name__ == "QuantizeLayer"]
+  # The float input is quantized, the token ids pass through as they are.
+  assert len(quantizers) == 1 and quantizers[0].input.dtype == tf.float32
+  assert kqreg.qat.plan(tf_keras.Model(inputs, L.Embedding(10, 4)(inputs)),
+                        "w4a8").input_bits is None
+  ids = np.arange(10, dtype=np.int32).reshape(2, 5)
+  out = qat([ids, np.ones((2, 3), np.float32)], training=True)
+  assert out.shape == (2, 2) and np.all(np.isfinite(out))
+
+
+# ----------------------------------------------------------------------------
+# Mixed precision and the first-order model.
+
+
+def test_sensitivity_and_allocation_count_every_new_kernel():
+  tf_keras.utils.set_random_seed(0)
+  model = _sequence_families()
+  x = _inputs_for(model)
+  layers, _ = kqreg.mixed_precision.quantizable_layers(model, "w4a8")
+  params = {l.name: l.params for l in layers}
+  assert params == {"emb": 160, "lstm": 8 * 24 + 6 * 24,
+                    "gru": 6 * 15 + 5 * 15, "head": 15}
+  rows = kqreg.sensitivity(model, x, bits=(2, 8))
+  by_layer = {(r["layer"], r["bits"]): r for r in rows}
+  assert {layer for layer, _ in by_layer} == set(params)
+  # The first-order prediction applies to the table lookup, not the
+  # recurrent layers (two kernels, a nonlinear recurrence).
+  assert by_layer["emb", 2]["predicted"] is not None
+  assert by_layer["lstm", 2]["predicted"] is None
+  assert by_layer["lstm", 2]["measured"] > by_layer["lstm", 8]["measured"] > 0
+  assert by_layer["lstm", 8]["params"] == params["lstm"]
+
+
+@pytest.mark.parametrize("layer, shape", [
+    (L.Conv1D(32, 3, padding="same", name="layer"), (24, 8)),
+    (L.Conv3D(16, 3, name="layer"), (4, 6, 6, 4)),
+    (L.EinsumDense("abc,cde->abde", (None, 4, 16), name="layer"), (6, 32)),
+    (L.Embedding(64, 64, name="layer"), (16,)),
+])
+def test_first_order_prediction_matches_local_perturbation(layer, shape):
+  rng = np.random.default_rng(4)
+  integer = isinstance(layer, L.Embedding)
+  model = tf_keras.Sequential([
+      tf_keras.Input(shape, dtype="int32" if integer else "float32"), layer])
+  x = (rng.integers(0, 64, (64, *shape)).astype(np.int32) if integer else
+       rng.standard_normal((64, *shape)).astype(np.float32))
+  qat = _quantize(model, "w4")
+  qat(x, training=True)
+  row = kqreg.noise.propagation(qat, x)[0]
+  assert 0.75 < row["predicted"] / row["measured_local"] < 1.25, row
+
+
+# ----------------------------------------------------------------------------
+# Export, and the issue's four models.
+
+
+def _cnn1d():
+  inputs = tf_keras.Input((16, 3))
+  x = L.Conv1D(8, 3, padding="same", activation="relu", name="c1")(inputs)
+  x = L.Conv1D(8, 3, padding="same", activation="relu", name="c2")(x)
+  x = L.GlobalAveragePooling1D(name="gap")(x)
+  return tf_keras.Model(inputs, L.Dense(4, name="head")(x), name="cnn1d")
+
+
+def _clip():
+  inputs = tf_keras.Input((4, 8, 8, 1))
+  x = L.Conv3D(4, 3, padding="same", activation="relu", name="c3")(inputs)
+  x = L.GlobalAveragePooling3D(name="gap")(x)
+  return tf_keras.Model(inputs, L.Dense(3, name="head")(x), name="clip")
+
+
+def _transformer_block():
+  inputs = tf_keras.Input((6, 8))
+  x = L.Dense(8, name="embed")(inputs)
+  a = L.MultiHeadAttention(2, 4, name="mha")(x, x)
+  x = L.LayerNormalization(name="ln")(x + a)
+  x = L.GlobalAveragePooling1D(name="gap")(x)
+  return tf_keras.Model(inputs, L.Dense(3, name="head")(x), name="block")
+
+
+def _token_lstm():
+  inputs = tf_keras.Input((7,), dtype="int32")
+  x = L.Embedding(20, 8, name="emb")(inputs)
+  x = L.LSTM(6, name="lstm")(x)
+  return tf_keras.Model(inputs, L.Dense(3, name="head")(x), name="tokens")
+
+
+def _dequantized(const):
+  values = const["values"].reshape(const["shape"]).astype(np.float64)
+  scales = np.asarray(const["scales"], np.float64)
+  shape = [1] * values.ndim
+  if scales.size > 1:
+    shape[const["quantized_dimension"] or 0] = -1
+  return values * scales.reshape(shape)
+
+
+def _stored_types(report, qat):
+  """Kernel -> the file type holding exactly its Q(w) (as a multiset: the
+  file's layout differs), or None if no tensor does."""
+  with open(report["path"], "rb") as f:
+    info = export.inspect_tflite(f.read())
+  found = {}
+  for qw in introspect.quantized_weights(qat):
+    q = np.sort(qw.quantized().numpy().reshape(-1).astype(np.float64))
+    step = float(np.min(qw.grid()[2].numpy()))
+    found[f"{qw.layer_name}/{qw.weight_name}"] = None
+    for c in info["constants"]:
+      if c["elements"] != q.size or c["values"] is None:
+        continue
+      values = (_dequantized(c) if c["type"] in ("INT4", "INT8") else
+                c["values"].astype(np.float64))
+      if np.allclose(np.sort(values.reshape(-1)), q, rtol=0, atol=1e-4 * step):
+        found[f"{qw.layer_name}/{qw.weight_name}"] = c["type"]
+        break
+  return found
+
+
+def _export(qat, tmp_path, x):
+  return export.export_tflite(
+      qat, str(tmp_path / "m.tflite"), float_reference=False,
+      representative_data=None if x.dtype.kind == "i" else x)
+
+
+_ISSUE_MODELS = {"cnn1d": _cnn1d, "clip": _clip,
+                 "transformer": _transformer_block}
+
+
+@pytest.mark.parametrize("name", sorted(_ISSUE_MODELS))
+def test_issue_models_quantize_train_and_export(name, tmp_path):
+  tf_keras.utils.set_random_seed(0)
+  model = _ISSUE_MODELS[name]()
+  x = _inputs_for(model)
+  qat = _train_step(_quantize(model, "w4a8"), x)  # no left-float warning
+  problems = export.export_problems(qat)
+  report = _export(qat, tmp_path, x)
+  stored = _stored_types(report, qat)
+  if name == "cnn1d":  # integers throughout, every kernel INT4 = Q(w)
+    assert problems == [] and report["float_ops"] == []
+    assert stored == {"c1/kernel": "INT4", "c2/kernel": "INT4",
+                      "head/kernel": "INT4"}
+    check = export.verify_tflite(report["path"], qat, x)
+    assert check["max_abs_diff"] <= 1.0  # one output step
+  elif name == "clip":  # TFLite has no integer CONV_3D
+    assert [p.split(":")[0] for p in problems] == ["c3"]
+    assert "CONV_3D" in report["float_ops"]
+    assert stored == {"c3/kernel": "FLOAT32", "head/kernel": "INT4"}
+  else:
+    # Converts with the attention kernels stored as INT4 Q(w), but runs
+    # partly in float: export_problems says why, per layer. (A Dense on a
+    # sequence stays float in the file too: TFLite's FULLY_CONNECTED gets
+    # no range before its bias.)
+    assert report["float_ops"]
+    assert [p.split(":")[0] for p in problems] == ["mha", "ln"]
+    assert "hybrid" in problems[0] and "float" in problems[1]
+    assert all(stored[f"mha/{p}/kernel"] == "INT4" for p in (
+        "query", "key", "value", "attention_output"))
+    assert stored["head/kernel"] == "INT4"
+    with pytest.raises(export.ExportError, match="mha"):
+      export.check_exportable(qat)
+
+
+def test_token_model_trains_and_export_names_what_it_refuses(tmp_path):
+  tf_keras.utils.set_random_seed(0)
+  model = _token_lstm()  # token ids -> Embedding -> LSTM -> Dense
+  x = _inputs_for(model)
+  qat = _train_step(_quantize(model, "w4a8"), x)
+  assert not any(type(l).__name__ == "QuantizeLayer" for l in qat.layers)
+  problems = export.export_problems(qat)
+  assert [p.split(":")[0] for p in problems] == ["lstm", "emb"], problems
+  with pytest.raises(export.ExportError, match="recurrent loop"):
+    _export(qat, tmp_path, x)
+  # Without the LSTM, an 8-bit table exports in integers, exactly.
+  inputs = tf_keras.Input((7,), dtype="int32")
+  y = L.GlobalAveragePooling1D(name="gap")(L.Embedding(20, 8, name="emb")(inputs))
+  qat = _train_step(_quantize(tf_keras.Model(inputs, L.Dense(3, name="head")(y)),
+                              "w4a8,emb=w8a8"), x)
+  report = _export(qat, tmp_path, x)
+  assert export.export_problems(qat) == [] and report["float_ops"] == []
+  assert _stored_types(report, qat) == {"emb/embeddings": "INT8",
+                                        "head/kernel": "INT4"}
+  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+  runner = Interpreter(model_path=report["path"])
+  (given,), (taken,) = runner.get_input_details(), runner.get_output_details()
+  runner.resize_tensor_input(given["index"], list(x.shape))
+  runner.allocate_tensors()
+  runner.set_tensor(given["index"], x)
+  runner.invoke()
+  keras_out = qat(x, training=False).numpy()
+  step = np.diff(np.unique(keras_out)).min()  # the output quantizer's
+  assert np.abs(runner.get_tensor(taken["index"]) - keras_out).max() <= (
+      1.01 * step)
+
+
+def test_per_channel_1d_kernels_are_refused_with_the_reason(tmp_path):
+  tf_keras.utils.set_random_seed(0)
+  qat = _quantize(_cnn1d(), "w4a8", per_channel=True)
+  problems = export.export_problems(qat)
+  assert [p.split(":")[0] for p in problems] == ["c1", "c2"]
+  assert all("per-channel Conv1D" in p for p in problems)
+  with pytest.raises(export.ExportError, match="per-channel Conv1D"):
+    export.export_tflite(qat, str(tmp_path / "m.tflite"),
+                         float_reference=False)
