@@ -143,14 +143,53 @@ def test_guides_have_code():
   assert sum(bool(_python_blocks(g)) for g in GUIDES) >= 4
 
 
+def _check_mixed_precision(namespace, folder):
+  policy = str(namespace["policy"])
+  assert policy.startswith("w") and "last=w8a8" in policy, policy
+  assert (folder / "runs" / "sens" / "sensitivity.png").exists()
+  assert (folder / "runs" / "sens" / "sensitivity.csv").exists()
+
+
+def _check_noise(namespace, folder):
+  assert (folder / "logs" / "noise.csv").exists()
+  assert namespace["rows"] and namespace["paths"]
+  assert "output" in {p["layer"] for p in namespace["paths"]}
+
+
+def _check_export(namespace, folder):
+  assert namespace["report"]["weights"]
+  assert (folder / "model.tflite").stat().st_size > 0
+  assert namespace["check"]["examples"] == len(namespace["x"])
+
+
+def _check_bit_policies(namespace, folder):
+  assert (folder / "qat.keras").exists()
+
+
+# What each guide's code must leave behind (the README's longer examples
+# moved into these guides, and their checks with them).
+GUIDE_CHECKS = {"mixed-precision": _check_mixed_precision,
+                "noise": _check_noise,
+                "export": _check_export,
+                "bit-policies": _check_bit_policies}
+
+
+def test_every_guide_check_names_a_guide_with_code():
+  with_code = {g.stem for g in GUIDES if _python_blocks(g)}
+  assert set(GUIDE_CHECKS) <= with_code
+
+
 @pytest.mark.parametrize(
     "guide", [g for g in GUIDES if _python_blocks(g)], ids=lambda p: p.stem)
 def test_guide_python_blocks_run_in_order(guide, tmp_path, monkeypatch):
-  """A guide's Python blocks run in order as one script, in a tmp dir."""
+  """A guide's Python blocks run in order as one script, in a tmp dir, and
+  leave behind what the guide says they write."""
   monkeypatch.chdir(tmp_path)
   namespace = {"__name__": "__main__"}
   for i, code in enumerate(_python_blocks(guide)):
     exec(compile(code, f"{guide.name} block {i + 1}", "exec"), namespace)  # pylint: disable=exec-used
+  if guide.stem in GUIDE_CHECKS:
+    GUIDE_CHECKS[guide.stem](namespace, tmp_path)
 
 
 def test_tutorials_are_percent_scripts():

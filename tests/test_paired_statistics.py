@@ -1,4 +1,4 @@
-"""kqreg.study.sweep.paired on synthetic data: fixed seeds, vectorized draws.
+"""kqreg.study.sweep.paired_tests, paired and dose_response on synthetic data: fixed seeds, vectorized draws.
 
 A rate over N simulated studies is checked against what the math
 guarantees, within 3 binomial standard errors: α ± 3·√(α(1 − α)/N)
@@ -8,28 +8,16 @@ that an over-conservative implementation fails too.
 """
 
 import doctest
-import importlib.util
 import itertools
 import math
-import pathlib
-import sys
 
 import numpy as np
 import pytest
 from scipy import stats
 
-try:
-  from kqreg.study.sweep import paired
-except ImportError:
-  # kqreg.study.sweep is being made a package (its __init__.py is not there
-  # yet, and kqreg itself may not import mid-restructure): load the module by
-  # its path until `from kqreg.study.sweep import paired` works.
-  _PATH = (pathlib.Path(__file__).resolve().parents[1] / "kqreg" / "study" /
-           "sweep" / "paired.py")
-  _SPEC = importlib.util.spec_from_file_location("kqreg_sweep_paired", _PATH)
-  paired = importlib.util.module_from_spec(_SPEC)
-  sys.modules[_SPEC.name] = paired  # dataclasses look their module up here
-  _SPEC.loader.exec_module(paired)
+from kqreg.study.sweep import dose_response
+from kqreg.study.sweep import paired
+from kqreg.study.sweep import paired_tests
 
 ALPHA = 0.05
 N = 4000
@@ -52,6 +40,12 @@ def test_module_doctests_run_and_pass():
   result = doctest.testmod(paired)
   assert result.attempted >= 10
   assert result.failed == 0
+  result = doctest.testmod(paired_tests)
+  assert result.attempted >= 5
+  assert result.failed == 0
+  result = doctest.testmod(dose_response)
+  assert result.attempted >= 3
+  assert result.failed == 0
 
 
 # --------------------------------------------------------------------------
@@ -64,7 +58,7 @@ def test_paired_t_test_matches_scipy_and_drops_incomplete_pairs():
   x, y = correlated_pairs(rng, 7, 0.6, shift=0.4)
   ref = stats.ttest_rel(x, y)
   # A None and a NaN in extra seeds: those two pairs are dropped.
-  test = paired.paired_t_test(list(x) + [None, 1.0], list(y) + [2.0, np.nan])
+  test = paired_tests.paired_t_test(list(x) + [None, 1.0], list(y) + [2.0, np.nan])
   assert test.n == 7 and test.df == 6
   assert test.t == pytest.approx(ref.statistic)
   assert test.p == pytest.approx(ref.pvalue)
@@ -75,19 +69,19 @@ def test_paired_t_test_matches_scipy_and_drops_incomplete_pairs():
 
 
 def test_paired_t_test_degenerate_cases():
-  constant = paired.paired_t_test([1.0, 2.0, 3.0], [0.5, 1.5, 2.5])
+  constant = paired_tests.paired_t_test([1.0, 2.0, 3.0], [0.5, 1.5, 2.5])
   assert math.isnan(constant.p) and constant.diff == pytest.approx(0.5)
   assert constant.ci_low == constant.ci_high == constant.diff
-  one = paired.paired_t_test([1.0, None], [0.0, 1.0])
+  one = paired_tests.paired_t_test([1.0, None], [0.0, 1.0])
   assert one.n == 1 and math.isnan(one.p)
-  flat = paired.paired_t_test([1.0, 1.0, 1.0], [0.2, 0.5, 0.1])
+  flat = paired_tests.paired_t_test([1.0, 1.0, 1.0], [0.2, 0.5, 0.1])
   assert math.isnan(flat.correlation) and not math.isnan(flat.p)
 
 
 def test_paired_t_size_on_correlated_null():
   rng = np.random.default_rng(1)
   x, y = correlated_pairs(rng, (N, 8), rho=0.8)
-  rate = np.mean(paired.paired_t_test(x, y).p <= ALPHA)
+  rate = np.mean(paired_tests.paired_t_test(x, y).p <= ALPHA)
   # Exact on normal differences: size α, both ways.
   assert abs(rate - ALPHA) <= tolerance(ALPHA, N)
 
@@ -96,7 +90,7 @@ def test_paired_t_more_powerful_than_welch_on_correlated_pairs():
   draws, n, rho, shift = 2000, 8, 0.8, 0.6
   rng = np.random.default_rng(2)
   x, y = correlated_pairs(rng, (draws, n), rho, shift=shift)
-  rate_paired = np.mean(paired.paired_t_test(x, y).p <= ALPHA)
+  rate_paired = np.mean(paired_tests.paired_t_test(x, y).p <= ALPHA)
   rate_welch = np.mean(
       stats.ttest_ind(x, y, axis=-1, equal_var=False).pvalue <= ALPHA)
   # The paired test's power is exact: noncentral t with ncp = shift / se,
@@ -118,7 +112,7 @@ def test_paired_t_more_powerful_than_welch_on_correlated_pairs():
 def test_tost_is_the_two_one_sided_t_tests():
   rng = np.random.default_rng(3)
   x, y = correlated_pairs(rng, 12, 0.7, shift=0.1, sd=0.5)
-  result = paired.tost(x, y, margin=0.5)
+  result = paired_tests.tost(x, y, margin=0.5)
   d = x - y
   lower = stats.ttest_1samp(d, -0.5, alternative="greater").pvalue
   upper = stats.ttest_1samp(d, 0.5, alternative="less").pvalue
@@ -128,7 +122,7 @@ def test_tost_is_the_two_one_sided_t_tests():
   assert (result.ci_low, result.ci_high) == pytest.approx((ci.low, ci.high))
   assert result.equivalent == (-0.5 < ci.low and ci.high < 0.5)
   with pytest.raises(ValueError):
-    paired.tost(x, y, margin=0.0)
+    paired_tests.tost(x, y, margin=0.0)
 
 
 @pytest.mark.parametrize("side", [1.0, -1.0])
@@ -136,7 +130,7 @@ def test_tost_size_at_the_margin(side):
   margin, n = 1.0, 10
   rng = np.random.default_rng(4 if side > 0 else 5)
   x, y = correlated_pairs(rng, (N, n), 0.8, shift=side * margin)
-  rate = np.mean(paired.tost(x, y, margin).equivalent)
+  rate = np.mean(paired_tests.tost(x, y, margin).equivalent)
   # True Δ = ±margin: size ≤ α. With sd(d) = 0.63, se ≈ 0.2, the far
   # one-sided test rejects in all but ~1e-8 of studies, so the size is α
   # itself, and a rate well below α would mean a wrong test.
@@ -147,7 +141,7 @@ def test_tost_finds_equivalence_with_enough_seeds():
   draws, n, margin = 1000, 40, 0.6
   rng = np.random.default_rng(6)
   x, y = correlated_pairs(rng, (draws, n), 0.5, sd=1.0)  # sd(d) = 1
-  rate = np.mean(paired.tost(x, y, margin).equivalent)
+  rate = np.mean(paired_tests.tost(x, y, margin).equivalent)
   # True Δ = 0, se = 1/√40 = 0.158: each one-sided test fails with
   # probability ≈ P(Z > 0.6/0.158 − t_{0.95,39}) = P(Z > 2.11) ≈ 0.018, so
   # the power is ≈ 0.96 (binomial se 0.006 at 1000 studies): 0.9 is ~10
@@ -161,10 +155,10 @@ def test_tost_finds_equivalence_with_enough_seeds():
 
 
 def test_sign_flip_exact_extreme_cases():
-  zeros = paired.sign_flip_test(np.zeros(6), np.zeros(6))
+  zeros = paired_tests.sign_flip_test(np.zeros(6), np.zeros(6))
   assert zeros.p == 1.0 and zeros.method == "exact" and zeros.patterns == 64
   for n in (1, 3, 8, 12):
-    same = paired.sign_flip_test(np.full(n, 1.3), np.full(n, 1.0))
+    same = paired_tests.sign_flip_test(np.full(n, 1.3), np.full(n, 1.0))
     # Only all-plus and all-minus reach |Σ d| = n·0.3.
     assert same.p == pytest.approx(2 / 2**n) and same.n == n
   # Ties between patterns (equal sums, rounded differently) count: the
@@ -172,27 +166,27 @@ def test_sign_flip_exact_extreme_cases():
   tenths = np.array([1, 2, 3, -1, 4, 2, -3, 1])
   signs = np.array(list(itertools.product([-1, 1], repeat=8)))
   expected = np.mean(np.abs(signs @ tenths) >= abs(tenths.sum()))
-  ties = paired.sign_flip_test(tenths / 10 + 0.7, np.full(8, 0.7))
+  ties = paired_tests.sign_flip_test(tenths / 10 + 0.7, np.full(8, 0.7))
   assert ties.p == expected and 0.1 < expected < 0.5
-  dropped = paired.sign_flip_test([0.5, None, 0.5], [0.0, 1.0, 0.0])
+  dropped = paired_tests.sign_flip_test([0.5, None, 0.5], [0.0, 1.0, 0.0])
   assert dropped.n == 2 and dropped.p == pytest.approx(0.5)
 
 
 def test_sign_flip_monte_carlo_above_the_exact_limit():
   rng = np.random.default_rng(7)
   d = rng.normal(0.5, 1.0, 16)
-  exact = paired.sign_flip_test(d, np.zeros(16))
-  drawn = paired.sign_flip_test(d, np.zeros(16), max_exact=15)
+  exact = paired_tests.sign_flip_test(d, np.zeros(16))
+  drawn = paired_tests.sign_flip_test(d, np.zeros(16), max_exact=15)
   assert (exact.method, drawn.method) == ("exact", "monte carlo")
-  assert drawn.patterns == paired.SIGN_FLIP_DRAWS
+  assert drawn.patterns == paired_tests.SIGN_FLIP_DRAWS
   # A Monte Carlo p is a binomial share of 20,000 draws.
   assert abs(drawn.p - exact.p) <= 3 * math.sqrt(
       exact.p * (1 - exact.p) / drawn.patterns) + 1 / drawn.patterns
   # 17 identical differences: exact p 2/2^17; Monte Carlo reports about
   # 1/(draws + 1) (it counts the observed pattern, so never 0).
-  same = paired.sign_flip_test(np.ones(17), np.zeros(17))
+  same = paired_tests.sign_flip_test(np.ones(17), np.zeros(17))
   assert same.method == "monte carlo"
-  assert 0 < same.p <= 4 / (paired.SIGN_FLIP_DRAWS + 1)
+  assert 0 < same.p <= 4 / (paired_tests.SIGN_FLIP_DRAWS + 1)
 
 
 def test_sign_flip_agrees_with_the_t_test_on_normal_data():
@@ -201,8 +195,8 @@ def test_sign_flip_agrees_with_the_t_test_on_normal_data():
   shift = rng.uniform(0.0, 1.2, (studies, 1))  # p-values spread over (0, 1)
   x, y = correlated_pairs(rng, (studies, n), 0.5)
   x = x + shift
-  flip = paired.sign_flip_test(x, y).p
-  t = paired.paired_t_test(x, y).p
+  flip = paired_tests.sign_flip_test(x, y).p
+  t = paired_tests.paired_t_test(x, y).p
   assert flip.shape == (studies,)
   assert np.corrcoef(flip, t)[0, 1] > 0.95
 
@@ -211,7 +205,7 @@ def test_sign_flip_size_on_heavy_tailed_symmetric_differences():
   draws = 2000
   rng = np.random.default_rng(9)
   d = rng.standard_t(2, (draws, 8))  # symmetric, far from normal
-  rate = np.mean(paired.sign_flip_test(d, np.zeros_like(d)).p <= ALPHA)
+  rate = np.mean(paired_tests.sign_flip_test(d, np.zeros_like(d)).p <= ALPHA)
   # Exact for any symmetric distribution; p is a multiple of 1/128 and
   # P(p ≤ 6/128) = 6/128 = 0.047, the size.
   assert abs(rate - 6 / 128) <= tolerance(6 / 128, draws)
@@ -246,7 +240,7 @@ def simulate_family(rng, draws, theta, n=8):
   reference = seed_effect + rng.normal(0.0, 0.5, (draws, 1, n))
   arms = (seed_effect + theta[:, None] +
           rng.normal(0.0, 0.5, (draws, len(theta), n)))
-  return paired.paired_t_test(arms, np.broadcast_to(reference, arms.shape))
+  return paired_tests.paired_t_test(arms, np.broadcast_to(reference, arms.shape))
 
 
 @pytest.mark.parametrize("theta", [(0.0, 0.3, 0.6, 1.0),
@@ -420,7 +414,7 @@ EFFECT_SE = np.array([0.004, 0.004, 0.006, 0.008, 0.012])
 def test_dose_response_is_weighted_least_squares():
   rng = np.random.default_rng(14)
   effects = 0.01 + 0.004 * LOG_NOISE + rng.normal(0, 1, 5) * EFFECT_SE
-  fit = paired.dose_response(effects, EFFECT_SE, LOG_NOISE)
+  fit = dose_response.dose_response(effects, EFFECT_SE, LOG_NOISE)
   # Reference: OLS on rows scaled by 1/se.
   design = np.stack([np.ones(5), LOG_NOISE], axis=1) / EFFECT_SE[:, None]
   coef, residual, *_ = np.linalg.lstsq(design, effects / EFFECT_SE,
@@ -432,7 +426,7 @@ def test_dose_response_is_weighted_least_squares():
   assert fit.p == pytest.approx(
       2 * stats.t.sf(abs(coef[1]) / math.sqrt(cov[1, 1]), 3))
   with np.errstate(invalid="ignore"):
-    short = paired.dose_response([0.1, 0.2], [0.1, 0.1], [0.0, 1.0])
+    short = dose_response.dose_response([0.1, 0.2], [0.1, 0.1], [0.0, 1.0])
   assert math.isnan(short.p)
 
 
@@ -441,7 +435,7 @@ def test_dose_response_size_and_power(slope):
   rng = np.random.default_rng(15)
   effects = (0.01 + slope * LOG_NOISE +
              rng.normal(0, 1, (N, 5)) * EFFECT_SE)
-  rate = np.mean(paired.dose_response(effects, EFFECT_SE, LOG_NOISE).p
+  rate = np.mean(dose_response.dose_response(effects, EFFECT_SE, LOG_NOISE).p
                  <= ALPHA)
   # Normal errors with variance ∝ se²: the WLS t is exactly noncentral t
   # with df 3 and ncp slope·√Σw(x − x̄_w)² (size α at slope 0).
@@ -471,7 +465,7 @@ def test_per_seed_trend_matches_per_seed_regressions():
   reference, arms = simulate_seeds(rng, 1, 6, 0.004, x)
   effects = (arms - reference)[0]
   effects[2, 1] = np.nan  # seed 2 fits on its 3 other arms
-  fit = paired.per_seed_trend(effects, x)
+  fit = dose_response.per_seed_trend(effects, x)
   slopes = []
   for row in effects:
     keep = np.isfinite(row)
@@ -486,10 +480,10 @@ def test_per_seed_trend_matches_per_seed_regressions():
   for j, name in enumerate(["w8", "w6", "w4", "w2"]):
     values[name] = dict(enumerate(arms[0, :, j]))
   values["w6"][2] = None
-  seeds, matrix = paired.seed_effects(values, ["w8", "w6", "w4", "w2"], "fp")
+  seeds, matrix = dose_response.seed_effects(values, ["w8", "w6", "w4", "w2"], "fp")
   assert seeds == list(range(6))
   np.testing.assert_allclose(matrix, effects)
-  by_seed = paired.per_seed_trend(dict(zip(seeds, matrix)), x)
+  by_seed = dose_response.per_seed_trend(dict(zip(seeds, matrix)), x)
   assert by_seed.p == pytest.approx(fit.p)
 
 
@@ -499,7 +493,7 @@ def test_per_seed_trend_size_and_power(slope):
   x = LOG_NOISE[:4]
   rng = np.random.default_rng(17)
   reference, arms = simulate_seeds(rng, N, seeds, slope, x)
-  fit = paired.per_seed_trend(arms - reference, x)
+  fit = dose_response.per_seed_trend(arms - reference, x)
   assert fit.p.shape == (N,)
   rate = np.mean(fit.p <= ALPHA)
   # The reference run is common to a seed's arms and cancels in its

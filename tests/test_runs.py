@@ -218,11 +218,12 @@ def test_nan_loss_stops_with_epoch_and_step_and_records_noise(tmp_path):
 
 
 def test_callback_order_puts_the_nan_stop_first(tmp_path):
-  from kqreg.runs.callbacks import CheckedBackupAndRestore, EpochCSVLogger, StopOnNaN
+  from kqreg.runs.callbacks import (CheckedBackupAndRestore, EpochCSVLogger,
+                                    StopOnNaN, callbacks_in_order)
   from kqreg.noise.callback import NoiseAnalysisCallback
   noise = NoiseAnalysisCallback(str(tmp_path))
   extra = tf_keras.callbacks.Callback()
-  order = [type(c) for c in runs.train.callbacks_in_order(
+  order = [type(c) for c in callbacks_in_order(
       out_dir=str(tmp_path), backup_dir=str(tmp_path / "b"),
       task_callbacks=[extra], noise_callback=noise)]
   assert order[:5] == [StopOnNaN, tf_keras.callbacks.Callback,

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from kqreg.study.sweep import arms
+from kqreg.study.sweep import analysis
+from kqreg.study.sweep.records import DETECTION, RunRecord
 from kqreg.study.sweep import report
 
 EPOCHS = 40
@@ -26,7 +28,7 @@ def _record(bits, seed, gap_loss, val_acc, overfit, noise=None):
             "noise": noise, "wall_time_s": 10.0}
   history = [{"epoch": float(e), "val_loss": float(v), "loss": 0.01}
              for e, v in enumerate(curve)]
-  return report.RunRecord(bits, seed, result, history)
+  return RunRecord(bits, seed, result, history)
 
 
 def _noise(std):
@@ -62,7 +64,7 @@ def test_arms_pair_noise_twins_with_their_quantized_arm():
 
 
 def test_aggregate_means_and_sample_stds():
-  rows = report.aggregate(_sweep(3), ORDER)
+  rows = analysis.aggregate(_sweep(3), ORDER)
   assert [r["bits"] for r in rows] == ORDER
   fp = rows[0]
   assert fp["seeds"] == 3
@@ -73,7 +75,7 @@ def test_aggregate_means_and_sample_stds():
 
 
 def test_compare_finds_the_real_difference_only():
-  comparisons = report.compare(_sweep(), ORDER)
+  comparisons = analysis.compare(_sweep(), ORDER)
   by = {(c.arm, c.reference, c.metric): c for c in comparisons}
   assert {m for _, _, m in by} == {"gap_loss", "val_loss", "best_val_loss",
                                    "val_accuracy"}
@@ -155,7 +157,7 @@ def test_write_report_for_detection(tmp_path):
     for h in r.history:
       h.update(val_map50=0.5, val_map=0.3)
   out = report.write_report(str(tmp_path), records, ORDER,
-                            task=report.DETECTION, calibration_draws=20)
+                            task=DETECTION, calibration_draws=20)
   for name in ("val_loss.png", "val_map50.png", "gap.png"):
     assert (tmp_path / name).stat().st_size > 0, name
   text = (tmp_path / "report.md").read_text()

@@ -57,8 +57,8 @@ def _report_without_timing(path):
 
 
 def test_quiet_worker_keeps_python_stderr_and_drops_cpp_lines():
-  from kqreg.study.sweep import runner
-  code = (f"exec({runner.QUIET_WORKER_SOURCE!r}, {{}})\n"
+  from kqreg.study.sweep import workers
+  code = (f"exec({workers.QUIET_WORKER_SOURCE!r}, {{}})\n"
           "import os, sys, warnings\n"
           "os.write(2, b'I0000 cudart_stub.cc:31] from C++\\n')\n"
           "warnings.warn('kqreg warning')\n"

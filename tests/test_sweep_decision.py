@@ -13,6 +13,7 @@ import pytest
 
 from kqreg.study.sweep import arms as arms_lib
 from kqreg.study.sweep import decision
+from kqreg.study.sweep.records import RunRecord
 from kqreg.study.sweep import report
 
 EPOCHS = 30
@@ -41,7 +42,7 @@ def _record(arm, seed, shared, rng):
             "noise": noise, "wall_time_s": 20.0}
   history = [{"epoch": float(e), "val_loss": float(v)}
              for e, v in enumerate(curve)]
-  return report.RunRecord(arm, seed, result, history)
+  return RunRecord(arm, seed, result, history)
 
 
 def _sweep(arms=ARMS, seeds=SEEDS):

@@ -240,8 +240,8 @@ def _define_sweep() -> Dict[str, flags.FlagHolder]:
       "cores (0: one per core, at most 8; 1: in this process). Unused "
       "with --ray_address.",
       lower_bound=0)
-  from kqreg.study.sweep import runner  # pylint: disable=g-import-not-at-top
-  ray_defaults = runner.RayOptions("")
+  from kqreg.study.sweep import ray_cluster  # pylint: disable=g-import-not-at-top
+  ray_defaults = ray_cluster.RayOptions("")
   h["ray_address"] = flags.DEFINE_string(
       "ray_address", None,
       "Run each (bits, seed) run as a task on this Ray cluster: auto (the "

@@ -119,6 +119,9 @@ def _sweep(holders) -> None:
   """Runs every (policy, seed), then writes and prints the report."""
   from kqreg import runs
   from kqreg.study.sweep import report
+  from kqreg.study.sweep.records import TASKS, RunRecord
+  from kqreg.study.sweep import ray_cluster
+  from kqreg.study.sweep import workers as workers_lib
   from kqreg.study.sweep import runner as sweep
   from kqreg.study.sweep import decision  # pylint: disable=g-import-not-at-top
   task = holders.task.value
@@ -133,7 +136,7 @@ def _sweep(holders) -> None:
   try:
     margins = decision.parse_margins(
         holders.equivalence_margins.value,
-        [key for key, _ in report.TASKS[task].compared])
+        [key for key, _ in TASKS[task].compared])
   except ValueError as e:
     raise runs.ConfigError(f"--equivalence_margins: {e}") from e
   seeds = parse_seeds(holders.seeds.value)
@@ -147,13 +150,13 @@ def _sweep(holders) -> None:
     config.validate()  # refused before anything is written
   ray = None
   if holders.ray_address.value:
-    ray = sweep.RayOptions(holders.ray_address.value,
-                           cpus_per_run=holders.ray_cpus_per_run.value,
-                           gpus_per_run=holders.ray_gpus_per_run.value,
-                           max_retries=holders.ray_max_retries.value)
-    sweep.connect_ray(ray)  # an unreachable cluster: one line, nothing run
+    ray = ray_cluster.RayOptions(holders.ray_address.value,
+                                 cpus_per_run=holders.ray_cpus_per_run.value,
+                                 gpus_per_run=holders.ray_gpus_per_run.value,
+                                 max_retries=holders.ray_max_retries.value)
+    ray_cluster.connect_ray(ray)  # an unreachable cluster: one line, nothing run
   runs.make_dir(output_dir, "output_dir")
-  workers = holders.workers.value or sweep.default_workers()
+  workers = holders.workers.value or workers_lib.default_workers()
   start, done, trained = time.time(), [0], [0]
 
   def _line(index, result, node):
@@ -178,14 +181,14 @@ def _sweep(holders) -> None:
   results = sweep.run_configs(configs, workers=workers, on_result=_line,
                               ray=ray, quiet=not holders.verbose.value,
                               on_wait=_waiting)
-  records = [report.RunRecord(policy, seed, result, result.get("history", []))
+  records = [RunRecord(policy, seed, result, result.get("history", []))
              for (policy, seed), result in zip(grid, results)]
   command = " ".join(["kqreg-sweep"] + sys.argv[1:])
   with sweep.exclusive(output_dir):  # a second sweep writes it after
     summary = report.write_report(
         output_dir, records, policies, title=holders.title.value,
         command=command, wall_time_s=time.time() - start,
-        task=report.TASKS[task], margins=margins)
+        task=TASKS[task], margins=margins)
   print()
   print(summary["table"])
   print()

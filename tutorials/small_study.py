@@ -39,6 +39,7 @@ import kqreg      # first: selects Keras 2 (tf_keras), which tfmot needs
 import pandas as pd
 from kqreg.classification.task import ClassifyConfig
 from kqreg.study.sweep import report, runner
+from kqreg.study.sweep.records import RunRecord
 
 output_dir = "runs/small_study"
 arms, seeds = ["fp", "w4"], [0, 1]
@@ -72,7 +73,7 @@ for (bits, seed), result in zip(grid, results):
 # summary.
 
 # %%
-records = [report.RunRecord(bits, seed, result, result.get("history", []))
+records = [RunRecord(bits, seed, result, result.get("history", []))
            for (bits, seed), result in zip(grid, results)]
 summary = report.write_report(output_dir, records, arms,
                               title="fp against w4, a tiny study")

@@ -131,7 +131,7 @@ class ClassificationTask(task_lib.Task):
   def load(self, config: ClassifyConfig) -> task_lib.Data:
     train, val, test, info, splits = data_lib.load_splits(
         config.dataset, config.data_dir)
-    n_train = train_lib.count_examples(train)
+    n_train = data_lib.count_examples(train)
     if config.train_examples is not None:
       if config.train_examples > n_train:
         raise run_config.ConfigError(

@@ -9,7 +9,8 @@ Importing this package registers the offline TFDS builders `kqreg_digits`,
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 
 from kqreg.data.core import (OFFLINE_DATASETS, ClassificationInfo,
-                             DatasetError, SplitData, Splits, load,
+                             DatasetError, SplitData, Splits, count_examples,
+                             load,
                              load_splits, pipeline, shuffle_and_augment,
                              splits, validation_split)
 from kqreg.data.label_noise import (LabelNoiseRecord, corrupt_labels,
@@ -23,6 +24,7 @@ __all__ = [
     "SplitData",
     "Splits",
     "corrupt_labels",
+    "count_examples",
     "load",
     "load_splits",
     "pipeline",

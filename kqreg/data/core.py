@@ -348,3 +348,16 @@ def pipeline(ds: tf.data.Dataset, *, batch_size: int, training: bool,
     ds = shuffle_and_augment(ds, seed, _augment if augment else None)
   ds = ds.batch(batch_size, drop_remainder=False)
   return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def count_examples(ds: tf.data.Dataset) -> int:
+  """Examples in `ds`: its cardinality, or counted when TFDS cannot tell.
+
+  Example:
+  >>> count_examples(tf.data.Dataset.range(10).filter(lambda i: i % 2 == 0))
+  5
+  """
+  n = int(ds.cardinality())
+  if n >= 0:
+    return n
+  return int(ds.reduce(0, lambda count, _: count + 1))

@@ -146,7 +146,7 @@ class DetectionTask(task_lib.Task):
                                            config.data_dir)
     if config.val_examples:
       val = val.take(config.val_examples)
-    n_train = train_lib.count_examples(train.take(config.train_examples)
+    n_train = data_lib.count_examples(train.take(config.train_examples)
                                   if config.train_examples else train)
     if config.train_examples is not None:
       if config.train_examples > n_train:
@@ -230,7 +230,7 @@ class DetectionTask(task_lib.Task):
       result[f"val_{key}"] = {
           name: (None if np.isnan(v) else v)
           for name, v in zip(data.info.class_names, final_map[key])}
-    result["val_examples"] = train_lib.count_examples(data.validation)
+    result["val_examples"] = data_lib.count_examples(data.validation)
     return result
 
   def export(self, model, config, data, path: str, *,

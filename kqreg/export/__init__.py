@@ -1,11 +1,13 @@
 """Export QAT models to integer TFLite files and check them against Keras.
 
-Modules: `convert` (`export_tflite` and its steps), `converter` (the TFLite
-converter call), `flatbuffer` (reading and re-gridding a .tflite file),
-`model_info` (what export needs from the Keras model; `check_exportable`),
-`storage` (INT4 or INT8 per kernel: `storage="size" | "speed" | "auto"`),
-`latency` (timing a file in LiteRT), `verify` (running a file in LiteRT
-against Keras).
+  writer       `export_tflite` in named steps, `set_storage`
+  converter    the model the converter sees, the TFLite converter call
+  flatbuffer   reading a .tflite file and re-gridding its kernels (no TF)
+  exportable   what export needs from the Keras model, what it refuses
+  storage      INT4 or INT8 per kernel: storage="size" | "speed" | "auto"
+  file_report  the report written beside the file, read back from it
+  latency      timing a file in LiteRT
+  verify       running a file in LiteRT against Keras
 
 Example:
 
@@ -21,8 +23,8 @@ check = kqreg.export.verify_tflite("runs/w4a8/model.tflite", qat, x_val)
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 
-from kqreg.export.writer import (REPORT_SUFFIX, export_tflite, report_summary,
-                                 set_storage)
+from kqreg.export.file_report import REPORT_SUFFIX, report_summary
+from kqreg.export.writer import export_tflite, set_storage
 from kqreg.export.errors import ExportError
 from kqreg.export.flatbuffer import inspect_tflite, regrid_weights
 from kqreg.export.latency import measure_latency

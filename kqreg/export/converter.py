@@ -1,11 +1,13 @@
-"""The TFLite converter call: data for calibration, ranges, error messages."""
+"""The TFLite converter call: the model it sees, data for calibration, ranges,
+error messages."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import tempfile
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
@@ -18,7 +20,7 @@ from kqreg.qat import quantizers
 from kqreg.export.errors import ExportError
 from kqreg.qat.layers import QuantizeLayer
 
-__all__ = ["representative", "first_batch", "convert",
+__all__ = ["Prepared", "prepare", "representative", "first_batch", "convert",
            "with_input_quantizer"]
 
 
@@ -200,3 +202,43 @@ def with_input_quantizer(model: tf_keras.Model, x: np.ndarray
     elif variable.name.endswith("_max:0"):
       variable.assign(high)
   return tf_keras.Model(inputs, outputs, name=model.name), [low, high]
+
+
+@dataclasses.dataclass
+class Prepared:
+  """The model the converter sees and how its missing ranges were filled."""
+  model: tf_keras.Model
+  representative: Any = None
+  input_range: Optional[List[float]] = None
+  used_representative: bool = False
+
+
+def prepare(qat_model: tf_keras.Model, representative_data,
+            activation_bits: Dict[str, int]) -> Prepared:
+  """Fills in the activation ranges QAT left missing, from the data.
+
+  `activation_bits`: {layer: bits} of the model's activation quantizers
+  (`exportable.check_model`); none means a weight-only model.
+  """
+  if not activation_bits:
+    if representative_data is None:
+      raise ExportError(
+          f"Model {qat_model.name!r} quantizes weights only (float "
+          "activations, e.g. policy 'w4'), so it has no activation ranges "
+          "for an integer file: pass representative_data= (a few hundred "
+          "training inputs) to calibrate 8-bit activations, or train with "
+          "'w4a8'.")
+    return Prepared(qat_model, representative(representative_data,
+                                                qat_model),
+                     used_representative=True)
+  # Without an input quantizer (kqreg.quantize inserts none when the input
+  # feeds a Flatten, as in the MLP) the converter keeps every layer before
+  # the first activation range float. Converter calibration would fill the
+  # range in but re-quantize all weights to INT8, losing INT4 storage, so
+  # put an 8-bit input quantizer with the data's range in front instead.
+  has_input_range = any(True for _ in _tfmot.iter_quantize_layers(qat_model))
+  if has_input_range or representative_data is None:
+    return Prepared(qat_model)
+  model, input_range = with_input_quantizer(
+      qat_model, first_batch(representative_data, limit=4096))
+  return Prepared(model, input_range=input_range, used_representative=True)

@@ -1,13 +1,15 @@
 """What an export needs to know about a Keras (QAT) model, and what it refuses.
 
-`check_exportable` says, before training, whether a policy's or a model's
+`check_model` refuses a trained model `export_tflite` cannot export as
+trained; `check_exportable` says, before training, whether a policy's or a model's
 bits can become an integer TFLite file with the values QAT trained.
 """
 
 from __future__ import annotations
 
 import collections
-from typing import Dict, Iterable, List, Optional, Tuple, Union
+import dataclasses
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
@@ -19,7 +21,8 @@ from kqreg.export.errors import ExportError, KERNEL_ACTIVATION_BITS
 from kqreg.qat.layers import quantize_scope
 from kqreg.qat import introspect
 
-__all__ = ["check_exportable", "export_problems"]
+__all__ = ["ModelCheck", "check_exportable", "check_model", "export_problems",
+           "kernel_bits"]
 
 
 def _wrappers(model: tf_keras.Model) -> List[_tfmot.QuantizeWrapper]:
@@ -342,3 +345,121 @@ def check_exportable(policy_or_model: Union[str, policy_lib.BitPolicy,
         f"Cannot export to an integer TFLite file: {'; '.join(problems)}. "
         "Train with 8-bit activations (e.g. 'w4a8') or weight-only ('w4'), "
         "with grid (not noise) bits, or do not export.")
+
+
+def kernel_bits(info: Dict[str, Any], model: tf_keras.Model,
+                roles: Dict[int, str]
+                ) -> Dict[int, Tuple[Optional[str], Optional[int], Any]]:
+  """Tensor index -> (Keras layer, QAT bits, `QuantizedWeight`) by name.
+
+  `info` is the file's `flatbuffer.inspect_tflite`, `roles` its
+  `flatbuffer.roles`; each parameter tensor is matched to the wrapper whose
+  name it carries.
+  """
+  bits_by_wrapper = (weight_bits(model) if introspect.is_quantized(model)
+                     else {})
+  inner_of = {w.name: w.layer.name for w in _tfmot.iter_wrappers(model)}
+  wrapper_names = sorted(inner_of, key=len, reverse=True)
+  found = {}
+  for const in info["constants"]:
+    if roles[const["index"]] == "constant":
+      continue  # shapes, axes, lookup tables: not parameters
+    wrapper = match_layer(const["name"], wrapper_names)
+    qw = None
+    if roles[const["index"]] == "weights" and wrapper in bits_by_wrapper:
+      candidates = bits_by_wrapper[wrapper]
+      named = [q for attr, q in candidates if attr in const["name"]]
+      qw = (named or [q for _, q in candidates])[0]
+    found[const["index"]] = (inner_of.get(wrapper) if wrapper else None,
+                             qw.bits if qw else None, qw)
+  return found
+
+
+def _check_quantized(qat_model, allow_float: bool) -> bool:
+  """Whether `qat_model` is quantized; refuses what cannot be exported."""
+  if not isinstance(qat_model, tf_keras.Model):
+    raise ExportError(
+        f"qat_model must be a tf_keras Model, got {type(qat_model).__name__}; "
+        "pass the model `kqreg.quantize` returned.")
+  quantized = introspect.is_quantized(qat_model)
+  if not quantized and not allow_float:
+    raise ExportError(
+        f"Model {qat_model.name!r} was never quantized (no quantize wrappers): "
+        "quantize and train it with `kqreg.quantize(model, 'w8a8')` first, or "
+        "pass allow_float=True to export it as float32.")
+  return quantized
+
+
+def _check_layers(qat_model: tf_keras.Model) -> None:
+  problems = layer_problems(qat_model)
+  if problems:
+    raise ExportError(
+        f"TFLite cannot convert {'; '.join(problems)}: quantize those layers "
+        "at 5..8 bits with per-tensor ranges (e.g. 'w4a8,Conv2DTranspose="
+        "w8a8' with per_channel=False), or keep them float "
+        "('skip=<layer>').")
+
+
+def _check_activation_bits(bits_by_layer: Dict[str, int],
+                           allow_widening: bool) -> Dict[str, int]:
+  """{layer: bits} of activations below 8 bits that TFLite will widen."""
+  activation_bits = bits_by_layer
+  wide = {name: bits for name, bits in activation_bits.items()
+          if bits > KERNEL_ACTIVATION_BITS}
+  if wide:
+    listed = ", ".join(f"{name} ({bits}-bit)" for name, bits in wide.items())
+    raise ExportError(
+        f"Activation quantizers above 8 bits in layers {listed}: kqreg exports "
+        "8-bit integer activations only (TFLite's 16x8 mode needs symmetric "
+        "16-bit ranges kqreg does not train); train with 8-bit activations "
+        "(e.g. 'w4a8') to export.")
+  widening = {name: bits for name, bits in activation_bits.items()
+              if bits < KERNEL_ACTIVATION_BITS}
+  if widening and not allow_widening:
+    listed = ", ".join(f"{name} ({bits}-bit)"
+                       for name, bits in widening.items())
+    raise ExportError(
+        f"Activation quantizers below 8 bits in layers {listed}: TFLite's "
+        "integer kernels compute 8-bit activations, so 4-bit activations "
+        "fail to convert and 5-7-bit ones are widened to 256 levels and the "
+        "file's outputs drift from the QAT model's. Train with 8-bit "
+        "activations (e.g. 'w4a8'), or pass allow_activation_widening=True "
+        "to export anyway.")
+  return widening
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCheck:
+  """What `check_model` found of a model it lets through.
+
+  Attributes:
+    quantized: the model has quantize wrappers (False: a float export).
+    activation_bits: {layer: bits} of its activation quantizers.
+    widening: those below 8 bits, which TFLite computes in 8 (only with
+      `allow_widening`).
+  """
+  quantized: bool
+  activation_bits: Dict[str, int]
+  widening: Dict[str, int]
+
+
+def check_model(qat_model, *, allow_float: bool, allow_widening: bool
+                ) -> ModelCheck:
+  """Refuses a model `export_tflite` cannot export as trained.
+
+  Raises:
+    ExportError: not a tf_keras model; not quantized (and not
+      `allow_float`); layers TFLite cannot convert at their bits;
+      activations above 8 bits, or below 8 bits without `allow_widening`.
+
+  Example:
+  >>> import tf_keras
+  >>> model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(2)])
+  >>> check_model(model, allow_float=True, allow_widening=False).quantized
+  False
+  """
+  if not _check_quantized(qat_model, allow_float):
+    return ModelCheck(False, {}, {})
+  _check_layers(qat_model)
+  bits = activation_bits(qat_model)
+  return ModelCheck(True, bits, _check_activation_bits(bits, allow_widening))

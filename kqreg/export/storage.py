@@ -22,8 +22,8 @@ values, the tensor type INT4 becomes INT8, scales, zero points and biases are
 untouched, so the file computes the same integers (LiteRT outputs are
 bit-identical).
 
-`MEASURED` holds the figures the tables were chosen from (README, "Export to
-TFLite").
+`MEASURED` holds the figures the tables were chosen from
+(docs/guides/export.md, "Small or fast").
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ __all__ = ["STORAGES", "DEFAULT_STORAGE", "SPEED_TYPES", "INT4_NOT_SLOWER",
 
 STORAGES = ("size", "speed", "auto")
 DEFAULT_STORAGE = "size"
-"""Unchanged files unless asked: see README, "Export to TFLite", for why."""
+"""Unchanged files unless asked: docs/guides/export.md, "Small or fast", says
+why."""
 
 # The fastest container of a <= 4-bit kernel per op (LiteRT 2.3.0, XNNPACK).
 SPEED_TYPES: Mapping[str, str] = {

@@ -26,37 +26,22 @@ What the file holds for kqreg's bit-widths (TF 2.21):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import tempfile
-import warnings
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
-import tensorflow as tf
 import tf_keras
 
-from kqreg import _tfmot
 from kqreg.export import converter
+from kqreg.export import exportable
+from kqreg.export import file_report
 from kqreg.export import flatbuffer
-from kqreg.export import exportable as model_info
-from kqreg.export import latency as latency_lib
 from kqreg.export import storage as storage_lib
-from kqreg.export import verify
-from kqreg.export.errors import ExportError, KERNEL_ACTIVATION_BITS
+from kqreg.export.errors import ExportError
 from kqreg.io_utils import atomic_write_bytes, atomic_write_json
-from kqreg.qat.introspect import is_quantized
 
-__all__ = ["REPORT_SUFFIX", "export_tflite", "report_summary", "set_storage"]
-
-REPORT_SUFFIX = ".json"
-"""The report of `path` is written to `path + REPORT_SUFFIX`."""
-
-LATENCY_BUDGET_S = 0.1
-"""Seconds of timed invokes per file and thread count in an export report
-(at least `latency.MIN_REPEATS` invokes)."""
-
+__all__ = ["export_tflite", "set_storage"]
 
 def _check_path(path: str) -> str:
   if not isinstance(path, (str, os.PathLike)) or not str(path):
@@ -92,7 +77,7 @@ def _write(path: str, write_fn, what) -> None:
 def _float_file(qat_model: tf_keras.Model) -> Tuple[Optional[bytes], str]:
   """The float32 reference file (for `ratio_to_float` and its latency)."""
   try:
-    float_model = model_info.float_counterpart(qat_model)
+    float_model = exportable.float_counterpart(qat_model)
     return converter.convert(float_model, optimize=False), (
         "float32 TFLite of the same architecture holding the QAT model's "
         "float shadow weights, converted without optimizations")
@@ -100,153 +85,6 @@ def _float_file(qat_model: tf_keras.Model) -> Tuple[Optional[bytes], str]:
     # The size ratio is a nicety: a model whose layers cannot be rebuilt
     # from config still exports.
     return None, f"float reference could not be built: {e}"
-
-
-def _kernel_bits(info: Dict[str, Any], model: tf_keras.Model
-                 ) -> Dict[int, Tuple[Optional[str], Optional[int], Any]]:
-  """Tensor index -> (Keras layer, QAT bits, `QuantizedWeight`) by name."""
-  roles = flatbuffer.roles(info)
-  bits_by_wrapper = model_info.weight_bits(model) if is_quantized(model) else {}
-  inner_of = {w.name: w.layer.name for w in _tfmot.iter_wrappers(model)}
-  wrapper_names = sorted(inner_of, key=len, reverse=True)
-  found = {}
-  for const in info["constants"]:
-    if roles[const["index"]] == "constant":
-      continue  # shapes, axes, lookup tables: not parameters
-    wrapper = model_info.match_layer(const["name"], wrapper_names)
-    qw = None
-    if roles[const["index"]] == "weights" and wrapper in bits_by_wrapper:
-      candidates = bits_by_wrapper[wrapper]
-      named = [q for attr, q in candidates if attr in const["name"]]
-      qw = (named or [q for _, q in candidates])[0]
-    found[const["index"]] = (inner_of.get(wrapper) if wrapper else None,
-                             qw.bits if qw else None, qw)
-  return found
-
-
-def _weight_rows(info: Dict[str, Any], model: tf_keras.Model
-                 ) -> List[Dict[str, Any]]:
-  roles = flatbuffer.roles(info)
-  matched = _kernel_bits(info, model)
-  rows = []
-  for const in info["constants"]:
-    if const["index"] not in matched:
-      continue
-    layer, bits, _ = matched[const["index"]]
-    levels, per_channel, channels = flatbuffer.levels(const)
-    rows.append({
-        "name": const["name"], "role": roles[const["index"]],
-        "type": const["type"], "shape": const["shape"],
-        "elements": const["elements"], "bytes": const["bytes"],
-        "levels": levels, "levels_per_channel": per_channel,
-        "channels": channels, "layer": layer, "bits": bits,
-    })
-  return rows
-
-
-def _float_ops(info: Dict[str, Any]) -> List[str]:
-  """Ops computing in float: any op but the I/O (de)quantize ops."""
-  found = []
-  for op in info["ops"]:
-    if op["op"] in ("QUANTIZE", "DEQUANTIZE"):
-      continue
-    types = [info["tensors"][t]["type"] for t in op["inputs"] + op["outputs"]
-             if t >= 0 and not info["tensors"][t]["constant"]]
-    if "FLOAT32" in types or "FLOAT16" in types:
-      found.append(op["op"])
-  return found
-
-
-# ----------------------------------------------------------------------------
-# The steps of export_tflite.
-
-
-def _check_model(qat_model, allow_float: bool) -> bool:
-  """Whether `qat_model` is quantized; refuses what cannot be exported."""
-  if not isinstance(qat_model, tf_keras.Model):
-    raise ExportError(
-        f"qat_model must be a tf_keras Model, got {type(qat_model).__name__}; "
-        "pass the model `kqreg.quantize` returned.")
-  quantized = is_quantized(qat_model)
-  if not quantized and not allow_float:
-    raise ExportError(
-        f"Model {qat_model.name!r} was never quantized (no quantize wrappers): "
-        "quantize and train it with `kqreg.quantize(model, 'w8a8')` first, or "
-        "pass allow_float=True to export it as float32.")
-  return quantized
-
-
-def _check_layers(qat_model: tf_keras.Model) -> None:
-  problems = model_info.layer_problems(qat_model)
-  if problems:
-    raise ExportError(
-        f"TFLite cannot convert {'; '.join(problems)}: quantize those layers "
-        "at 5..8 bits with per-tensor ranges (e.g. 'w4a8,Conv2DTranspose="
-        "w8a8' with per_channel=False), or keep them float "
-        "('skip=<layer>').")
-
-
-def _check_activation_bits(qat_model: tf_keras.Model,
-                           allow_widening: bool) -> Dict[str, int]:
-  """{layer: bits} of activations below 8 bits that TFLite will widen."""
-  activation_bits = model_info.activation_bits(qat_model)
-  wide = {name: bits for name, bits in activation_bits.items()
-          if bits > KERNEL_ACTIVATION_BITS}
-  if wide:
-    listed = ", ".join(f"{name} ({bits}-bit)" for name, bits in wide.items())
-    raise ExportError(
-        f"Activation quantizers above 8 bits in layers {listed}: kqreg exports "
-        "8-bit integer activations only (TFLite's 16x8 mode needs symmetric "
-        "16-bit ranges kqreg does not train); train with 8-bit activations "
-        "(e.g. 'w4a8') to export.")
-  widening = {name: bits for name, bits in activation_bits.items()
-              if bits < KERNEL_ACTIVATION_BITS}
-  if widening and not allow_widening:
-    listed = ", ".join(f"{name} ({bits}-bit)"
-                       for name, bits in widening.items())
-    raise ExportError(
-        f"Activation quantizers below 8 bits in layers {listed}: TFLite's "
-        "integer kernels compute 8-bit activations, so 4-bit activations "
-        "fail to convert and 5-7-bit ones are widened to 256 levels and the "
-        "file's outputs drift from the QAT model's. Train with 8-bit "
-        "activations (e.g. 'w4a8'), or pass allow_activation_widening=True "
-        "to export anyway.")
-  return widening
-
-
-@dataclasses.dataclass
-class _Prepared:
-  """The model the converter sees and how its missing ranges were filled."""
-  model: tf_keras.Model
-  representative: Any = None
-  input_range: Optional[List[float]] = None
-  used_representative: bool = False
-
-
-def _prepare(qat_model: tf_keras.Model, representative_data) -> _Prepared:
-  """Fills in the activation ranges QAT left missing, from the data."""
-  if not model_info.activation_bits(qat_model):
-    if representative_data is None:
-      raise ExportError(
-          f"Model {qat_model.name!r} quantizes weights only (float "
-          "activations, e.g. policy 'w4'), so it has no activation ranges "
-          "for an integer file: pass representative_data= (a few hundred "
-          "training inputs) to calibrate 8-bit activations, or train with "
-          "'w4a8'.")
-    return _Prepared(qat_model, converter.representative(representative_data,
-                                                qat_model),
-                     used_representative=True)
-  # Without an input quantizer (kqreg.quantize inserts none when the input
-  # feeds a Flatten, as in the MLP) the converter keeps every layer before
-  # the first activation range float. Converter calibration would fill the
-  # range in but re-quantize all weights to INT8, losing INT4 storage, so
-  # put an 8-bit input quantizer with the data's range in front instead.
-  has_input_range = any(True for _ in _tfmot.iter_quantize_layers(qat_model))
-  if has_input_range or representative_data is None:
-    return _Prepared(qat_model)
-  model, input_range = converter.with_input_quantizer(
-      qat_model, converter.first_batch(representative_data, limit=4096))
-  return _Prepared(model, input_range=input_range, used_representative=True)
 
 
 def _store_exact_weights(data: bytes, qat_model: tf_keras.Model,
@@ -260,9 +98,10 @@ def _store_exact_weights(data: bytes, qat_model: tf_keras.Model,
   """
   info = flatbuffer.inspect_tflite(data)
   grids = {}
-  for index, (_, bits, qw) in _kernel_bits(info, qat_model).items():
+  matched = exportable.kernel_bits(info, qat_model, flatbuffer.roles(info))
+  for index, (_, bits, qw) in matched.items():
     if qw is not None:
-      grids[index] = (bits, model_info.levels_used(qw) if calibrated else None)
+      grids[index] = (bits, exportable.levels_used(qw) if calibrated else None)
   data, moved = flatbuffer.regrid_weights(data, grids)
   names = {t_index: info["tensors"][t_index]["name"] for t_index in moved}
   return data, {names[i]: distance for i, distance in moved.items()}
@@ -278,7 +117,7 @@ def export_tflite(qat_model: tf_keras.Model,
                   float_reference: bool = True,
                   storage: str = storage_lib.DEFAULT_STORAGE,
                   latency: bool = True,
-                  latency_budget_s: float = LATENCY_BUDGET_S
+                  latency_budget_s: float = file_report.LATENCY_BUDGET_S
                   ) -> Dict[str, Any]:
   """Writes `qat_model` as an integer .tflite file and reports what it holds.
 
@@ -350,14 +189,15 @@ def export_tflite(qat_model: tf_keras.Model,
   >>> [(w["type"], w["bits"]) for w in report["weights"] if w["role"] == "weights"]
   [('INT4', 4)]
   """
-  quantized = _check_model(qat_model, allow_float)
+  checked = exportable.check_model(qat_model, allow_float=allow_float,
+                                   allow_widening=allow_activation_widening)
+  quantized, widening = checked.quantized, checked.widening
   storage_lib.check_storage(storage)
   path = _check_path(path)
-  widening, moved, plan = {}, {}, {}
+  moved, plan = {}, {}
   if quantized:
-    _check_layers(qat_model)
-    widening = _check_activation_bits(qat_model, allow_activation_widening)
-    prepared = _prepare(qat_model, representative_data)
+    prepared = converter.prepare(qat_model, representative_data,
+                                 checked.activation_bits)
     data = converter.convert(prepared.model, optimize=True,
                     representative=prepared.representative, int_io=int_io)
     data, moved = _store_exact_weights(
@@ -368,7 +208,7 @@ def export_tflite(qat_model: tf_keras.Model,
       raise ExportError(
           "int_io=True needs a quantized model; a float export keeps float32 "
           "inputs and outputs: pass int_io=False.")
-    prepared = _Prepared(qat_model)
+    prepared = converter.Prepared(qat_model)
     data = converter.convert(qat_model, optimize=False)
   _write(path, atomic_write_bytes, data)
   if not quantized:
@@ -377,148 +217,24 @@ def export_tflite(qat_model: tf_keras.Model,
     float_data, float_note = _float_file(qat_model)
   else:
     float_data, float_note = None, "not measured (float_reference=False)"
-  report = _report(qat_model, path, data, quantized, prepared, int_io,
-                   float_data, float_note)
+  info = flatbuffer.inspect_tflite(data)
+  report = file_report.build_report(qat_model, path, data, info, quantized,
+                                    prepared, int_io, float_data, float_note)
   report["regridded"] = moved
-  report.update(_storage_fields(report, data, plan, storage))
-  report.update(_latency_fields(path, float_data if quantized else None,
-                                not quantized, latency, latency_budget_s))
+  report.update(file_report.storage_fields(report, info, plan, storage))
+  report.update(file_report.latency_fields(
+      path, float_data if quantized else None, not quantized, latency,
+      latency_budget_s))
   if widening:
-    report.update(_widening_report(path, qat_model, widening,
-                                   representative_data))
+    report.update(file_report.widening_fields(path, qat_model, widening,
+                                              representative_data))
   _write(report["report_path"], atomic_write_json, report)
   return report
 
 
-def _report(qat_model: tf_keras.Model, path: str, data: bytes,
-            quantized: bool, prepared: _Prepared, int_io: bool,
-            float_data: Optional[bytes], float_note: str) -> Dict[str, Any]:
-  """The report of a written file, read back from its flatbuffer."""
-  info = flatbuffer.inspect_tflite(data)
-  float_size = len(float_data) if float_data is not None else None
-  report = {
-      "path": path,
-      "report_path": path + REPORT_SUFFIX,
-      "model": qat_model.name,
-      "size_bytes": len(data),
-      "float_size_bytes": float_size,
-      "float_size_note": float_note,
-      "ratio_to_float": (len(data) / float_size) if float_size else None,
-      "op_counts": info["op_counts"],
-      "weights": _weight_rows(info, qat_model),
-      "float_layers": model_info.float_layers(qat_model),
-      "float_ops": _float_ops(info),
-      "activation_widening": {},
-      "int_io": bool(int_io),
-      "float_export": not quantized,
-      "representative_data_used": prepared.used_representative,
-      "tensorflow": tf.__version__,
-  }
-  if prepared.input_range is not None:
-    report["input_range_calibrated"] = prepared.input_range
-  if report["float_ops"] and quantized:
-    report["float_note"] = (
-        f"Ops {sorted(set(report['float_ops']))} compute in float: the model "
-        "has no activation range before them (e.g. no input quantizer). Pass "
-        "representative_data= to calibrate 8-bit ranges for them.")
-    warnings.warn(report["float_note"], stacklevel=3)
-  return report
-
-
-def _storage_fields(report: Dict[str, Any], data: bytes,
-                    plan: Dict[int, Tuple[str, str, str]],
-                    storage: str) -> Dict[str, Any]:
-  """Adds each kernel's op and `storage_reason` to its weight row."""
-  info = flatbuffer.inspect_tflite(data)
-  name_of = {i: t["name"] for i, t in enumerate(info["tensors"])}
-  found = {name_of[i]: (op, reason) for i, (op, _, reason) in plan.items()}
-  for op in info["ops"]:
-    if op["op"] in flatbuffer.WEIGHTED_OPS and len(op["inputs"]) > 1:
-      found.setdefault(name_of.get(op["inputs"][1]), (op["op"], None))
-  for row in report["weights"]:
-    if row["role"] == "weights":
-      row["op"], reason = found.get(row["name"], (None, None))
-      row["storage_reason"] = reason or (
-          f"{row['type']}: not an integer kernel (a float export or a layer "
-          "kept float)")
-  return {"storage": storage,
-          "storage_table": storage_lib.storage_table(storage)}
-
-
-_NOT_TIMED = {"latency_ms": None, "float_latency_ms": None,
-              "latency_ratio_to_float": None, "latency": None,
-              "float_latency": None, "op_profile": None}
-
-
-def _latency_fields(path: str, float_data: Optional[bytes],
-                    float_file: bool, measure: bool,
-                    budget_s: float) -> Dict[str, Any]:
-  """Median latency of the file and of its float32 reference in LiteRT.
-
-  A float export (`float_file`) is its own reference (ratio 1); a quantized
-  one without `float_data` has none (float fields None).
-  """
-  if not measure:
-    return {**_NOT_TIMED, "latency_note": "not measured (latency=False)",
-            "op_profile_note": "not measured (latency=False)"}
-  try:
-    own = latency_lib.measure_latency(path, budget_s=budget_s)
-    reference = own if float_file else None
-    if float_data is not None and not float_file:
-      with tempfile.TemporaryDirectory(prefix="kqreg-float-") as folder:
-        float_path = os.path.join(folder, "float.tflite")
-        with open(float_path, "wb") as f:
-          f.write(float_data)
-        reference = dataclasses.replace(
-            latency_lib.measure_latency(float_path, budget_s=budget_s),
-            path="float32 reference (not written)")
-    timings, profile_note = latency_lib.op_profile(path)
-  except (ValueError, OSError) as e:
-    return {**_NOT_TIMED, "latency_note": f"could not be measured: {e}",
-            "op_profile_note": "not measured"}
-  return {
-      "latency_ms": {k: t.median_ms for k, t in own.timings.items()},
-      "float_latency_ms": (None if reference is None else
-                           {k: t.median_ms for k, t in
-                            reference.timings.items()}),
-      "latency_ratio_to_float": (None if reference is None else
-                                 own.ratio_to(reference)),
-      "latency": own.as_dict(),
-      "float_latency": None if reference is None else reference.as_dict(),
-      "latency_note": (
-          "median ms per invoke() in LiteRT (ai-edge-litert, default op "
-          "resolver: built-in kernels with XNNPACK applied as LiteRT "
-          "applies it), batch 1, random inputs of the file's input dtypes "
-          "(int8 for int_io); key '1' one thread, 'all' all "
-          f"{own.timings['all'].threads if 'all' in own.timings else '?'} "
-          "cores; `latency` holds quartiles and repeats"),
-      "op_profile": (None if timings is None else
-                     [dataclasses.asdict(t) for t in timings]),
-      "op_profile_note": profile_note,
-  }
-
-
-def _widening_report(path: str, qat_model: tf_keras.Model,
-                     widening: Dict[str, int], representative_data
-                     ) -> Dict[str, Any]:
-  found = {
-      "activation_widening": widening,
-      "activation_widening_note": (
-          "TFLite computes these activations in 8 bits (256 levels), not at "
-          "the bits QAT trained them at; outputs differ from the Keras "
-          "model's."),
-  }
-  probe = converter.first_batch(representative_data)
-  if probe is not None:
-    check = verify.verify_tflite(path, qat_model, probe)
-    found["widening_mismatch"] = {
-        k: check[k] for k in ("top1_agreement", "max_abs_diff",
-                              "mean_abs_diff", "diff_units", "examples")}
-  return found
-
-
 def set_storage(path: str, storage: str, *, latency: bool = True,
-                latency_budget_s: float = LATENCY_BUDGET_S) -> Dict[str, Any]:
+                latency_budget_s: float = file_report.LATENCY_BUDGET_S
+                ) -> Dict[str, Any]:
   """Re-stores the kernels of a file `export_tflite` wrote with
   storage="size" as `storage`, and updates its report beside it.
 
@@ -550,7 +266,7 @@ def set_storage(path: str, storage: str, *, latency: bool = True,
   [('CONV_2D', 'INT8'), ('FULLY_CONNECTED', 'INT4')]
   """
   storage_lib.check_storage(storage)
-  report_path = os.fspath(path) + REPORT_SUFFIX
+  report_path = os.fspath(path) + file_report.REPORT_SUFFIX
   try:
     with open(path, "rb") as f:
       data = f.read()
@@ -565,7 +281,8 @@ def set_storage(path: str, storage: str, *, latency: bool = True,
         f"with storage={storage!r}.")
   data, plan = storage_lib.apply_storage(data, storage)
   _write(path, atomic_write_bytes, data)
-  stored = {c["name"]: c for c in flatbuffer.inspect_tflite(data)["constants"]}
+  info = flatbuffer.inspect_tflite(data)
+  stored = {c["name"]: c for c in info["constants"]}
   for row in report["weights"]:
     if row["name"] in stored:
       row["type"] = stored[row["name"]]["type"]
@@ -573,11 +290,12 @@ def set_storage(path: str, storage: str, *, latency: bool = True,
   report["size_bytes"] = len(data)
   if report.get("float_size_bytes"):
     report["ratio_to_float"] = len(data) / report["float_size_bytes"]
-  report.update(_storage_fields(report, data, plan, storage))
+  report.update(file_report.storage_fields(report, info, plan, storage))
   if latency:
     float_ms, float_detail = (report.get("float_latency_ms"),
                               report.get("float_latency"))
-    report.update(_latency_fields(path, None, False, True, latency_budget_s))
+    report.update(file_report.latency_fields(path, None, False, True,
+                                             latency_budget_s))
     if float_ms and report["latency_ms"]:
       report["float_latency_ms"], report["float_latency"] = (float_ms,
                                                              float_detail)
@@ -585,32 +303,10 @@ def set_storage(path: str, storage: str, *, latency: bool = True,
           k: v / float_ms[k] for k, v in report["latency_ms"].items()
           if k in float_ms}
   else:
-    report.update({**_NOT_TIMED,
+    report.update({**file_report.NOT_TIMED,
                    "latency_note": "not measured (latency=False)",
                    "op_profile_note": "not measured (latency=False)"})
   _write(report_path, atomic_write_json, report)
   return report
 
 
-def report_summary(report: Dict[str, Any]) -> Dict[str, Any]:
-  """The figures of an `export_tflite` report a run's result.json keeps.
-
-  Example:
-  >>> report = {"path": "m.tflite", "size_bytes": 900, "ratio_to_float": 0.2,
-  ...           "weights": [{"type": "INT4", "role": "weights"},
-  ...                       {"type": "INT32", "role": "bias"}],
-  ...           "float_ops": []}
-  >>> report_summary(report)["weight_types"]
-  ['INT4']
-  """
-  return {
-      "path": report["path"],
-      "size_bytes": report["size_bytes"],
-      "ratio_to_float": report["ratio_to_float"],
-      "weight_types": sorted({w["type"] for w in report["weights"]
-                              if w["role"] == "weights"}),
-      "float_ops": sorted(set(report["float_ops"])),
-      "storage": report.get("storage"),
-      "latency_ms": report.get("latency_ms"),
-      "latency_ratio_to_float": report.get("latency_ratio_to_float"),
-  }

@@ -1,16 +1,17 @@
 """A run's own callbacks: stop on NaN, a backup that refuses bad checkpoints, the epoch CSV.
 
-`StopOnNaN` goes first in a run's callback list, so a diverged epoch reaches
+`callbacks_in_order` puts every run's callbacks in its one order. `StopOnNaN` goes first in a run's callback list, so a diverged epoch reaches
 neither history.csv nor the backup; `CheckedBackupAndRestore` turns a corrupt
 or foreign checkpoint into `CheckpointError` (a one-line trainer error);
 `EpochCSVLogger` appends one fsynced row per epoch and, on resume, drops the
 rows of epochs the backup does not hold, so each epoch appears once.
+`StopIfLockLost` stops a run whose model dir another process took over.
 """
 
 from __future__ import annotations
 
 import os
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
@@ -22,7 +23,9 @@ from kqreg.noise.callback import NoiseAnalysisCallback
 
 
 __all__ = [
+    "callbacks_in_order",
     "EpochCSVLogger",
+    "StopIfLockLost",
     "StopOnNaN",
     "TrainingDiverged",
     "CheckedBackupAndRestore",
@@ -149,3 +152,52 @@ class EpochCSVLogger(tf_keras.callbacks.Callback):
     append_csv_rows(self.path, [{"epoch": epoch, **logs}], ["epoch", *sorted(logs)])
 
 
+class StopIfLockLost(tf_keras.callbacks.Callback):
+  """Stops a run whose lock another process took over (it may be writing
+  the run now), before this epoch reaches history.csv or the backup.
+
+  `lock`: a held `kqreg.runs.lock.RunLock`; its `check()` raises
+  `RunLockLost` once another process owns the model dir.
+  """
+
+  def __init__(self, lock):
+    super().__init__()
+    self._lock = lock
+
+  def on_epoch_end(self, epoch, logs=None):
+    self._lock.check()
+
+
+def callbacks_in_order(*, out_dir: str, backup_dir: str,
+                       task_callbacks: Sequence[tf_keras.callbacks.Callback],
+                       noise_callback: Optional[NoiseAnalysisCallback],
+                       write_graph: bool = True
+                       ) -> List[tf_keras.callbacks.Callback]:
+  """The one callback order of every run.
+
+  StopOnNaN first: Keras calls `on_epoch_end` in list order, so a diverged
+  epoch raises before anything logs or checkpoints it. The task's callbacks
+  (e.g. per-epoch mAP) and the noise callback add to the epoch logs before
+  history.csv is written. The backup is kept until result.json exists, so a
+  kill during the final evaluation resumes there.
+
+  Example:
+  >>> import tempfile
+  >>> folder = tempfile.mkdtemp()
+  >>> [type(c).__name__ for c in callbacks_in_order(
+  ...     out_dir=folder, backup_dir=folder, task_callbacks=[],
+  ...     noise_callback=None)]
+  ['StopOnNaN', 'EpochCSVLogger', 'CheckedBackupAndRestore', 'TensorBoard']
+  """
+  callbacks: List[tf_keras.callbacks.Callback] = [StopOnNaN(noise_callback)]
+  callbacks += list(task_callbacks)
+  if noise_callback is not None:
+    callbacks.append(noise_callback)
+  callbacks += [
+      EpochCSVLogger(os.path.join(out_dir, "history.csv")),
+      # Keras gives non-chief workers their own backup folders itself.
+      CheckedBackupAndRestore(backup_dir, delete_checkpoint=False),
+      tf_keras.callbacks.TensorBoard(os.path.join(out_dir, "tensorboard"),
+                                     write_graph=write_graph, profile_batch=0),
+  ]
+  return callbacks

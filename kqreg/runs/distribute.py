@@ -6,14 +6,16 @@ import contextlib
 import os
 import signal
 import threading
+from typing import Tuple
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
+import tf_keras
 
 from kqreg.runs.config import STRATEGIES, ConfigError
 
-__all__ = ["make_strategy", "is_chief", "shard_by_example", "split_cpu",
-           "interrupt_on_sigterm"]
+__all__ = ["set_up_process", "make_strategy", "is_chief", "shard_by_example",
+           "split_cpu", "interrupt_on_sigterm"]
 
 
 @contextlib.contextmanager
@@ -82,6 +84,22 @@ def split_cpu(n: int) -> None:
         f"--virtual_cpus={n}: TensorFlow already set up {current} CPU "
         "device(s) in this process; pass it on the command line of a fresh "
         "process.") from e
+
+
+def set_up_process(*, virtual_cpus: int, seed: int, deterministic: bool,
+                   strategy: str) -> Tuple[tf.distribute.Strategy, bool]:
+  """Devices, seed, determinism and strategy of a run: (strategy, chief).
+
+  In this order: virtual CPUs must exist before TensorFlow's runtime starts,
+  and the seed is set before any weight or shuffle is drawn.
+  """
+  if virtual_cpus:
+    split_cpu(virtual_cpus)
+  tf_keras.utils.set_random_seed(seed)
+  if deterministic:
+    tf.config.experimental.enable_op_determinism()
+  made = make_strategy(strategy)
+  return made, is_chief(made)
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

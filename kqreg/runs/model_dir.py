@@ -2,15 +2,19 @@
 
 Everything `kqreg.runs.run` reads from or writes to `model_dir`, and the
 checks that keep a folder to one run: a rerun with other settings is refused,
-a finished run is returned as it is.
+a finished run is returned as it is, and `claim` creates and locks the
+folder for one writer (`kqreg.runs.lock`). A finished run is read back with
+`load_run`, and a float run's weights with `initial_weights`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
-from typing import Any, Dict, List, Optional
+import sys
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import tf_keras
@@ -18,9 +22,12 @@ import tf_keras
 from kqreg.io_utils import atomic_write_json
 from kqreg.qat.layers import quantize_scope
 from kqreg.runs.config import ConfigError, RunConfig
+from kqreg.runs.lock import RunLock
+from kqreg.runs.task import InitialWeights, Task, task_named
 
-__all__ = ["check_model_dir", "finished_result", "make_dir", "write_params",
-           "read_params", "read_history", "val_loss_summary", "save_model"]
+__all__ = ["check_model_dir", "finished_result", "make_dir", "claim",
+           "write_params", "read_params", "read_history", "val_loss_summary",
+           "save_model", "load_run", "initial_weights"]
 
 
 def check_model_dir(model_dir: str, identity: Dict[str, Any]) -> bool:
@@ -152,3 +159,127 @@ def save_model(model: tf_keras.Model, out_dir: str) -> None:
   with quantize_scope():
     model.save(partial)
   os.replace(partial, os.path.join(out_dir, "model.keras"))
+
+
+def _missing_folders(path: str) -> List[str]:
+  """`path` and those of its parents that do not exist, deepest first."""
+  missing = []
+  path = os.path.abspath(path)
+  while path and not os.path.exists(path):
+    missing.append(path)
+    parent = os.path.dirname(path)
+    if parent == path:
+      break
+    path = parent
+  return missing
+
+
+@contextlib.contextmanager
+def claim(config: RunConfig
+          ) -> Iterator[Tuple[RunLock, Optional[Dict[str, Any]]]]:
+  """Creates and locks `config.model_dir`; yields (lock, result if finished).
+
+  The lock is taken before the data is read and the model built, so a
+  second writer is refused at once (`RunLocked`, naming the owner) and two
+  sweeps never both build the same run. The finished check is repeated
+  under the lock: another process may have finished the run meanwhile. A
+  run refused before params.json is written removes the folders it
+  created (a refused run leaves no folder behind); a lock of a dead
+  process is taken over and the run resumes from its backup.
+  """
+  model_dir = config.model_dir
+  created = _missing_folders(model_dir)
+  make_dir(model_dir, "model_dir")
+  lock = RunLock(model_dir)
+  try:
+    lock.acquire()
+  except FileNotFoundError:  # removed by a refused run between the two
+    make_dir(model_dir, "model_dir")
+    lock.acquire()
+  try:
+    if lock.took_over:
+      backup = os.path.join(model_dir, "backup")
+      # A progress note, not an error: stdout, so that a refusal that
+      # follows (say, a corrupt backup) is still one line on stderr.
+      sys.stdout.write(
+          f"kqreg: run dir {model_dir}: took over the lock left by a dead "
+          f"writer ({lock.takeover_reason}); "
+          + ("resuming from its backup" if os.path.isdir(backup) else
+             "no backup: training from the start") + "\n")
+      sys.stdout.flush()
+    yield lock, finished_result(model_dir, config.identity())
+  finally:
+    lock.release()
+    if not os.path.exists(os.path.join(model_dir, "params.json")):
+      for folder in created:
+        try:
+          os.rmdir(folder)  # only while empty: never another run's files
+        except OSError:
+          break
+
+
+def _config_of(params: Dict[str, Any]) -> Tuple[Task, RunConfig]:
+  task = task_named(params["task"])
+  return task, task.config_class(**params["config"])
+
+
+def _load_model(model_dir: str) -> tf_keras.Model:
+  path = os.path.join(model_dir, "model.keras")
+  if not os.path.isfile(path):
+    raise ConfigError(
+        f"--model_dir={model_dir!r} has no model.keras; train the run to the "
+        "end first (kqreg-classify and kqreg-detect write it when they "
+        "finish).")
+  try:
+    with quantize_scope():
+      return tf_keras.models.load_model(path)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"{path!r} cannot be loaded: {e}") from e
+
+
+def load_run(model_dir: str) -> Tuple[Task, RunConfig, tf_keras.Model]:
+  """(task, config, trained model) of a finished run folder.
+
+  Raises:
+    ConfigError: the folder holds no finished kqreg run.
+
+  Example:
+  >>> import tempfile
+  >>> try:
+  ...   load_run(tempfile.mkdtemp())
+  ... except ConfigError:
+  ...   print("not a run")
+  not a run
+  """
+  task, config = _config_of(read_params(model_dir))
+  return task, config, _load_model(model_dir)
+
+
+def initial_weights(config: RunConfig) -> Optional[InitialWeights]:
+  """`config.init_from`'s trained float weights, or None without `init_from`.
+
+  Read once per run, before the task builds its model: the task gets them
+  passed in (`Task.build(..., initial=...)`). The source's params.json is
+  read once, and its policy was parsed with its config.
+
+  Raises:
+    ConfigError: the folder holds no finished float run of the same task.
+
+  Example:
+  >>> import tempfile
+  >>> from kqreg.classification.task import ClassifyConfig
+  >>> initial_weights(ClassifyConfig(model_dir=tempfile.mkdtemp(), dataset="kqreg_digits")) is None
+  True
+  """
+  if not config.init_from:
+    return None
+  flag = f"--init_from={config.init_from!r}"
+  params = read_params(config.init_from)
+  if params["task"] != config.TASK:
+    raise ConfigError(f"{flag} is a {params['task']} run, not {config.TASK}.")
+  _, source_config = _config_of(params)
+  if not getattr(source_config.bits, "is_float", False):
+    raise ConfigError(
+        f"{flag} was trained at --bits={source_config.bits}; initialize from "
+        "a float (--bits=fp) run.")
+  return InitialWeights(flag, _load_model(config.init_from).get_weights())

@@ -177,7 +177,7 @@ def run_study(setup: Setup, output_dir: str, seeds: Sequence[int],
                           epochs=setup.float_epochs,
                           learning_rate=setup.float_lr, seed=0))
   log(f"float checkpoint: val acc {base['val_accuracy']:.4f}")
-  task, config, float_model = train_lib.load_run(float_dir)
+  task, config, float_model = model_dir_lib.load_run(float_dir)
   data = task.load(config)
   calibration = next(iter(task.datasets(
       dataclasses.replace(config, batch_size=256), data)["train_eval"]))

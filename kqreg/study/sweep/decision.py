@@ -13,14 +13,14 @@ to a sweep's `RunRecord`s and says what they decide:
   those keep Welch's two-sample test (`statistics.compare_arms`).
 * `dose_responses`: the paired effect against log std(δ), the measured
   weight noise, over the quantized arms (and over quantizers with their
-  twins): the per-seed trend test (`paired.per_seed_trend`, primary) and
-  the WLS fit of the arms' mean effects (`paired.dose_response`).
+  twins): the per-seed trend test (`dose_response.per_seed_trend`, primary) and
+  the WLS fit of the arms' mean effects (`dose_response.dose_response`).
 * `positive_controls`: arms that change a setting other than bits
   (`fp+weight_decay=0.01`) against `fp`: does the instrument detect an
   established regularizer on the same seeds with the same analysis?
 * `parse_margins`: `--equivalence_margins` ("val_accuracy:0.02,...").
 
-Plain NumPy/SciPy; matplotlib only in `dose_response_figure`.
+Plain NumPy/SciPy; its tables are in `tables`, its figure in `figures`.
 """
 
 from __future__ import annotations
@@ -32,12 +32,15 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from kqreg.study.sweep import arms as arms_lib
+from kqreg.study.sweep import dose_response as dose_lib
 from kqreg.study.sweep import paired as paired_lib
+from kqreg.study.sweep import paired_tests
+from kqreg.study.sweep.tables import p_text, r_text
 
 __all__ = ["PRIMARY_METRIC", "parse_margins", "values_by_seed",
            "paired_comparisons", "unpaired_pairs", "DoseResponse",
-           "dose_responses", "dose_response_figure", "positive_controls",
-           "comparison_phrase", "readings_table", "paired_table",
+           "dose_responses", "positive_controls",
+           "comparison_phrase",
            "dose_response_lines", "positive_control_lines"]
 
 # The metric the positive control and the headline dose-response are read
@@ -108,7 +111,7 @@ def paired_comparisons(records, arms: Sequence[str],
                        compared: Sequence[Tuple[str, str]],
                        reference: str = arms_lib.REFERENCE,
                        margins: Optional[Mapping[str, float]] = None,
-                       alpha: float = paired_lib.ALPHA
+                       alpha: float = paired_tests.ALPHA
                        ) -> List[paired_lib.PairedComparison]:
   """Per metric of `compared`, `paired.compare_paired` over the sweep's pairs.
 
@@ -141,8 +144,8 @@ class DoseResponse:
     noise: mean measured std(δ) per arm (NaN if unmeasured).
     effects, ci_low, ci_high: each arm's paired effect against the
       reference and its Holm-compatible interval (as in the report).
-    trend: `paired.per_seed_trend` (primary): per-seed slopes t-tested.
-    wls: `paired.dose_response`: WLS slope of the arms' mean effects.
+    trend: `dose_response.per_seed_trend` (primary): per-seed slopes t-tested.
+    wls: `dose_response.dose_response`: WLS slope of the arms' mean effects.
     seeds: seeds with a slope.
   """
   metric: str
@@ -152,8 +155,8 @@ class DoseResponse:
   effects: Tuple[float, ...]
   ci_low: Tuple[float, ...]
   ci_high: Tuple[float, ...]
-  trend: paired_lib.Trend
-  wls: paired_lib.Trend
+  trend: dose_lib.Trend
+  wls: dose_lib.Trend
   seeds: int
 
   def as_dict(self) -> Dict:
@@ -191,7 +194,7 @@ def dose_responses(records, arms: Sequence[str],
                    comparisons: Sequence[paired_lib.PairedComparison],
                    compared: Sequence[Tuple[str, str]],
                    reference: str = arms_lib.REFERENCE,
-                   alpha: float = paired_lib.ALPHA) -> List[DoseResponse]:
+                   alpha: float = paired_tests.ALPHA) -> List[DoseResponse]:
   """Per metric: effect against log std(δ), quantizers alone and with twins.
 
   A family is fitted when it has at least 2 arms with measured noise (the
@@ -215,7 +218,7 @@ def dose_responses(records, arms: Sequence[str],
                 if any(math.isfinite(v) for v in noise[a].values())]
       if len(fitted) < 2:
         continue
-      seeds, effects = paired_lib.seed_effects(values, fitted, reference)
+      seeds, effects = dose_lib.seed_effects(values, fitted, reference)
       log_noise = np.array([[math.log(noise[a].get(s, math.nan))
                              if math.isfinite(noise[a].get(s, math.nan))
                              else math.nan for a in fitted] for s in seeds])
@@ -224,12 +227,12 @@ def dose_responses(records, arms: Sequence[str],
                             for a in fitted])
       log_noise = np.where(np.isfinite(log_noise), log_noise,
                            np.log(arm_noise)[None, :])
-      trend = paired_lib.per_seed_trend(effects, log_noise, alpha)
+      trend = dose_lib.per_seed_trend(effects, log_noise, alpha)
       rows = [by.get((a, reference, key)) for a in fitted]
       mean_effects = [c.diff if c else math.nan for c in rows]
       ses = [c.sd / math.sqrt(c.n) if c and c.n >= 2 else math.nan
              for c in rows]
-      wls = paired_lib.dose_response(mean_effects, ses, np.log(arm_noise),
+      wls = dose_lib.dose_response(mean_effects, ses, np.log(arm_noise),
                                      alpha)
       out.append(DoseResponse(
           key, family, tuple(fitted), tuple(float(v) for v in arm_noise),
@@ -238,61 +241,6 @@ def dose_responses(records, arms: Sequence[str],
           tuple(c.ci_high if c else math.nan for c in rows), trend, wls,
           int(trend.points)))
   return out
-
-
-def dose_response_figure(doses: Sequence[DoseResponse],
-                         names: Mapping[str, str], path: str) -> None:
-  """Effect and interval against std(δ): quantizers solid, twins hollow.
-
-  One panel per metric, from its "quantizers and twins" fit when there is
-  one (else its "quantizers" fit); the dashed line is the WLS fit, the
-  title gives the per-seed trend's slope, interval and p.
-  """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  panels: Dict[str, DoseResponse] = {}
-  for d in doses:
-    if d.metric not in panels or d.family != "quantizers":
-      panels[d.metric] = d
-  primary = {d.metric: d for d in doses if d.family == "quantizers"}
-  fig, axes = plt.subplots(1, max(1, len(panels)), squeeze=False,
-                           figsize=(4.6 * max(1, len(panels)), 4.0))
-  for ax, (metric, d) in zip(axes[0], panels.items()):
-    for arm, x, y, lo, hi in zip(d.arms, d.noise, d.effects, d.ci_low,
-                                 d.ci_high):
-      twin = arms_lib.is_noise_twin(arm)
-      yerr = ([[max(0.0, y - lo)], [max(0.0, hi - y)]]
-              if math.isfinite(lo) and math.isfinite(hi) else None)
-      ax.errorbar([x], [y], yerr=yerr, fmt="^" if twin else "o",
-                  color="tab:blue" if not twin else "tab:orange",
-                  mfc="none" if twin else "tab:blue",
-                  linestyle=":" if twin else "-", capsize=3)
-      ax.annotate(arm, (x, y), textcoords="offset points", xytext=(4, 4),
-                  fontsize=7)
-    if math.isfinite(_float(d.wls.slope)):
-      xs = np.geomspace(min(d.noise), max(d.noise), 20)
-      ax.plot(xs, _float(d.wls.intercept) + _float(d.wls.slope) * np.log(xs),
-              "--", color="gray", linewidth=1, label="WLS fit")
-    ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel("std(δ), measured weight noise (log)")
-    ax.set_ylabel(f"{names.get(metric, metric)}: arm − fp (paired)")
-    t = primary.get(metric, d).trend
-    ax.set_title(f"{names.get(metric, metric)}\nper-seed slope "
-                 f"{_float(t.slope):+.3f} [{_float(t.ci_low):+.3f}, "
-                 f"{_float(t.ci_high):+.3f}], p {_p(_float(t.p))}",
-                 fontsize=8)
-    ax.grid(alpha=0.3, which="both")
-  axes[0][0].plot([], [], "o-", color="tab:blue", label="quantizer (solid)")
-  axes[0][0].plot([], [], "^:", color="tab:orange", mfc="none",
-                  label="noise twin (hollow)")
-  axes[0][0].legend(fontsize=7)
-  fig.suptitle("Dose-response: paired effect against weight noise "
-               "(bars: Holm-compatible simultaneous intervals)", fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
 
 
 # --------------------------------------------------------------------------
@@ -313,16 +261,6 @@ def positive_controls(arms: Sequence[str],
 # --------------------------------------------------------------------------
 
 
-def _p(p: float) -> str:
-  if not math.isfinite(p):
-    return "–"
-  return "<0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def _r(r: float) -> str:
-  return "–" if not math.isfinite(r) else f"{r:+.2f}"
-
-
 def comparison_phrase(c: paired_lib.PairedComparison, name: str) -> str:
   """"final val loss −0.094 [−0.21, +0.02] …: inconclusive"."""
   if not math.isfinite(c.p):
@@ -332,48 +270,10 @@ def comparison_phrase(c: paired_lib.PairedComparison, name: str) -> str:
     return f"{name}: no paired values"
   level = round(100 * (1 - c.alpha))
   return (f"{name} {c.diff:+.3f} ({level}% simultaneous CI {c.ci_low:+.3f} "
-          f"to {c.ci_high:+.3f}; paired t Holm p {_p(c.p_holm)}, sign-flip p "
-          f"{_p(c.p_sign_flip)}; pairs r {_r(c.correlation)}"
-          + (f"; TOST ±{c.margin:g} p {_p(c.p_tost)}" if c.margin else "")
+          f"to {c.ci_high:+.3f}; paired t Holm p {p_text(c.p_holm)}, sign-flip p "
+          f"{p_text(c.p_sign_flip)}; pairs r {r_text(c.correlation)}"
+          + (f"; TOST ±{c.margin:g} p {p_text(c.p_tost)}" if c.margin else "")
           + f"): {c.reading}")
-
-
-def paired_table(comparisons: Sequence[paired_lib.PairedComparison],
-                 names: Mapping[str, str]) -> str:
-  """One Markdown row per (arm, reference, metric), paired by seed."""
-  lines = ["| arm | vs | metric | pairs | mean diff | simultaneous CI | "
-           "p (paired t) | p (Holm) | p (sign-flip) | r (pairs) | margin | "
-           "p (TOST) | reading |", "|" + "---|" * 13]
-  for c in comparisons:
-    tested = math.isfinite(c.p)
-    ci = f"{c.ci_low:+.3f} to {c.ci_high:+.3f}" if tested else "–"
-    diff = f"{c.diff:+.3f}" if math.isfinite(c.diff) else "–"
-    flip = _p(c.p_sign_flip)
-    if c.sign_flip_method == "monte carlo":
-      flip += " (MC)"
-    lines.append(
-        f"| {c.arm} | {c.reference} | {names.get(c.metric, c.metric)} | "
-        f"{c.n} | {diff} | {ci} | {_p(c.p)} | {_p(c.p_holm)} | {flip} | "
-        f"{_r(c.correlation)} | {'±%g' % c.margin if c.margin else '–'} | "
-        f"{_p(c.p_tost)} | {c.reading} |")
-  return "\n".join(lines)
-
-
-def readings_table(comparisons: Sequence[paired_lib.PairedComparison],
-                   names: Mapping[str, str],
-                   reference: str = arms_lib.REFERENCE) -> str:
-  """Arm (or twin vs arm) × metric: the reading of each comparison."""
-  metrics = list(dict.fromkeys(c.metric for c in comparisons))
-  rows: Dict[Tuple[str, str], Dict[str, str]] = {}
-  for c in comparisons:
-    rows.setdefault((c.arm, c.reference), {})[c.metric] = c.reading
-  lines = ["| arm | " + " | ".join(names.get(m, m) for m in metrics) + " |",
-           "|" + "---|" * (len(metrics) + 1)]
-  for (arm, ref), cells in rows.items():
-    label = arm if ref == reference else f"{arm} vs {ref}"
-    lines.append(f"| {label} | " +
-                 " | ".join(cells.get(m, "–") for m in metrics) + " |")
-  return "\n".join(lines)
 
 
 def dose_response_lines(doses: Sequence[DoseResponse],
@@ -392,13 +292,13 @@ def dose_response_lines(doses: Sequence[DoseResponse],
                else "no trend shown")
     wls = (f"; WLS over the {int(_float(w.points))} arms' mean effects "
            f"{_float(w.slope):+.3f} [{_float(w.ci_low):+.3f}, "
-           f"{_float(w.ci_high):+.3f}], p {_p(_float(w.p))}"
+           f"{_float(w.ci_high):+.3f}], p {p_text(_float(w.p))}"
            if math.isfinite(_float(w.p)) else "")
     lines.append(
         f"- {names.get(d.metric, d.metric)}, {d.family} ({', '.join(d.arms)}):"
         f" slope {_float(t.slope):+.3f} per unit of log std(δ) ({level}% CI "
         f"{_float(t.ci_low):+.3f} to {_float(t.ci_high):+.3f}; per-seed "
-        f"trend test over {d.seeds} seeds, p {_p(_float(t.p))}){wls}: "
+        f"trend test over {d.seeds} seeds, p {p_text(_float(t.p))}){wls}: "
         f"{decided}.")
   return lines
 

@@ -8,21 +8,25 @@
   noise.png    measured std(δ) and the Δ/√12 model against weight bits
 
 Records are duck-typed: `bits`, `history` (list of dicts), `curve(key)`,
-`value(key)` (`kqreg.study.sweep.report.RunRecord`).
+`value(key)` (`kqreg.study.sweep.records.RunRecord`).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
 from kqreg.study.sweep import arms as arms_lib
+from kqreg.study.sweep.tables import p_text
 
-__all__ = ["arm_styles", "curve_figure", "gap_figure", "noise_figure",
-           "write_figures"]
+if TYPE_CHECKING:
+  from kqreg.study.sweep import decision
+
+__all__ = ["arm_styles", "curve_figure", "dose_response_figure", "gap_figure",
+           "noise_figure", "write_figures"]
 
 
 def _pyplot():
@@ -177,3 +181,63 @@ def write_figures(output_dir: str, records, rows: Sequence[Dict],
   paths.append(os.path.join(output_dir, "noise.png"))
   noise_figure(rows, paths[-1])
   return paths
+
+
+def dose_response_figure(doses: Sequence["decision.DoseResponse"],
+                         names: Mapping[str, str], path: str) -> None:
+  """Effect and interval against std(δ): quantizers solid, twins hollow.
+
+  One panel per metric, from its "quantizers and twins" fit when there is
+  one (else its "quantizers" fit); the dashed line is the WLS fit, the
+  title gives the per-seed trend's slope, interval and p.
+  """
+  plt = _pyplot()
+  panels: Dict[str, "decision.DoseResponse"] = {}
+  for d in doses:
+    if d.metric not in panels or d.family != "quantizers":
+      panels[d.metric] = d
+  primary = {d.metric: d for d in doses if d.family == "quantizers"}
+  fig, axes = plt.subplots(1, max(1, len(panels)), squeeze=False,
+                           figsize=(4.6 * max(1, len(panels)), 4.0))
+  for ax, (metric, d) in zip(axes[0], panels.items()):
+    for arm, x, y, lo, hi in zip(d.arms, d.noise, d.effects, d.ci_low,
+                                 d.ci_high):
+      twin = arms_lib.is_noise_twin(arm)
+      yerr = ([[max(0.0, y - lo)], [max(0.0, hi - y)]]
+              if math.isfinite(lo) and math.isfinite(hi) else None)
+      ax.errorbar([x], [y], yerr=yerr, fmt="^" if twin else "o",
+                  color="tab:blue" if not twin else "tab:orange",
+                  mfc="none" if twin else "tab:blue",
+                  linestyle=":" if twin else "-", capsize=3)
+      ax.annotate(arm, (x, y), textcoords="offset points", xytext=(4, 4),
+                  fontsize=7)
+    if math.isfinite(_float(d.wls.slope)):
+      xs = np.geomspace(min(d.noise), max(d.noise), 20)
+      ax.plot(xs, _float(d.wls.intercept) + _float(d.wls.slope) * np.log(xs),
+              "--", color="gray", linewidth=1, label="WLS fit")
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("std(δ), measured weight noise (log)")
+    ax.set_ylabel(f"{names.get(metric, metric)}: arm − fp (paired)")
+    t = primary.get(metric, d).trend
+    ax.set_title(f"{names.get(metric, metric)}\nper-seed slope "
+                 f"{_float(t.slope):+.3f} [{_float(t.ci_low):+.3f}, "
+                 f"{_float(t.ci_high):+.3f}], p {p_text(_float(t.p))}",
+                 fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+  axes[0][0].plot([], [], "o-", color="tab:blue", label="quantizer (solid)")
+  axes[0][0].plot([], [], "^:", color="tab:orange", mfc="none",
+                  label="noise twin (hollow)")
+  axes[0][0].legend(fontsize=7)
+  fig.suptitle("Dose-response: paired effect against weight noise "
+               "(bars: Holm-compatible simultaneous intervals)", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def _float(value) -> float:
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    return math.nan

@@ -8,7 +8,8 @@ difference, and a paired test sees differences that Welch's two-sample test
 (`statistics.welch_test`) loses in that shared spread. Pairing is by seed,
 never by position.
 
-For each (arm, reference) pair of one metric `compare_paired` reports:
+For each (arm, reference) pair of one metric `compare_paired` reports (the
+tests of one pair are in `paired_tests`):
 
 * the paired t-test (`paired_t_test`), Holm-corrected over the family of
   pairs, with simultaneous intervals that agree with Holm's decisions
@@ -21,43 +22,32 @@ For each (arm, reference) pair of one metric `compare_paired` reports:
 * the correlation of the pairs, which says how much the pairing bought.
 
 Whether the effect grows with the weight noise std(δ) of the arms is the
-dose-response question: `per_seed_trend` (primary) and `dose_response`.
+dose-response question, answered in `dose_response`.
 
-Plain NumPy/SciPy and the standard library only (no TensorFlow, no kqreg
-imports), so it runs anywhere the per-seed numbers are. Every random draw
-uses a fixed seed, so results are reproducible.
+Plain NumPy/SciPy and the standard library (and `paired_tests`; no
+TensorFlow), so it runs anywhere the per-seed numbers are.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import stats
 
+from kqreg.study.sweep.paired_tests import (ALPHA, ArrayOrInt, as_scalar,
+                                           is_finite, paired_t_test,
+                                           sign_flip_test, tost)
+
 __all__ = [
-    "ALPHA", "SIGN_FLIP_EXACT_MAX", "SIGN_FLIP_DRAWS",
-    "PairedTTest", "paired_t_test",
-    "SignFlipTest", "sign_flip_test",
-    "Tost", "tost",
     "HolmIntervals", "holm_intervals",
     "DIFFERS_HIGHER", "DIFFERS_LOWER", "EQUIVALENT", "INCONCLUSIVE",
     "DIFFERS_WITHIN", "reading",
     "PairedComparison", "compare_paired",
-    "Trend", "dose_response", "seed_effects", "per_seed_trend",
 ]
 
-# The family-wise level; the same value as `statistics.ALPHA`, repeated here
-# so that this module imports nothing from kqreg.
-ALPHA = 0.05
-# Up to this many pairs the sign-flip test enumerates all 2^n sign patterns
-# (65,536 at 16); above, it draws SIGN_FLIP_DRAWS random patterns, whose
-# p-value has a Monte Carlo standard error ≤ 0.0016 near p = 0.05.
-SIGN_FLIP_EXACT_MAX = 16
-SIGN_FLIP_DRAWS = 20000
-_SIGN_FLIP_SEED = 2022  # fixed, so Monte Carlo p-values are reproducible
 
 # The readings of `reading`; the equivalence ones name the margin.
 DIFFERS_HIGHER = "differs (higher)"
@@ -66,127 +56,10 @@ EQUIVALENT = "equivalent within ±{margin:g}"
 DIFFERS_WITHIN = "differs but within ±{margin:g}"
 INCONCLUSIVE = "inconclusive"
 
-ArrayOrFloat = Union[float, np.ndarray]
-ArrayOrInt = Union[int, np.ndarray]
-
-
-def _scalar(a):
-  """0-d arrays back to Python numbers; arrays (vectorized calls) unchanged."""
-  a = np.asarray(a)
-  if a.ndim:
-    return a
-  return int(a) if a.dtype.kind in "iub" else float(a)
-
-
-def _paired_arrays(x, y) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """x and y as float arrays (None → NaN) and the mask of complete pairs."""
-  x = np.asarray(x, np.float64)  # None becomes NaN
-  y = np.asarray(y, np.float64)
-  if x.shape != y.shape or x.ndim == 0:
-    raise ValueError(f"paired values need equal shapes with a seed axis; "
-                     f"got {x.shape} and {y.shape}.")
-  return x, y, np.isfinite(x) & np.isfinite(y)
-
 
 # --------------------------------------------------------------------------
 # Paired t-test
 # --------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class PairedTTest:
-  """The paired t-test of mean(x − y); fields are arrays if vectorized.
-
-  Attributes:
-    diff: mean of the per-seed differences x − y.
-    sd: their sample standard deviation (ddof 1).
-    se: sd / √n.
-    n: complete pairs used.
-    t: diff / se.
-    df: n − 1.
-    p: two-sided p-value (NaN when n < 2 or the differences are constant).
-    ci_low, ci_high: the 1 − alpha interval diff ± t_{1−α/2,df}·se.
-    correlation: Pearson's r of the pairs (NaN when either side is
-      constant or n < 2): how much of the seed-to-seed spread is shared.
-    alpha: the level of the interval.
-  """
-  diff: ArrayOrFloat
-  sd: ArrayOrFloat
-  se: ArrayOrFloat
-  n: ArrayOrInt
-  t: ArrayOrFloat
-  df: ArrayOrFloat
-  p: ArrayOrFloat
-  ci_low: ArrayOrFloat
-  ci_high: ArrayOrFloat
-  correlation: ArrayOrFloat
-  alpha: float
-
-
-def paired_t_test(x, y, alpha: float = ALPHA) -> PairedTTest:
-  """Paired t-test of x − y over seeds, its interval and the pairs' correlation.
-
-  A one-sample t-test on the differences d_s = x_s − y_s: t = d̄ / (s_d/√n)
-  with n − 1 degrees of freedom. Var(d) = Var(x) + Var(y) − 2·Cov(x, y), so
-  the stronger the pairs' correlation, the smaller the noise the test sees
-  than Welch's. It assumes roughly normal differences; `sign_flip_test`
-  checks it without that assumption.
-
-  Args:
-    x, y: per-seed values along the last axis, seed s of x paired with seed
-      s of y (leading axes are independent tests, for simulation). Pairs
-      where either value is None or NaN are dropped.
-    alpha: 1 − alpha is the interval's confidence level.
-
-  Returns:
-    A `PairedTTest`. Constant differences (se = 0) give NaN t, p and df
-    stays n − 1; the interval is then the point diff.
-
-  Example:
-    >>> r = paired_t_test([1.0, 2.0, 3.0, 4.0, None], [0.5, 1.8, 2.4, 3.9, 1])
-    >>> r.n, round(r.diff, 3), round(r.p, 4), round(r.correlation, 3)
-    (4, 0.35, 0.0605, 0.988)
-  """
-  x, y, valid = _paired_arrays(x, y)
-  n = valid.sum(axis=-1)
-  d = np.where(valid, x - y, 0.0)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    diff = d.sum(axis=-1) / n
-    dev = np.where(valid, d - diff[..., None], 0.0)
-    sd = np.sqrt((dev**2).sum(axis=-1) / (n - 1))
-    sd = np.where(n >= 2, sd, np.nan)
-    se = sd / np.sqrt(n)
-    # Constant differences leave a rounding-error spread (~1e-17 of their
-    # size): treat a spread below 1e-12 of the values' scale as none.
-    scale = np.abs(d).max(axis=-1)
-    se = np.where(se > 1e-12 * np.maximum(scale, 1e-300), se,
-                  np.where(np.isfinite(se), 0.0, np.nan))
-    df = np.where(n >= 2, n - 1.0, np.nan)
-    t = np.where(se > 0, diff / se, np.nan)
-    p = 2 * stats.t.sf(np.abs(t), df)
-    half = np.where(se > 0, stats.t.ppf(1 - alpha / 2, df) * se, 0.0)
-    half = np.where(np.isfinite(se), half, np.nan)
-    correlation = _correlation(x, y, valid, n)
-  return PairedTTest(_scalar(diff), _scalar(sd), _scalar(se), _scalar(n),
-                     _scalar(t), _scalar(df), _scalar(p),
-                     _scalar(diff - half), _scalar(diff + half),
-                     _scalar(correlation), alpha)
-
-
-def _correlation(x, y, valid, n) -> np.ndarray:
-  """Pearson's r over the valid pairs, NaN where a side has no spread."""
-  with np.errstate(divide="ignore", invalid="ignore"):
-    x_mean = np.where(valid, x, 0.0).sum(axis=-1, keepdims=True) / n[..., None]
-    y_mean = np.where(valid, y, 0.0).sum(axis=-1, keepdims=True) / n[..., None]
-    dx = np.where(valid, x - x_mean, 0.0)
-    dy = np.where(valid, y - y_mean, 0.0)
-    sxx, syy = (dx**2).sum(axis=-1), (dy**2).sum(axis=-1)
-    scale_x = np.abs(np.where(valid, x, 0.0)).max(axis=-1)
-    scale_y = np.abs(np.where(valid, y, 0.0)).max(axis=-1)
-    spread = ((np.sqrt(sxx) > 1e-12 * np.maximum(scale_x, 1e-300)) &
-              (np.sqrt(syy) > 1e-12 * np.maximum(scale_y, 1e-300)) & (n >= 2))
-    r = (dx * dy).sum(axis=-1) / np.sqrt(sxx * syy)
-  return np.where(spread, np.clip(r, -1.0, 1.0), np.nan)
 
 
 # --------------------------------------------------------------------------
@@ -194,162 +67,9 @@ def _correlation(x, y, valid, n) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class SignFlipTest:
-  """The sign-flip permutation test of mean(x − y); arrays if vectorized.
-
-  Attributes:
-    diff: mean of the per-seed differences.
-    n: complete pairs used.
-    p: two-sided p-value.
-    method: "exact" (all 2^n sign patterns) or "monte carlo".
-    patterns: sign patterns compared (2^n, or the Monte Carlo draws).
-  """
-  diff: ArrayOrFloat
-  n: ArrayOrInt
-  p: ArrayOrFloat
-  method: str
-  patterns: int
-
-
-def sign_flip_test(x, y, max_exact: int = SIGN_FLIP_EXACT_MAX,
-                   draws: int = SIGN_FLIP_DRAWS,
-                   seed: int = _SIGN_FLIP_SEED) -> SignFlipTest:
-  """Exact sign-flip permutation test that the paired differences centre on 0.
-
-  If arm and reference do not differ, d_s = x_s − y_s is symmetric about 0,
-  so every sign pattern ±d_s is as likely as the one observed. The p-value
-  is the share of patterns with |Σ ±d_s| ≥ |Σ d_s|: exact in size for any
-  symmetric distribution, normal or not, which is what few seeds cannot
-  check. With n ≤ max_exact all 2^n patterns are enumerated; above, `draws`
-  random patterns are drawn (fixed seed) and p = (1 + hits)/(draws + 1),
-  which counts the observed pattern and so is never 0 and keeps the size.
-
-  Args:
-    x, y: per-seed values along the last axis, paired by position (leading
-      axes are independent tests). Pairs with a None/NaN are dropped (in a
-      vectorized call they contribute a zero difference, which leaves the
-      exact p unchanged).
-    max_exact: the largest n enumerated exactly.
-    draws: Monte Carlo patterns above max_exact.
-    seed: the Monte Carlo generator's seed.
-
-  Returns:
-    A `SignFlipTest`; p is NaN without pairs.
-
-  Example:
-    >>> r = sign_flip_test([1.2, 0.9, 1.5, 1.1], [1.0, 1.0, 1.0, 1.0])
-    >>> r.method, r.patterns, r.p  # 6 of the 16 patterns are as extreme
-    ('exact', 16, 0.375)
-  """
-  x, y, valid = _paired_arrays(x, y)
-  d = np.where(valid, x - y, 0.0)
-  if d.ndim == 1:
-    d = d[valid]
-  n_valid = valid.sum(axis=-1)
-  n = d.shape[-1]
-  with np.errstate(invalid="ignore", divide="ignore"):
-    diff = np.where(n_valid > 0, d.sum(axis=-1) / n_valid, np.nan)
-  observed = np.abs(d.sum(axis=-1))
-  # Sums of the same numbers in another order differ by rounding only.
-  tolerance = 1e-10 * np.abs(d).sum(axis=-1)
-  if n <= max_exact:
-    codes = np.arange(2**n, dtype=np.int64)[:, None] >> np.arange(n)
-    signs = (codes & 1) * 2.0 - 1.0
-    flipped = np.abs(d @ signs.T)
-    hits = (flipped >= (observed - tolerance)[..., None]).sum(axis=-1)
-    p = hits / 2.0**n
-    method, patterns = "exact", 2**n
-  else:
-    rng = np.random.default_rng(seed)
-    signs = rng.integers(0, 2, size=(draws, n)) * 2.0 - 1.0
-    flipped = np.abs(d @ signs.T)
-    hits = (flipped >= (observed - tolerance)[..., None]).sum(axis=-1)
-    p = (1.0 + hits) / (draws + 1.0)
-    method, patterns = "monte carlo", draws
-  p = np.where(n_valid > 0, p, np.nan)
-  return SignFlipTest(_scalar(diff), _scalar(n_valid), _scalar(p), method,
-                      patterns)
-
-
 # --------------------------------------------------------------------------
 # Equivalence: two one-sided tests
 # --------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Tost:
-  """Paired two one-sided tests of |mean(x − y)| < margin; arrays if vectorized.
-
-  Attributes:
-    diff, se, df: as in `PairedTTest`.
-    margin: the equivalence margin (metric units).
-    p_lower: p of H0 diff ≤ −margin (one-sided, t-test).
-    p_upper: p of H0 diff ≥ +margin.
-    p: max(p_lower, p_upper), the TOST p-value.
-    equivalent: p ≤ alpha (False where p is NaN).
-    ci_low, ci_high: the 1 − 2·alpha interval; equivalent exactly when it
-      lies inside (−margin, margin) (up to the boundary).
-    alpha: the level.
-  """
-  diff: ArrayOrFloat
-  se: ArrayOrFloat
-  df: ArrayOrFloat
-  margin: float
-  p_lower: ArrayOrFloat
-  p_upper: ArrayOrFloat
-  p: ArrayOrFloat
-  equivalent: Union[bool, np.ndarray]
-  ci_low: ArrayOrFloat
-  ci_high: ArrayOrFloat
-  alpha: float
-
-
-def tost(x, y, margin: float, alpha: float = ALPHA) -> Tost:
-  """Paired equivalence test: is |mean(x − y)| < margin, at level alpha?
-
-  A non-significant difference is not evidence of no difference: with few
-  seeds it mostly says the seeds were too few. TOST (Schuirmann 1987) tests
-  H0: |Δ| ≥ margin by two one-sided paired t-tests, each at alpha, and
-  declares equivalence only if both reject, so its size is ≤ alpha at every
-  Δ with |Δ| ≥ margin. That is the same as the 1 − 2α interval lying inside
-  (−margin, margin).
-
-  Args:
-    x, y: per-seed values along the last axis (as `paired_t_test`).
-    margin: the largest difference that counts as no difference (> 0).
-    alpha: the level.
-
-  Returns:
-    A `Tost`. Constant differences (se = 0) give NaN p-values and
-    equivalent False.
-
-  Raises:
-    ValueError: margin is not positive.
-
-  Example:
-    >>> r = tost([0.80, 0.81, 0.79, 0.80, 0.82],
-    ...          [0.80, 0.80, 0.80, 0.81, 0.81], margin=0.02)
-    >>> r.equivalent, round(r.p, 4), round(r.ci_low, 4), round(r.ci_high, 4)
-    (True, 0.0055, -0.0095, 0.0095)
-  """
-  if not margin > 0:
-    raise ValueError(f"tost needs a positive margin; got {margin}.")
-  test = paired_t_test(x, y, alpha)
-  diff, se, df = (np.asarray(v, np.float64)
-                  for v in (test.diff, test.se, test.df))
-  with np.errstate(divide="ignore", invalid="ignore"):
-    ok = se > 0
-    p_lower = np.where(ok, stats.t.sf((diff + margin) / se, df), np.nan)
-    p_upper = np.where(ok, stats.t.cdf((diff - margin) / se, df), np.nan)
-    half = np.where(ok, stats.t.ppf(1 - alpha, df) * se, 0.0)
-    half = np.where(np.isfinite(se), half, np.nan)
-  p = np.maximum(p_lower, p_upper)
-  equivalent = np.asarray(p <= alpha)
-  return Tost(_scalar(diff), _scalar(se), _scalar(df), float(margin),
-              _scalar(p_lower), _scalar(p_upper), _scalar(p),
-              bool(equivalent) if equivalent.ndim == 0 else equivalent,
-              _scalar(diff - half), _scalar(diff + half), alpha)
 
 
 # --------------------------------------------------------------------------
@@ -460,7 +180,7 @@ def holm_intervals(diff, se, df, alpha: float = ALPHA) -> HolmIntervals:
   inside = np.isfinite(p)
   return HolmIntervals(np.where(inside, low, np.nan),
                        np.where(inside, high, np.nan), p, p_holm, rejected,
-                       _scalar(m[..., 0]), alpha)
+                       as_scalar(m[..., 0]), alpha)
 
 
 # --------------------------------------------------------------------------
@@ -561,13 +281,6 @@ class PairedComparison:
     return dataclasses.asdict(self)
 
 
-def _is_finite(value) -> bool:
-  try:
-    return value is not None and math.isfinite(float(value))
-  except (TypeError, ValueError):
-    return False
-
-
 def _pair_by_seed(arm_values: Mapping[int, Optional[float]],
                   ref_values: Mapping[int, Optional[float]]
                   ) -> Tuple[List[int], np.ndarray, np.ndarray,
@@ -579,9 +292,9 @@ def _pair_by_seed(arm_values: Mapping[int, Optional[float]],
       dropped.append((seed, "no run of the arm"))
     elif seed not in ref_values:
       dropped.append((seed, "no run of the reference"))
-    elif not _is_finite(arm_values[seed]):
+    elif not is_finite(arm_values[seed]):
       dropped.append((seed, "arm value missing or not finite"))
-    elif not _is_finite(ref_values[seed]):
+    elif not is_finite(ref_values[seed]):
       dropped.append((seed, "reference value missing or not finite"))
     else:
       seeds.append(seed)
@@ -657,186 +370,3 @@ def compare_paired(values_by_arm: Mapping[str, Mapping[int, Optional[float]]],
   return out
 
 
-# --------------------------------------------------------------------------
-# Dose-response: the effect against log std(δ)
-# --------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Trend:
-  """A slope of the paired effect against log noise; arrays if vectorized.
-
-  Attributes:
-    slope: effect change per unit of log std(δ).
-    se: its standard error.
-    df: degrees of freedom of its t-test.
-    t: slope / se.
-    p: two-sided p of slope = 0.
-    ci_low, ci_high: the 1 − alpha interval of the slope.
-    points: what the slope was fitted on (arms for `dose_response`, seeds
-      for `per_seed_trend`).
-    method: "weighted least squares" or "per-seed slopes".
-    alpha: the level.
-    intercept: the WLS intercept (NaN for per-seed slopes).
-    slopes: the per-seed slopes (None for WLS).
-  """
-  slope: ArrayOrFloat
-  se: ArrayOrFloat
-  df: ArrayOrFloat
-  t: ArrayOrFloat
-  p: ArrayOrFloat
-  ci_low: ArrayOrFloat
-  ci_high: ArrayOrFloat
-  points: ArrayOrInt
-  method: str
-  alpha: float
-  intercept: ArrayOrFloat = math.nan
-  slopes: Optional[np.ndarray] = None
-
-
-def dose_response(effects: Sequence[float], effect_ses: Sequence[float],
-                  log_noise: Sequence[float], alpha: float = ALPHA) -> Trend:
-  """WLS slope of the arms' paired effects against log std(δ).
-
-  If quantization regularizes through its weight noise, the effect should
-  grow with the noise: w8 < w4 < w2. This fits effect_a = a + b·log σ_a
-  over the arms by weighted least squares, weights 1/se_a², and tests
-  b = 0 with t on k − 2 degrees of freedom, the residual variance scaling
-  the weights (so se_a need only be right up to a common factor).
-
-  It treats the arms' effects as independent, but they are not: every
-  effect is an arm minus the same reference runs, on the same seeds. Prefer
-  `per_seed_trend`, which respects the pairing; this one is for summaries
-  where only per-arm effects and their ses are at hand.
-
-  Args:
-    effects: per-arm paired effects (arm − reference) along the last axis
-      (leading axes are independent fits).
-    effect_ses: their standard errors.
-    log_noise: log std(δ) of each arm (broadcast against effects).
-    alpha: 1 − alpha is the slope interval's level.
-
-  Returns:
-    A `Trend` (method "weighted least squares"). Points with a non-finite
-    value or se ≤ 0 are left out; fewer than 3 points, or no spread in
-    log_noise, give NaN figures; so does an exact fit (residual 0).
-
-  Example:
-    >>> r = dose_response([0.0, 0.011, 0.019, 0.032], [0.004] * 4,
-    ...                   [-6.0, -5.0, -4.0, -3.0])
-    >>> round(r.slope, 4), round(r.p, 4), r.df
-    (0.0104, 0.0039, 2.0)
-  """
-  y = np.asarray(effects, np.float64)
-  s = np.asarray(effect_ses, np.float64)
-  x = np.asarray(log_noise, np.float64)
-  y, s, x = np.broadcast_arrays(y, s, x)
-  valid = np.isfinite(y) & np.isfinite(s) & np.isfinite(x) & (s > 0)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    w = np.where(valid, 1.0 / np.where(valid, s, 1.0)**2, 0.0)
-    y0, x0 = np.where(valid, y, 0.0), np.where(valid, x, 0.0)
-    sum_w = w.sum(axis=-1, keepdims=True)
-    x_bar = (w * x0).sum(axis=-1, keepdims=True) / sum_w
-    y_bar = (w * y0).sum(axis=-1, keepdims=True) / sum_w
-    sxx = (w * (x0 - x_bar)**2).sum(axis=-1)
-    slope = (w * (x0 - x_bar) * (y0 - y_bar)).sum(axis=-1) / sxx
-    intercept = y_bar[..., 0] - slope * x_bar[..., 0]
-    resid = y0 - intercept[..., None] - slope[..., None] * x0
-    points = valid.sum(axis=-1)
-    df = np.where(points >= 3, points - 2.0, np.nan)
-    sigma2 = (w * resid**2).sum(axis=-1) / df
-    se = np.sqrt(sigma2 / sxx)
-    scale = np.abs(slope) + 1e-300
-    ok = (sxx > 0) & (se > 1e-12 * scale) & np.isfinite(df)
-    se = np.where(ok, se, np.nan)
-    t = slope / se
-    p = 2 * stats.t.sf(np.abs(t), df)
-    half = stats.t.ppf(1 - alpha / 2, df) * se
-  slope = np.where(np.isfinite(df) & (sxx > 0), slope, np.nan)
-  return Trend(_scalar(slope), _scalar(se), _scalar(df), _scalar(t),
-               _scalar(p), _scalar(slope - half), _scalar(slope + half),
-               _scalar(points), "weighted least squares", alpha,
-               intercept=_scalar(intercept))
-
-
-def seed_effects(values_by_arm: Mapping[str, Mapping[int, Optional[float]]],
-                 arms: Sequence[str], reference: str
-                 ) -> Tuple[List[int], np.ndarray]:
-  """Per-seed paired effects arm − reference, as a (seeds × arms) matrix.
-
-  The input of `per_seed_trend`: row s holds seed s's effect in each arm,
-  NaN where the seed lacks the arm or the reference.
-
-  Example:
-    >>> seeds, m = seed_effects({"fp": {0: 1.0, 1: 2.0}, "w8": {0: 1.5},
-    ...                          "w4": {0: 2.0, 1: 2.5}}, ["w8", "w4"], "fp")
-    >>> seeds, m.tolist()
-    ([0, 1], [[0.5, 1.0], [nan, 0.5]])
-  """
-  ref = values_by_arm.get(reference, {})
-  seeds = sorted({s for arm in arms for s in values_by_arm.get(arm, {})}
-                 | set(ref))
-  matrix = np.full((len(seeds), len(arms)), np.nan)
-  for i, seed in enumerate(seeds):
-    for j, arm in enumerate(arms):
-      a, b = values_by_arm.get(arm, {}).get(seed), ref.get(seed)
-      if _is_finite(a) and _is_finite(b):
-        matrix[i, j] = float(a) - float(b)
-  return seeds, matrix
-
-
-def per_seed_trend(effects, log_noise, alpha: float = ALPHA) -> Trend:
-  """Trend of the paired effect in log std(δ), one slope per seed, t-tested.
-
-  The primary trend test. For each seed s, the OLS slope b_s of its paired
-  effects (arm − reference, same seed) on log std(δ) across the arms; then
-  a one-sample t-test of the b_s against 0 on n_seeds − 1 degrees of
-  freedom. Seeds are independent replicates, so the b_s are independent
-  whatever the correlation between a seed's arms (they share its reference
-  run, initialization and data order); and the seed's own level cancels
-  within its slope. `dose_response` instead treats the k arms' mean effects
-  as independent, which they are not (all subtract the same reference
-  runs), and tests on k − 2 degrees of freedom (1 with three arms).
-
-  Args:
-    effects: (..., seeds, arms) per-seed effects, e.g. from
-      `seed_effects`, or a mapping seed → per-arm effects. NaN entries are
-      left out of that seed's fit; a seed with fewer than 2 arms (or no
-      spread in log noise) gives no slope and is dropped.
-    log_noise: log std(δ) per arm, broadcast against effects (per seed, if
-      measured per run).
-    alpha: 1 − alpha is the slope interval's level.
-
-  Returns:
-    A `Trend` (method "per-seed slopes"), slope = mean of the b_s, points =
-    seeds with a slope, slopes = the b_s.
-
-  Example:
-    >>> effects = [[0.00, 0.02, 0.03], [0.01, 0.02, 0.05],
-    ...            [-0.01, 0.01, 0.02], [0.00, 0.03, 0.03]]
-    >>> r = per_seed_trend(effects, [-6.0, -5.0, -4.0])
-    >>> r.points, round(r.slope, 3), round(r.p, 4), r.df
-    (4, 0.016, 0.001, 3.0)
-  """
-  if isinstance(effects, Mapping):
-    effects = [effects[s] for s in sorted(effects)]
-  y = np.asarray(effects, np.float64)
-  x = np.asarray(log_noise, np.float64)
-  y, x = np.broadcast_arrays(y, x)
-  if y.ndim < 2:
-    raise ValueError(f"per_seed_trend needs (seeds, arms) effects; got shape "
-                     f"{y.shape}.")
-  valid = np.isfinite(y) & np.isfinite(x)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    count = valid.sum(axis=-1, keepdims=True)
-    x0, y0 = np.where(valid, x, 0.0), np.where(valid, y, 0.0)
-    x_bar = x0.sum(axis=-1, keepdims=True) / count
-    y_bar = y0.sum(axis=-1, keepdims=True) / count
-    dx = np.where(valid, x0 - x_bar, 0.0)
-    sxx = (dx**2).sum(axis=-1)
-    slopes = (dx * (y0 - y_bar)).sum(axis=-1) / sxx
-  slopes = np.where((count[..., 0] >= 2) & (sxx > 0), slopes, np.nan)
-  test = paired_t_test(slopes, np.zeros_like(slopes), alpha)
-  return Trend(test.diff, test.se, test.df, test.t, test.p, test.ci_low,
-               test.ci_high, test.n, "per-seed slopes", alpha,
-               slopes=slopes)

@@ -26,14 +26,12 @@ and with too few seeds it reads "inconclusive".
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
-
 from kqreg.io_utils import atomic_write_text
+from kqreg.study.sweep import analysis
 from kqreg.study.sweep import arms as arms_lib
 from kqreg.study.sweep import decision as decision_lib
 from kqreg.study.sweep import figures
@@ -41,106 +39,12 @@ from kqreg.study.sweep import overfitting as overfitting_lib
 from kqreg.study.sweep import paired as paired_lib
 from kqreg.study.sweep import statistics as stats_lib
 from kqreg.study.sweep import tables
+from kqreg.study.sweep.records import CLASSIFICATION, RunRecord, SweepTask
 from kqreg.study.sweep.tables import (markdown_table, overfitting_table,
                                  verdict_table)
 
-__all__ = [
-    "RunRecord",
-    "SweepTask",
-    "CLASSIFICATION",
-    "DETECTION",
-    "TASKS",
-    "METRICS",
-    "DETECTION_METRICS",
-    "VERDICT_METHOD",
-    "aggregate",
-    "compare",
-    "compare_paired",
-    "overfitting",
-    "false_positive_rates",
-    "seed_warnings",
-    "verdict",
-    "write_report",
-]
+__all__ = ["VERDICT_METHOD", "verdict", "write_report"]
 
-# (result key, column label) of the figures a classification sweep aggregates
-# per bit setting.
-METRICS = (
-    ("train_accuracy", "train acc"),
-    ("val_accuracy", "val acc"),
-    ("test_accuracy", "test acc"),
-    ("train_loss", "train loss"),
-    ("val_loss", "val loss"),
-    ("best_val_loss", "best val loss"),
-    ("gap_accuracy", "gap acc (train-val)"),
-    ("gap_loss", "gap loss (val-train)"),
-    ("val_loss_rise", "val loss rise"),
-    ("noise_std", "std(δ)"),
-    ("noise_model_std", "Δ/√12"),
-)
-
-
-DETECTION_METRICS = (
-    ("train_loss", "train loss"),
-    ("val_loss", "val loss"),
-    ("best_val_loss", "best val loss"),
-    ("gap_loss", "gap loss (val-train)"),
-    ("val_loss_rise", "val loss rise"),
-    ("val_map50", "val mAP@0.5"),
-    ("val_map", "val mAP@[.5:.95]"),
-    ("noise_std", "std(δ)"),
-    ("noise_model_std", "Δ/√12"),
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class SweepTask:
-  """What a sweep of one task reports.
-
-  Attributes:
-    name: the `--task` it belongs to.
-    metrics: (result key, column label) aggregated per bit setting.
-    quality: (key, label) of the headline validation figure, higher better.
-    gaps: (key, name in the verdict, axis label) of the generalization gaps
-      plotted against std(δ) in gap.png.
-    curves: (history key, axis label, log scale) drawn per epoch, one PNG
-      each, named after the key.
-    legend: what the table's columns mean, for report.md.
-    compared: (key, name) of the metrics tested arm against reference, in
-      verdict order; each metric is one Holm family.
-  """
-  name: str
-  metrics: Tuple[Tuple[str, str], ...]
-  quality: Tuple[str, str]
-  gaps: Tuple[Tuple[str, str, str], ...]
-  curves: Tuple[Tuple[str, str, bool], ...]
-  legend: str
-  compared: Tuple[Tuple[str, str], ...] = ()
-
-
-_LOSS_GAP = ("gap_loss", "loss gap", "val loss − train loss")
-_COMPARED_LOSSES = (("gap_loss", "loss gap"), ("val_loss", "final val loss"),
-                    ("best_val_loss", "best val loss"))
-_COMMON_LEGEND = ("gap loss = validation − train loss; best val loss = the "
-                  "lowest epoch's; val loss rise = final minus minimum of "
-                  "the validation loss's running median over a tenth of the "
-                  "epochs (at least 3); std(δ) and Δ/√12 are means over "
-                  "quantized layers at the end of training.")
-CLASSIFICATION = SweepTask(
-    "classify", METRICS, ("val_accuracy", "val acc"),
-    (_LOSS_GAP, ("gap_accuracy", "accuracy gap", "train acc − val acc")),
-    (("val_loss", "validation loss (log)", True),),
-    "Mean ± std over seeds. gap acc = train − validation accuracy; "
-    + _COMMON_LEGEND,
-    _COMPARED_LOSSES + (("val_accuracy", "val acc"),))
-DETECTION = SweepTask(
-    "detect", DETECTION_METRICS, ("val_map50", "val mAP@0.5"), (_LOSS_GAP,),
-    (("val_loss", "validation loss (log)", True),
-     ("val_map50", "validation mAP@0.5", False)),
-    "Mean ± std over seeds. Losses are keras-cv's YOLOv8 loss (box CIoU + "
-    "class BCE); mAP is COCO-style on the validation split; " + _COMMON_LEGEND,
-    _COMPARED_LOSSES + (("val_map50", "val mAP@0.5"),))
-TASKS = {task.name: task for task in (CLASSIFICATION, DETECTION)}
 
 VERDICT_METHOD = (
     "**How the verdict is computed.** Seed s of every arm starts from the "
@@ -200,182 +104,6 @@ VERDICT_METHOD = (
     "differences.")
 
 
-@dataclasses.dataclass
-class RunRecord:
-  """One finished run: its bits, seed, result dict and per-epoch history."""
-  bits: str
-  seed: int
-  result: Dict
-  history: List[Dict[str, float]]
-
-  def curve(self, key: str) -> List[float]:
-    """`key` per epoch from the history (NaN where an epoch lacks it)."""
-    return [float(h.get(key, math.nan)) for h in self.history]
-
-  def rise_test(self, alpha: float = stats_lib.ALPHA,
-                rho: Optional[float] = None
-               ) -> Optional[overfitting_lib.RiseTest]:
-    """The overfitting test of this run's validation loss (None if short).
-
-    `rho`, the epoch noise's correlation, is estimated from this curve
-    alone when not given (the report passes the arm's pooled estimate).
-    """
-    return overfitting_lib.rise_test(self.curve("val_loss"), alpha, rho)
-
-  def value(self, key: str) -> Optional[float]:
-    """A figure of the run by key: result keys plus derived ones.
-
-    `noise_std` / `noise_model_std` read `result["noise"]["delta_std"]` /
-    `["model_std"]`; `val_loss_rise` and `val_loss_rise_noise` come from the
-    history (`overfitting_lib.rise_test`); `best_val_loss` falls back to the
-    history's minimum.
-    """
-    if key == "noise_std":
-      return (self.result.get("noise") or {}).get("delta_std")
-    if key == "noise_model_std":
-      return (self.result.get("noise") or {}).get("model_std")
-    if key in ("val_loss_rise", "val_loss_rise_noise"):
-      test = self.rise_test()
-      if test is None:
-        return None
-      return test.rise if key == "val_loss_rise" else test.noise
-    value = self.result.get(key)
-    if value is None and key == "best_val_loss":
-      finite = [v for v in self.curve("val_loss") if math.isfinite(v)]
-      return min(finite) if finite else None
-    return None if value is None else float(value)
-
-
-def _mean_std(values: Sequence[Optional[float]]):
-  values = [v for v in values if v is not None and math.isfinite(v)]
-  if not values:
-    return None, None, 0
-  std = float(np.std(values, ddof=1)) if len(values) > 1 else None
-  return float(np.mean(values)), std, len(values)
-
-
-def aggregate(records: Sequence[RunRecord], bits_order: Sequence[str],
-              task: SweepTask = CLASSIFICATION) -> List[Dict]:
-  """Per bit setting (in `bits_order`): mean/std of every `task.metrics` key."""
-  rows = []
-  for bits in bits_order:
-    runs = [r for r in records if r.bits == bits]
-    if not runs:
-      continue
-    row = {"bits": bits, "seeds": len(runs)}
-    for key in [k for k, _ in task.metrics] + ["val_loss_rise_noise"]:
-      mean, std, _ = _mean_std([r.value(key) for r in runs])
-      row[f"{key}_mean"], row[f"{key}_std"] = mean, std
-    rows.append(row)
-  return rows
-
-
-def _present(records: Sequence[RunRecord],
-             bits_order: Sequence[str]) -> List[str]:
-  have = {r.bits for r in records}
-  return [b for b in bits_order if b in have]
-
-
-def compare(records: Sequence[RunRecord], bits_order: Sequence[str],
-            task: SweepTask = CLASSIFICATION,
-            reference: str = arms_lib.REFERENCE,
-            alpha: float = stats_lib.ALPHA
-           ) -> List[stats_lib.Comparison]:
-  """Every arm against `reference` and every noise twin against its arm.
-
-  Per metric of `task.compared` one `statistics.compare_arms` call (Welch,
-  Holm over that metric's pairs, MDD); metric-major order.
-  """
-  arms = _present(records, bits_order)
-  pairs = arms_lib.comparison_pairs(arms, reference)
-  out = []
-  for key, _ in task.compared:
-    values = {arm: [r.value(key) for r in records if r.bits == arm]
-              for arm in arms}
-    out += stats_lib.compare_arms(values, pairs, key, alpha)
-  return out
-
-
-def compare_paired(records: Sequence[RunRecord], bits_order: Sequence[str],
-                   task: SweepTask = CLASSIFICATION,
-                   reference: str = arms_lib.REFERENCE,
-                   alpha: float = stats_lib.ALPHA,
-                   margins: Optional[Dict[str, float]] = None
-                  ) -> List[paired_lib.PairedComparison]:
-  """Every arm against `reference` and every twin against its arm, by seed.
-
-  Per metric of `task.compared` one Holm family (`decision.
-  paired_comparisons`): paired t, sign-flip check, pairs' correlation,
-  Holm-compatible intervals, TOST within `margins[metric]`, the reading.
-  """
-  return decision_lib.paired_comparisons(
-      records, _present(records, bits_order), task.compared, reference,
-      margins, alpha)
-
-
-def _unpaired(records: Sequence[RunRecord], bits_order: Sequence[str],
-              task: SweepTask, reference: str, alpha: float
-             ) -> List[stats_lib.Comparison]:
-  """Welch comparisons of the pairs whose arms share fewer than 2 seeds."""
-  arms = _present(records, bits_order)
-  pairs = decision_lib.unpaired_pairs(
-      records, arms_lib.comparison_pairs(arms, reference))
-  out = []
-  for key, _ in task.compared if pairs else ():
-    values = {arm: [r.value(key) for r in records if r.bits == arm]
-              for arm in arms}
-    out += stats_lib.compare_arms(values, pairs, key, alpha)
-  return out
-
-
-def false_positive_rates(
-    records: Sequence[RunRecord],
-    overfit: Dict[str, overfitting_lib.ArmOverfitting],
-    alpha: float = stats_lib.ALPHA,
-    draws: int = overfitting_lib.CALIBRATION_DRAWS) -> Dict[str, float]:
-  """Per arm: the measured false-positive rate of its overfitting test.
-
-  At the arm's estimated ρ, its (median) number of epochs and its seeds
-  (`overfitting.false_positive_rate`, flat null curves).
-  """
-  out = {}
-  for arm, v in overfit.items():
-    lengths = [sum(math.isfinite(x) for x in r.curve("val_loss"))
-               for r in records if r.bits == arm]
-    epochs = int(np.median(lengths)) if lengths else 0
-    if epochs >= 6 and draws > 0:
-      out[arm] = overfitting_lib.false_positive_rate(
-          epochs, v.seeds, v.rho, "flat", alpha, draws)
-  return out
-
-
-def overfitting(records: Sequence[RunRecord], bits_order: Sequence[str],
-                alpha: float = stats_lib.ALPHA
-               ) -> Dict[str, overfitting_lib.ArmOverfitting]:
-  """Per arm, the overfitting verdict from all its seeds' validation loss."""
-  curves = {arm: [r.curve("val_loss") for r in records if r.bits == arm]
-            for arm in _present(records, bits_order)}
-  return overfitting_lib.overfitting_verdict(curves, alpha)
-
-
-def seed_warnings(records: Sequence[RunRecord], bits_order: Sequence[str],
-                  minimum: int = stats_lib.RECOMMENDED_SEEDS) -> List[str]:
-  """Warnings for arms run with fewer than `minimum` seeds."""
-  counts = {arm: sum(r.bits == arm for r in records)
-            for arm in _present(records, bits_order)}
-  few = {arm: n for arm, n in counts.items() if n < minimum}
-  if not few:
-    return []
-  listed = ", ".join(f"{arm} ({n})" for arm, n in few.items())
-  lines = [f"Warning: fewer than {minimum} seeds for {listed}: the tests "
-           "can only detect large differences (expect inconclusive "
-           "readings)."]
-  if any(n < 2 for n in few.values()):
-    lines.append("Warning: an arm with one seed has no spread; its "
-                 "comparisons are not tested.")
-  return lines
-
-
 def _comparison_phrase(c: stats_lib.Comparison, name: str,
                        first: bool = True) -> str:
   if not math.isfinite(c.p):
@@ -430,20 +158,21 @@ def verdict(records: Sequence[RunRecord], bits_order: Sequence[str],
   margins by metric key.
   """
   if paired is None:
-    paired = compare_paired(records, bits_order, task, reference, alpha,
-                            margins)
+    paired = analysis.compare_paired(records, bits_order, task, reference,
+                                     alpha, margins)
   if comparisons is None:
-    comparisons = _unpaired(records, bits_order, task, reference, alpha)
+    comparisons = analysis.compare_unpaired(records, bits_order, task,
+                                            reference, alpha)
   if overfit is None:
-    overfit = overfitting(records, bits_order, alpha)
+    overfit = analysis.overfitting(records, bits_order, alpha)
   if doses is None:
     doses = decision_lib.dose_responses(
-        records, _present(records, bits_order), paired, task.compared,
-        reference, alpha)
+        records, analysis.present_arms(records, bits_order), paired,
+        task.compared, reference, alpha)
   rates = rates or {}
-  lines = list(seed_warnings(records, bits_order))
+  lines = list(analysis.seed_warnings(records, bits_order))
   lines += [_overfitting_line(v, rates.get(v.arm)) for v in overfit.values()]
-  if reference not in _present(records, bits_order):
+  if reference not in analysis.present_arms(records, bits_order):
     lines.append(f"No `{reference}` run in the sweep: nothing to compare "
                  "against.")
   names = dict(task.compared)
@@ -468,8 +197,9 @@ def verdict(records: Sequence[RunRecord], bits_order: Sequence[str],
     lines.append("Dose-response (paired effect against log std(δ)):")
     lines += decision_lib.dose_response_lines(doses, names)
   lines += decision_lib.positive_control_lines(
-      paired, decision_lib.positive_controls(_present(records, bits_order),
-                                             reference), names, reference)
+      paired, decision_lib.positive_controls(
+          analysis.present_arms(records, bits_order), reference),
+      names, reference)
   return lines
 
 
@@ -525,25 +255,26 @@ def write_report(output_dir: str, records: Sequence[RunRecord],
     [ArmOverfitting.as_dict()], "warnings": lines, "paths": written files}`.
   """
   os.makedirs(output_dir, exist_ok=True)
-  rows = aggregate(records, bits_order, task)
+  rows = analysis.aggregate(records, bits_order, task)
   table = markdown_table(rows, task)
   margins = dict(margins or {})
-  arms = _present(records, bits_order)
+  arms = analysis.present_arms(records, bits_order)
   names = dict(task.compared)
-  paired = compare_paired(records, bits_order, task, alpha=alpha,
-                          margins=margins)
-  comparisons = _unpaired(records, bits_order, task, arms_lib.REFERENCE,
-                          alpha)
+  paired = analysis.compare_paired(records, bits_order, task, alpha=alpha,
+                                   margins=margins)
+  comparisons = analysis.compare_unpaired(records, bits_order, task,
+                                          arms_lib.REFERENCE, alpha)
   doses = decision_lib.dose_responses(records, arms, paired, task.compared,
                                       alpha=alpha)
-  overfit = overfitting(records, bits_order, alpha)
-  rates = false_positive_rates(records, overfit, alpha, calibration_draws)
-  warnings = seed_warnings(records, bits_order)
+  overfit = analysis.overfitting(records, bits_order, alpha)
+  rates = analysis.false_positive_rates(records, overfit, alpha,
+                                        calibration_draws)
+  warnings = analysis.seed_warnings(records, bits_order)
   lines = verdict(records, bits_order, task, alpha=alpha,
                   comparisons=comparisons, overfit=overfit, paired=paired,
                   doses=doses, rates=rates, margins=margins)
-  comparison_table = decision_lib.paired_table(paired, names)
-  readings = decision_lib.readings_table(paired, names)
+  comparison_table = tables.paired_table(paired, names)
+  readings = tables.readings_table(paired, names)
   overfit_table = overfitting_table(overfit, rates)
   atomic_write_text(os.path.join(output_dir, "runs.csv"),
                     tables.csv_text(_run_rows(records, task, alpha, overfit)))
@@ -563,7 +294,7 @@ def write_report(output_dir: str, records: Sequence[RunRecord],
   plots = figures.write_figures(output_dir, records, rows, arms, task)
   if doses:
     plots.append(os.path.join(output_dir, "dose_response.png"))
-    decision_lib.dose_response_figure(doses, names, plots[-1])
+    figures.dose_response_figure(doses, names, plots[-1])
   margin_text = (", ".join(f"{names.get(k, k)} ±{v:g}"
                            for k, v in margins.items())
                  if margins else "none (equivalence is never claimed)")

@@ -9,21 +9,25 @@ from __future__ import annotations
 import csv
 import io
 import math
-from typing import TYPE_CHECKING, Dict, Optional, Protocol, Sequence, Tuple
+from typing import (TYPE_CHECKING, Dict, Mapping, Optional, Protocol, Sequence,
+                    Tuple)
+
+from kqreg.study.sweep import arms as arms_lib
 
 if TYPE_CHECKING:
   from kqreg.study.sweep import overfitting as overfitting_lib
+  from kqreg.study.sweep import paired as paired_lib
   from kqreg.study.sweep import statistics as stats_lib
 
 
 class MetricNames(Protocol):
-  """What a table needs of a `report.SweepTask`: its metric names."""
+  """What a table needs of a `records.SweepTask`: its metric names."""
   metrics: Tuple[Tuple[str, str], ...]
   compared: Tuple[Tuple[str, str], ...]
 
 
 __all__ = ["csv_text", "markdown_table", "overfitting_table", "p_text",
-           "verdict_table"]
+           "paired_table", "r_text", "readings_table", "verdict_table"]
 
 
 def _fmt(mean, std, digits=3):
@@ -53,6 +57,11 @@ def p_text(p: float) -> str:
   if not math.isfinite(p):
     return "–"
   return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def r_text(r: float) -> str:
+  """A correlation as a report prints it."""
+  return "–" if not math.isfinite(r) else f"{r:+.2f}"
 
 
 def verdict_table(comparisons: Sequence["stats_lib.Comparison"],
@@ -116,3 +125,41 @@ def csv_text(rows: Sequence[Dict]) -> str:
     writer.writeheader()
     writer.writerows(rows)
   return out.getvalue()
+
+
+def paired_table(comparisons: Sequence["paired_lib.PairedComparison"],
+                 names: Mapping[str, str]) -> str:
+  """One Markdown row per (arm, reference, metric), paired by seed."""
+  lines = ["| arm | vs | metric | pairs | mean diff | simultaneous CI | "
+           "p (paired t) | p (Holm) | p (sign-flip) | r (pairs) | margin | "
+           "p (TOST) | reading |", "|" + "---|" * 13]
+  for c in comparisons:
+    tested = math.isfinite(c.p)
+    ci = f"{c.ci_low:+.3f} to {c.ci_high:+.3f}" if tested else "–"
+    diff = f"{c.diff:+.3f}" if math.isfinite(c.diff) else "–"
+    flip = p_text(c.p_sign_flip)
+    if c.sign_flip_method == "monte carlo":
+      flip += " (MC)"
+    lines.append(
+        f"| {c.arm} | {c.reference} | {names.get(c.metric, c.metric)} | "
+        f"{c.n} | {diff} | {ci} | {p_text(c.p)} | {p_text(c.p_holm)} | {flip} | "
+        f"{r_text(c.correlation)} | {'±%g' % c.margin if c.margin else '–'} | "
+        f"{p_text(c.p_tost)} | {c.reading} |")
+  return "\n".join(lines)
+
+
+def readings_table(comparisons: Sequence["paired_lib.PairedComparison"],
+                   names: Mapping[str, str],
+                   reference: str = arms_lib.REFERENCE) -> str:
+  """Arm (or twin vs arm) × metric: the reading of each comparison."""
+  metrics = list(dict.fromkeys(c.metric for c in comparisons))
+  rows: Dict[Tuple[str, str], Dict[str, str]] = {}
+  for c in comparisons:
+    rows.setdefault((c.arm, c.reference), {})[c.metric] = c.reading
+  lines = ["| arm | " + " | ".join(names.get(m, m) for m in metrics) + " |",
+           "|" + "---|" * (len(metrics) + 1)]
+  for (arm, ref), cells in rows.items():
+    label = arm if ref == reference else f"{arm} vs {ref}"
+    lines.append(f"| {label} | " +
+                 " | ".join(cells.get(m, "–") for m in metrics) + " |")
+  return "\n".join(lines)
