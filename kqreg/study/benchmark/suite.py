@@ -21,8 +21,9 @@ def run_benchmark(*, quick: bool = False, repeats: int = 5,
                   rounds: int = 20, processes: int = 5) -> Dict[str, object]:
   """Every measurement of the benchmark, as one JSON-ready dict.
 
-  `quick` shrinks it to a smoke run (small CNN only, fewer repetitions,
-  step times in this process). Otherwise each model's step times come from
+  `quick` shrinks it to a smoke run (small CNN only, two rounds of three
+  steps, one timed callback epoch, step times in this process): its figures
+  say the benchmark runs, not how fast anything is. Otherwise each model's step times come from
   `processes` fresh processes, `rounds` rounds in all.
   Prints one line per figure as it is measured (a full run takes long).
   """
@@ -34,11 +35,11 @@ def run_benchmark(*, quick: bool = False, repeats: int = 5,
   }
   results["step_time"] = _own_rows_succeeded(step_timing.step_time_rows(
       benchmark._QUICK_MODELS if quick else benchmark._FULL_MODELS,
-      3 if quick else rounds, 5 if quick else 10,
+      2 if quick else rounds, 3 if quick else 10,
       (False,) if quick else (False, True), 1 if quick else processes))
   results["step_time_processes"] = 1 if quick else processes
   results["callback"] = benchmark.callback_overhead(
-      epochs=3 if quick else 6, **({"widths": (16, 32, 64)} if quick else {}))
+      epochs=2 if quick else 6, **({"widths": (16, 32, 64)} if quick else {}))
   print(f"noise callback: {results['callback']['ratio']:.3f}x epoch time",
         flush=True)
   results["noise_cost"] = benchmark._noise_costs(benchmark._NOISE_MODELS[:2] if quick else
