@@ -153,7 +153,13 @@ def test_dose_response_fit_and_figure(written):
   assert q["trend_slope"] < 0 and q["trend_p"] < 0.05
   assert q["trend_ci_low"] < q["trend_slope"] < q["trend_ci_high"] < 0
   assert ("val_loss", "quantizers and twins") in doses
-  assert (path / "dose_response.png").read_bytes()[:4] == b"\x89PNG"
+  png = (path / "dose_response.png").read_bytes()
+  assert png[:4] == b"\x89PNG"
+  # One panel per compared metric, at most two a row: legible on a page.
+  width, height = (int.from_bytes(png[16:20], "big"),
+                   int.from_bytes(png[20:24], "big"))
+  metrics = {metric for metric, _ in doses}
+  assert len(metrics) >= 3 and width <= 1.5 * height, (width, height)
   assert any("per-seed trend test" in l and "slope" in l
              for l in out["verdict"])
   assert (path / "dose_response.csv").exists()

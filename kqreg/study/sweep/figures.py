@@ -197,9 +197,15 @@ def dose_response_figure(doses: Sequence["decision.DoseResponse"],
     if d.metric not in panels or d.family != "quantizers":
       panels[d.metric] = d
   primary = {d.metric: d for d in doses if d.family == "quantizers"}
-  fig, axes = plt.subplots(1, max(1, len(panels)), squeeze=False,
-                           figsize=(4.6 * max(1, len(panels)), 4.0))
-  for ax, (metric, d) in zip(axes[0], panels.items()):
+  # At most two panels a row: four in one row shrink the labels below what
+  # a documentation page (about 800 px wide) shows legibly.
+  columns = min(2, max(1, len(panels)))
+  rows = max(1, math.ceil(len(panels) / columns))
+  fig, axes = plt.subplots(rows, columns, squeeze=False,
+                           figsize=(5.2 * columns, 4.2 * rows))
+  for ax in axes.flat[len(panels):]:
+    ax.set_visible(False)
+  for ax, (metric, d) in zip(axes.flat, panels.items()):
     for arm, x, y, lo, hi in zip(d.arms, d.noise, d.effects, d.ci_low,
                                  d.ci_high):
       twin = arms_lib.is_noise_twin(arm)
