@@ -41,10 +41,11 @@ LATENCY_BUDGET_S = 0.1
 (at least `latency.MIN_REPEATS` invokes)."""
 
 
-def _weight_rows(info: Dict[str, Any], model: tf_keras.Model
-                 ) -> List[Dict[str, Any]]:
+def _weight_rows(info: Dict[str, Any], model: tf_keras.Model,
+                 matched: Optional[Dict[int, Any]]) -> List[Dict[str, Any]]:
   roles = flatbuffer.roles(info)
-  matched = exportable.kernel_bits(info, model, roles)
+  if matched is None:
+    matched = exportable.kernel_bits(info, model, roles)
   rows = []
   for const in info["constants"]:
     if const["index"] not in matched:
@@ -77,9 +78,13 @@ def _float_ops(info: Dict[str, Any]) -> List[str]:
 def build_report(qat_model: tf_keras.Model, path: str, data: bytes,
                  info: Dict[str, Any], quantized: bool,
                  prepared: converter.Prepared, int_io: bool,
-                 float_data: Optional[bytes], float_note: str
-                 ) -> Dict[str, Any]:
-  """The report of a written file, read back from its flatbuffer (`info`)."""
+                 float_data: Optional[bytes], float_note: str,
+                 matched: Optional[Dict[int, Any]] = None) -> Dict[str, Any]:
+  """The report of a written file, read back from its flatbuffer (`info`).
+
+  `matched`: its parameter tensors matched to their layers, when the writer
+  already did (`exportable.kernel_bits`); else matched here.
+  """
   float_size = len(float_data) if float_data is not None else None
   report = {
       "path": path,
@@ -90,7 +95,7 @@ def build_report(qat_model: tf_keras.Model, path: str, data: bytes,
       "float_size_note": float_note,
       "ratio_to_float": (len(data) / float_size) if float_size else None,
       "op_counts": info["op_counts"],
-      "weights": _weight_rows(info, qat_model),
+      "weights": _weight_rows(info, qat_model, matched),
       "float_layers": exportable.float_layers(qat_model),
       "float_ops": _float_ops(info),
       "activation_widening": {},

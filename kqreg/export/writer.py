@@ -88,8 +88,12 @@ def _float_file(qat_model: tf_keras.Model) -> Tuple[Optional[bytes], str]:
 
 
 def _store_exact_weights(data: bytes, qat_model: tf_keras.Model,
-                         calibrated: bool) -> Tuple[bytes, Dict[str, float]]:
-  """The file with every kernel on its QAT grid, and what moved (QAT steps).
+                         calibrated: bool
+                         ) -> Tuple[bytes, Dict[str, float], Dict[int, Any]]:
+  """The file with every kernel on its QAT grid, what moved (QAT steps), and
+  the parameter tensors matched to their layers (`exportable.kernel_bits`;
+  re-gridding and storage keep every tensor's index, so the report reuses
+  the match).
 
   From fake-quant ranges the converter stores a channel's range r at its
   type's peak (7 or 127); when it calibrates (a weight-only model) it
@@ -104,7 +108,7 @@ def _store_exact_weights(data: bytes, qat_model: tf_keras.Model,
       grids[index] = (bits, exportable.levels_used(qw) if calibrated else None)
   data, moved = flatbuffer.regrid_weights(data, grids)
   names = {t_index: info["tensors"][t_index]["name"] for t_index in moved}
-  return data, {names[i]: distance for i, distance in moved.items()}
+  return data, {names[i]: distance for i, distance in moved.items()}, matched
 
 
 def export_tflite(qat_model: tf_keras.Model,
@@ -194,13 +198,13 @@ def export_tflite(qat_model: tf_keras.Model,
   quantized, widening = checked.quantized, checked.widening
   storage_lib.check_storage(storage)
   path = _check_path(path)
-  moved, plan = {}, {}
+  moved, plan, matched = {}, {}, None
   if quantized:
     prepared = converter.prepare(qat_model, representative_data,
                                  checked.activation_bits)
     data = converter.convert(prepared.model, optimize=True,
                     representative=prepared.representative, int_io=int_io)
-    data, moved = _store_exact_weights(
+    data, moved, matched = _store_exact_weights(
         data, qat_model, calibrated=prepared.representative is not None)
     data, plan = storage_lib.apply_storage(data, storage)
   else:
@@ -219,7 +223,8 @@ def export_tflite(qat_model: tf_keras.Model,
     float_data, float_note = None, "not measured (float_reference=False)"
   info = flatbuffer.inspect_tflite(data)
   report = file_report.build_report(qat_model, path, data, info, quantized,
-                                    prepared, int_io, float_data, float_note)
+                                    prepared, int_io, float_data, float_note,
+                                    matched)
   report["regridded"] = moved
   report.update(file_report.storage_fields(report, info, plan, storage))
   report.update(file_report.latency_fields(

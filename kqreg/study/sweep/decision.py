@@ -35,7 +35,7 @@ from kqreg.study.sweep import arms as arms_lib
 from kqreg.study.sweep import dose_response as dose_lib
 from kqreg.study.sweep import paired as paired_lib
 from kqreg.study.sweep import paired_tests
-from kqreg.study.sweep.tables import p_text, r_text
+from kqreg.study.sweep.tables import as_float, p_text, r_text
 
 __all__ = ["PRIMARY_METRIC", "parse_margins", "values_by_seed",
            "paired_comparisons", "unpaired_pairs", "DoseResponse",
@@ -164,15 +164,9 @@ class DoseResponse:
            "arms": " ".join(self.arms), "seeds": self.seeds}
     for name, t in (("trend", self.trend), ("wls", self.wls)):
       for field in ("slope", "se", "df", "p", "ci_low", "ci_high", "points"):
-        row[f"{name}_{field}"] = _float(getattr(t, field))
+        row[f"{name}_{field}"] = as_float(getattr(t, field))
     return row
 
-
-def _float(value) -> float:
-  try:
-    return float(value)
-  except (TypeError, ValueError):
-    return math.nan
 
 
 def _plain_noise_arm(arm: str) -> bool:
@@ -270,7 +264,8 @@ def comparison_phrase(c: paired_lib.PairedComparison, name: str) -> str:
     return f"{name}: no paired values"
   level = round(100 * (1 - c.alpha))
   return (f"{name} {c.diff:+.3f} ({level}% simultaneous CI {c.ci_low:+.3f} "
-          f"to {c.ci_high:+.3f}; paired t Holm p {p_text(c.p_holm)}, sign-flip p "
+          f"to {c.ci_high:+.3f}; paired t Holm p {p_text(c.p_holm)}, "
+          f"sign-flip p "
           f"{p_text(c.p_sign_flip)}; pairs r {r_text(c.correlation)}"
           + (f"; TOST ±{c.margin:g} p {p_text(c.p_tost)}" if c.margin else "")
           + f"): {c.reading}")
@@ -282,23 +277,23 @@ def dose_response_lines(doses: Sequence[DoseResponse],
   lines = []
   for d in doses:
     t, w = d.trend, d.wls
-    if not math.isfinite(_float(t.p)):
+    if not math.isfinite(as_float(t.p)):
       lines.append(f"- {names.get(d.metric, d.metric)}, {d.family} "
                    f"({', '.join(d.arms)}): no trend test ({d.seeds} seeds "
                    "with a slope).")
       continue
     level = round(100 * (1 - t.alpha))
-    decided = ("the effect changes with the noise" if _float(t.p) <= t.alpha
+    decided = ("the effect changes with the noise" if as_float(t.p) <= t.alpha
                else "no trend shown")
-    wls = (f"; WLS over the {int(_float(w.points))} arms' mean effects "
-           f"{_float(w.slope):+.3f} [{_float(w.ci_low):+.3f}, "
-           f"{_float(w.ci_high):+.3f}], p {p_text(_float(w.p))}"
-           if math.isfinite(_float(w.p)) else "")
+    wls = (f"; WLS over the {int(as_float(w.points))} arms' mean effects "
+           f"{as_float(w.slope):+.3f} [{as_float(w.ci_low):+.3f}, "
+           f"{as_float(w.ci_high):+.3f}], p {p_text(as_float(w.p))}"
+           if math.isfinite(as_float(w.p)) else "")
     lines.append(
         f"- {names.get(d.metric, d.metric)}, {d.family} ({', '.join(d.arms)}):"
-        f" slope {_float(t.slope):+.3f} per unit of log std(δ) ({level}% CI "
-        f"{_float(t.ci_low):+.3f} to {_float(t.ci_high):+.3f}; per-seed "
-        f"trend test over {d.seeds} seeds, p {p_text(_float(t.p))}){wls}: "
+        f" slope {as_float(t.slope):+.3f} per unit of log std(δ) ({level}% CI "
+        f"{as_float(t.ci_low):+.3f} to {as_float(t.ci_high):+.3f}; per-seed "
+        f"trend test over {d.seeds} seeds, p {p_text(as_float(t.p))}){wls}: "
         f"{decided}.")
   return lines
 

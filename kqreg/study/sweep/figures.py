@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Dict, List, Mapping, Sequence, Tuple
 import numpy as np
 
 from kqreg.study.sweep import arms as arms_lib
-from kqreg.study.sweep.tables import p_text
+from kqreg.study.sweep.tables import as_float, p_text
 
 if TYPE_CHECKING:
   from kqreg.study.sweep import decision
@@ -217,9 +217,9 @@ def dose_response_figure(doses: Sequence["decision.DoseResponse"],
                   linestyle=":" if twin else "-", capsize=3)
       ax.annotate(arm, (x, y), textcoords="offset points", xytext=(4, 4),
                   fontsize=7)
-    if math.isfinite(_float(d.wls.slope)):
+    if math.isfinite(as_float(d.wls.slope)):
       xs = np.geomspace(min(d.noise), max(d.noise), 20)
-      ax.plot(xs, _float(d.wls.intercept) + _float(d.wls.slope) * np.log(xs),
+      ax.plot(xs, as_float(d.wls.intercept) + as_float(d.wls.slope) * np.log(xs),
               "--", color="gray", linewidth=1, label="WLS fit")
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xscale("log")
@@ -227,8 +227,8 @@ def dose_response_figure(doses: Sequence["decision.DoseResponse"],
     ax.set_ylabel(f"{names.get(metric, metric)}: arm − fp (paired)")
     t = primary.get(metric, d).trend
     ax.set_title(f"{names.get(metric, metric)}\nper-seed slope "
-                 f"{_float(t.slope):+.3f} [{_float(t.ci_low):+.3f}, "
-                 f"{_float(t.ci_high):+.3f}], p {p_text(_float(t.p))}",
+                 f"{as_float(t.slope):+.3f} [{as_float(t.ci_low):+.3f}, "
+                 f"{as_float(t.ci_high):+.3f}], p {p_text(as_float(t.p))}",
                  fontsize=8)
     ax.grid(alpha=0.3, which="both")
   axes[0][0].plot([], [], "o-", color="tab:blue", label="quantizer (solid)")
@@ -241,9 +241,3 @@ def dose_response_figure(doses: Sequence["decision.DoseResponse"],
   fig.savefig(path, dpi=120)
   plt.close(fig)
 
-
-def _float(value) -> float:
-  try:
-    return float(value)
-  except (TypeError, ValueError):
-    return math.nan

@@ -26,8 +26,9 @@ class MetricNames(Protocol):
   compared: Tuple[Tuple[str, str], ...]
 
 
-__all__ = ["csv_text", "markdown_table", "overfitting_table", "p_text",
-           "paired_table", "r_text", "readings_table", "verdict_table"]
+__all__ = ["as_float", "csv_text", "markdown_table", "overfitting_table",
+           "p_text", "paired_table", "r_text", "readings_table",
+           "verdict_table"]
 
 
 def _fmt(mean, std, digits=3):
@@ -57,6 +58,14 @@ def p_text(p: float) -> str:
   if not math.isfinite(p):
     return "–"
   return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def as_float(value) -> float:
+  """`value` as a float, NaN where it is None or not a number."""
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    return math.nan
 
 
 def r_text(r: float) -> str:
