@@ -199,6 +199,10 @@ def _define_detect() -> Dict[str, flags.FlagHolder]:
   field(flags.DEFINE_integer, "fpn_depth", lower_bound=1)
   field(flags.DEFINE_integer, "max_boxes", lower_bound=1)
   field(flags.DEFINE_integer, "map_examples", lower_bound=0)
+  field(flags.DEFINE_float, "bn_momentum", lower_bound=0.0)
+  flags.register_validator(
+      "bn_momentum", lambda v: v < 1.0,
+      message="--bn_momentum must be below 1, e.g. 0.9.")
   flags.register_validator(
       "image_size", lambda v: v % model_lib.SIZE_MULTIPLE == 0,
       message=f"--image_size must be a multiple of {model_lib.SIZE_MULTIPLE}, "

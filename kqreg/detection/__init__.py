@@ -22,8 +22,9 @@ from kqreg.detection.data import (OFFLINE_DETECTION_DATASETS, DetectionInfo,
                                   load_detection, pipeline)
 from kqreg.detection.export import export_detector, head_model
 from kqreg.detection.metrics import evaluate_map, mean_average_precision
-from kqreg.detection.model import (BACKBONES, DetectorError,
-                                   QuantizedYOLOV8Detector, build_detector)
+from kqreg.detection.model import (BACKBONES, SHORT_RUN_BN_MOMENTUM,
+                                   DetectorError, QuantizedYOLOV8Detector,
+                                   build_detector)
 from kqreg.detection.task import DetectConfig, run
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "DetectorError",
     "OFFLINE_DETECTION_DATASETS",
     "QuantizedYOLOV8Detector",
+    "SHORT_RUN_BN_MOMENTUM",
     "build_detector",
     "evaluate_map",
     "export_detector",

@@ -56,8 +56,8 @@ from kqreg.qat.rewrites import tf_ops_as_layers
 from kqreg.qat.transform import quantize
 from kqreg.runs.config import ConfigError
 
-__all__ = ["BACKBONES", "DetectorError", "QuantizedYOLOV8Detector",
-           "quiet_keras_cv_warnings",
+__all__ = ["BACKBONES", "SHORT_RUN_BN_MOMENTUM", "DetectorError",
+           "QuantizedYOLOV8Detector", "quiet_keras_cv_warnings",
            "layer_output", "class_prior_bias",
            "build_detector", "build_backbone"]
 
@@ -76,6 +76,12 @@ _STRIDES = (8, 16, 32)
 GRAPH_VERSION = 2
 # Objects per image the class prior assumes (Ultralytics' YOLOv8 value).
 PRIOR_OBJECTS = 5.0
+SHORT_RUN_BN_MOMENTUM = 0.9
+"""BatchNormalization momentum of kqreg's detectors (keras-cv's is 0.97).
+
+The stem's batch variance is ~0.001 while a moving variance starts at 1: at
+0.97 it keeps 0.97^100 = 0.05 of that start after 100 steps, 48x the true
+variance, and a short run evaluates on the wrong scale; at 0.9, 3e-5."""
 
 
 @contextlib.contextmanager
@@ -257,7 +263,9 @@ def build_detector(num_classes: int, backbone: str = "xs",
                    confidence_threshold: float = 0.001,
                    iou_threshold: float = 0.6,
                    max_detections: int = 100,
-                   class_prior: bool = True) -> tf_keras.Model:
+                   class_prior: bool = True,
+                   bn_momentum: Optional[float] = SHORT_RUN_BN_MOMENTUM
+                   ) -> tf_keras.Model:
   """Builds a YOLOv8 detector whose every Conv2D follows `bits`.
 
   Args:
@@ -274,6 +282,9 @@ def build_detector(num_classes: int, backbone: str = "xs",
     class_prior: start the class biases at YOLOv8's object prior
       (`class_prior_bias`) instead of keras-cv's 0; False reproduces
       keras-cv's initialization.
+    bn_momentum: momentum of every BatchNormalization
+      (`SHORT_RUN_BN_MOMENTUM`, so a run of 100 steps evaluates on
+      statistics that caught up); None keeps keras-cv's 0.97.
 
   Returns:
     A `YOLOV8Detector` (float when `bits` is "fp", else a
@@ -291,12 +302,16 @@ def build_detector(num_classes: int, backbone: str = "xs",
       or num_classes < 1:
     raise DetectorError(f"num_classes={num_classes!r}: pass a positive "
                         "integer (the dataset's number of classes).")
+  if bn_momentum is not None and not 0.0 <= bn_momentum < 1.0:
+    raise DetectorError(f"bn_momentum={bn_momentum!r}: pass a value in "
+                        "[0, 1), e.g. 0.9, or None for keras-cv's 0.97.")
   build_args = dict(num_classes=num_classes, backbone=backbone,
                     bits=str(bits), image_size=image_size,
                     fpn_depth=fpn_depth, per_channel=per_channel,
                     confidence_threshold=confidence_threshold,
                     iou_threshold=iou_threshold,
-                    max_detections=max_detections, class_prior=class_prior)
+                    max_detections=max_detections, class_prior=class_prior,
+                    bn_momentum=bn_momentum)
   policy = policy_lib.BitPolicy.parse(bits)
   trace_keras_cv_as_written()
   float_backbone = build_backbone(backbone, image_size)
@@ -308,6 +323,11 @@ def build_detector(num_classes: int, backbone: str = "xs",
       num_classes=num_classes, bounding_box_format="xyxy",
       backbone=float_backbone, fpn_depth=fpn_depth,
       prediction_decoder=decoder)
+  if bn_momentum is not None:
+    # In each layer's config, which the QAT graph and saved files copy.
+    for layer in detector._flatten_layers():  # pylint: disable=protected-access
+      if isinstance(layer, tf_keras.layers.BatchNormalization):
+        layer.momentum = bn_momentum
   if class_prior:
     # Before quantizing: the QAT graph copies the float weights.
     _init_class_prior(detector, num_classes, image_size)

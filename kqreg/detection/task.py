@@ -56,6 +56,8 @@ class DetectConfig(run_config.RunConfig):
     image_size: square input size, a multiple of 32.
     fpn_depth: depth of the FPN's CSP blocks.
     max_boxes: boxes kept per image (padding of the dense box tensors).
+    bn_momentum: BatchNormalization momentum of the detector
+      (`model.SHORT_RUN_BN_MOMENTUM`).
     map_examples: validation images for the per-epoch mAP (0: no per-epoch
       mAP); the final mAP uses `val_examples`.
     learning_rate: Adam learning rate (global gradient norm clipped at 10).
@@ -71,15 +73,23 @@ class DetectConfig(run_config.RunConfig):
   fpn_depth: int = run_config.option(
       1, help="Depth of the FPN's CSP blocks.")
   max_boxes: int = run_config.option(32, help="Boxes kept per image.")
+  bn_momentum: float = run_config.option(
+      model_lib.SHORT_RUN_BN_MOMENTUM,
+      help="BatchNormalization momentum (keras-cv's is 0.97, which needs "
+      "~400 steps to forget its initial statistics).")
   map_examples: int = run_config.option(
       64, help="Validation images for the per-epoch mAP (0: off).")
 
   TASK: ClassVar[str] = "detect"
   IDENTITY: ClassVar[Tuple[str, ...]] = run_config.RunConfig.IDENTITY + (
-      "backbone", "image_size", "fpn_depth", "max_boxes")
+      "backbone", "image_size", "fpn_depth", "max_boxes", "bn_momentum")
 
   def validate(self) -> "DetectConfig":
     super().validate()
+    self.need(isinstance(self.bn_momentum, (int, float)) and
+              not isinstance(self.bn_momentum, bool) and
+              0.0 <= self.bn_momentum < 1.0, "bn_momentum",
+              f"must be in [0, 1), got {self.bn_momentum!r}")
     for name in ("max_boxes", "fpn_depth"):
       self.need(run_config.positive_int(getattr(self, name)), name,
                 f"must be a positive integer, got {getattr(self, name)!r}")
@@ -179,7 +189,7 @@ class DetectionTask(task_lib.Task):
     model = model_lib.build_detector(
         data.info.num_classes, config.backbone, config.bits,
         config.image_size, fpn_depth=config.fpn_depth,
-        per_channel=config.per_channel)
+        per_channel=config.per_channel, bn_momentum=config.bn_momentum)
     lr = task_lib.learning_rate_schedule(config.lr_schedule, config.learning_rate,
                                      config.epochs * steps_per_epoch)
     model.compile(box_loss="ciou", classification_loss="binary_crossentropy",
