@@ -207,13 +207,11 @@ def test_nested_functional_backbone_is_flattened_quantized_and_trains(batch):
   assert rows["quant_cls"].weight_bits == 4
 
 
-def test_mobilenetv2_quantizes_trains_and_is_summarized():
+def test_mobilenetv2_quantizes_and_is_summarized():
+  """Training it is tests/test_zoo_learns.py's (300 steps at w4a8)."""
   model = tf_keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35,
                                             weights=None, classes=4)
   qat = kqreg.quantize(model, "w4a8")
-  qat.compile("adam", "sparse_categorical_crossentropy")
-  x = np.random.default_rng(2).random((4, 32, 32, 3), dtype=np.float32)
-  qat.fit(x, np.arange(4), epochs=1, verbose=0)
   lines = []
   prof = kqreg.summary(qat, print_fn=lines.append)
   assert prof.params == model.count_params()

@@ -70,14 +70,32 @@ def test_quiet_worker_keeps_python_stderr_and_drops_cpp_lines():
   assert "kqreg warning" in result.stderr and "python line" in result.stderr
 
 
+def _local_sweep_args(folder):
+  # A fresh data dir: the sweep prepares the set once, before its workers
+  # start (two preparing it at once would race).
+  return [*TINY, *GRID, "--epochs=2", "--workers=2", f"--data_dir={folder / 'tfds'}",
+          f"--output_dir={folder / 'sweep'}"]
+
+
 @pytest.fixture(scope="module")
 def local_sweep(tmp_path_factory):
   """The grid trained by the local pool (one thread per worker, as on Ray)."""
-  out = tmp_path_factory.mktemp("local") / "sweep"
-  result = trainer_process.run("trainers.sweep", *TINY, *GRID, "--epochs=2", "--workers=2",
-                               f"--output_dir={out}", timeout=600)
+  folder = tmp_path_factory.mktemp("local")
+  result = trainer_process.run("trainers.sweep", *_local_sweep_args(folder), timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  return out, result
+  return folder / "sweep", result
+
+
+def test_local_sweep_reports_and_skips_finished_runs(local_sweep):
+  out, result = local_sweep
+  # Two worker processes: the runs finish in any order, the report keeps the grid's.
+  assert "| bits | seeds | train acc" in result.stdout and "Verdict:" in result.stdout
+  for name in ("report.md", "results.csv", "runs.csv", "val_loss.png", "gap.png", "noise.png"):
+    assert (out / name).exists(), name
+  assert sorted(os.listdir(out / "runs")) == ["fp_seed0", "w4_seed0"]
+  again = trainer_process.run("trainers.sweep", *_local_sweep_args(out.parent), timeout=600)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert again.stdout.count("skipped (done)") == 2
 
 
 def test_sweep_stderr_holds_no_tensorflow_startup_lines(local_sweep):

@@ -82,25 +82,6 @@ def test_killed_run_resumes_without_losing_or_repeating_epochs(tmp_path):
   assert len(set(per_epoch.values())) == 1 and per_epoch[0] == 8, per_epoch  # 7 layers + output
 
 
-def test_sweep_runs_reports_and_skips_finished_runs(tmp_path):
-  out = tmp_path / "sweep"
-  # Two worker processes: the runs finish in any order, the report keeps
-  # the grid's. A fresh data dir: the sweep prepares the set once, before
-  # the workers start (two preparing it at once would race).
-  args = [*TINY, "--epochs=2", "--sweep_bits=fp,w4", "--seeds=0,1", f"--output_dir={out}",
-          "--noise_analysis=false", "--workers=2", f"--data_dir={tmp_path / 'tfds'}"]
-  result = _run("trainers.sweep", *args)
-  assert result.returncode == 0, result.stderr
-  lines = result.stdout.splitlines()
-  assert sum(l.startswith("[") and "bits=" in l for l in lines) == 4
-  assert "| bits | seeds | train acc" in result.stdout and "Verdict:" in result.stdout
-  for name in ("report.md", "results.csv", "runs.csv", "val_loss.png", "gap.png", "noise.png"):
-    assert (out / name).exists(), name
-  assert sorted(os.listdir(out / "runs")) == ["fp_seed0", "fp_seed1", "w4_seed0", "w4_seed1"]
-  again = _run("trainers.sweep", *args)
-  assert again.stdout.count("skipped (done)") == 4
-
-
 @pytest.mark.parametrize("args, message", [
     (["--sweep_bits=fp,w9"], "--sweep_bits: Bad weight bits 9"),
     (["--seeds=0,x"], "--seeds: expected integers"),
