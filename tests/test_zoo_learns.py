@@ -33,10 +33,13 @@ ZOO = {
     "resnet20": (150, 32, 1e-3, {"depth": 8}),
     "mobilenetv2": (300, 64, 3e-3, {}),
 }
-# ResNet-50 (23.6M parameters) learns (fp: 0.916 val accuracy after 150
-# steps, measured once) but takes minutes for them on 2 cores: this suite
-# checks instead that its preset gets the same short-run BN momentum that
-# makes the others learn (test_resnet50_uses_the_short_run_bn_momentum).
+# ResNet-50 (23.6M parameters) takes minutes for these steps on 2 cores, so
+# this suite checks only that its preset gets the same short-run BN momentum
+# that makes the others learn (test_resnet50_uses_the_short_run_bn_momentum).
+# Measured with this file's procedure (batch 32, Adam 1e-3, seed 0,
+# 2026-12-06): fp 0.916 val accuracy after 150 steps; w4a8 0.326 after 150
+# and 0.354 after 300, as low on training images in training mode (0.46):
+# at 4-bit weights it learns slowly, as MobileNetV2 does at batch 32. Open.
 TRAINED_ELSEWHERE = {"resnet50"}
 
 
