@@ -55,6 +55,7 @@ def test_weight_quantizer_rejects_unknown_layout():
 # kqreg's training paths are cheaper rewrites of tfmot's LastValueQuantize and
 # MovingAvgQuantize; they must give the same values, ranges and gradients.
 _tfmot_quantizers = quantizers._tfmot_quantizers
+quant_ops = quantizers.quant_ops
 
 
 def _range_vars(quantizer, shape):
@@ -119,6 +120,16 @@ def test_weight_training_path_keeps_an_all_zero_channel_at_zero():
   assert np.isfinite(out).all() and (out[..., 1] == 0).all()
 
 
+def _stock_moving_avg_quantize(quantizer, y, variables):
+  """tfmot's MovingAvgQuantize as its MovingAverageQuantizer calls it, at
+  kqreg's decay (tfmot's quantizer fixes 0.999)."""
+  return quant_ops.MovingAvgQuantize(
+      y, variables["min_var"], variables["max_var"],
+      ema_decay=quantizers.ACTIVATION_RANGE_DECAY, is_training=True,
+      num_bits=quantizer.num_bits, per_channel=quantizer.per_axis,
+      symmetric=quantizer.symmetric, narrow_range=quantizer.narrow_range)
+
+
 @pytest.mark.parametrize("activation", [None, tf.nn.relu, tf.nn.relu6])
 def test_activation_training_path_equals_tfmot_moving_avg_quantize(activation):
   """After a ReLU, kqreg's kernel fuses it with the quantizer: still tfmot's values."""
@@ -131,7 +142,7 @@ def test_activation_training_path_equals_tfmot_moving_avg_quantize(activation):
       tape.watch(x)
       y = activation(x) if activation else x
       out = (quantizer(y, True, ours) if fast else
-             _tfmot_quantizers.MovingAverageQuantizer.__call__(quantizer, y, True, stock))
+             _stock_moving_avg_quantize(quantizer, y, stock))
       loss = tf.reduce_sum(out * out)
     return out, tape.gradient(loss, x)
 
@@ -151,6 +162,21 @@ def test_activation_training_path_equals_tfmot_moving_avg_quantize(activation):
     assert len(fused) == 1 and not relu.outputs[0].consumers()
   else:
     assert not fused
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"symmetric": True}])  # kqreg, tfmot path
+def test_activation_range_follows_growing_activations_within_tens_of_steps(kwargs):
+  # From scratch, activations outgrow the initial ±6 range: after 30 training
+  # steps of outputs in [-100, 100] the range must cover most of it (tfmot's
+  # decay 0.999 would reach 6 + 0.03 * 94 ≈ 8.8; kqreg's 0.9, ≈ 96).
+  quantizer = quantizers.ActivationQuantizer(8, **kwargs)
+  _, variables = _range_vars(quantizer, (None, 16))
+  x = tf.constant(np.linspace(-100, 100, 32 * 16, dtype=np.float32).reshape(32, 16))
+  for _ in range(30):
+    out = quantizer(x, True, variables)
+  assert np.min(variables["max_var"].numpy()) > 90
+  assert np.max(variables["min_var"].numpy()) < -90
+  assert np.abs(out.numpy() - x.numpy()).max() < 5  # not clipped at ±6
 
 
 # The noise twin (policy `n<b>`): w + U(−Δ/2, Δ/2) with w<b>'s Δ, never rounded.
