@@ -47,6 +47,36 @@ def test_main_config_runs_shrunk(tmp_path):
   assert result_json["dataset"] == "kqreg_mnist"
 
 
+# What each exported w4a8 file runs in float (kqreg.qat.LAYER_FAMILIES).
+# The cnn1d's integer Conv1D export is tested in test_layer_families.py and
+# its training in test_zoo_learns.py: its flagfile is only parsed here.
+_SEQUENCE_CONFIGS = {
+    "mnist_lstm.cfg": {"FULLY_CONNECTED", "LOGISTIC", "TANH"},
+    "mnist_vit.cfg": {"BATCH_MATMUL", "SOFTMAX"},
+}
+
+
+def test_cnn1d_config_parses_and_names_the_model(tmp_path):
+  result = _run(f"--flagfile={os.path.join(ROOT, 'configs', 'mnist_cnn1d.cfg')}",
+                "--model_args={'widths': 'x'}", f"--output_dir={tmp_path}")
+  assert result.returncode == 2
+  assert "cnn1d widths=('x',)" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("name", sorted(_SEQUENCE_CONFIGS))
+def test_sequence_and_attention_configs_run_shrunk_and_export(name, tmp_path):
+  result = _run(f"--flagfile={os.path.join(ROOT, 'configs', name)}",
+                "--epochs=1", "--sweep_bits=w4a8", "--train_examples=32",
+                "--val_examples=32", "--noise_analysis=false",
+                f"--output_dir={tmp_path}")
+  assert result.returncode == 0, result.stderr
+  run = json.loads((tmp_path / "runs" / "w4a8_seed0" / "result.json").read_text())
+  tflite = run["tflite"]
+  assert tflite["keras_accuracy"] is not None and tflite["tflite_accuracy"] is not None
+  assert "INT4" in tflite["weight_types"]  # at least the Dense head
+  assert _SEQUENCE_CONFIGS[name] <= set(tflite["float_ops"])
+
+
 def test_detect_flagfile_parses_for_a_detection_sweep(tmp_path):
   # Asking for more images than the split has stops before any training.
   result = _run(f"--flagfile={os.path.join(ROOT, 'configs', 'shapes_yolov8.cfg')}",

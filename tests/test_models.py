@@ -26,7 +26,7 @@ def _weighted(model, layer_type):
 
 def test_presets_are_plain_dicts_with_expected_names():
   assert list(models.MODELS) == ["mlp", "cnn", "resnet20", "mobilenetv2",
-                                 "resnet50"]
+                                 "resnet50", "cnn1d", "lstm", "gru", "vit"]
   for preset in models.MODELS.values():
     assert set(preset) == {"builder", "description", "kwargs"}
     assert isinstance(preset["kwargs"], dict)
@@ -121,7 +121,8 @@ def test_bad_shape_and_classes_are_rejected():
     models.build("mlp", SHAPE, 0)
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "resnet20", "mobilenetv2"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "resnet20", "mobilenetv2",
+                                  "lstm", "vit"])
 def test_seed_makes_initial_weights_identical(name):
   a = models.build(name, SHAPE, CLASSES, seed=3).get_weights()
   b = models.build(name, SHAPE, CLASSES, seed=3).get_weights()
@@ -131,10 +132,32 @@ def test_seed_makes_initial_weights_identical(name):
   assert not all(np.array_equal(u, v) for u, v in zip(a, c))
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "resnet20"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "resnet20", "cnn1d", "gru",
+                                  "vit"])
 def test_accepts_one_channel(name):
   model = models.build(name, (32, 32, 1), CLASSES)
   assert model(np.zeros((2, 32, 32, 1), np.float32)).shape == (2, CLASSES)
+
+
+def test_sequence_models_read_rows_and_patches():
+  # Sequential MNIST: one time step per image row.
+  for name in ("cnn1d", "lstm", "gru"):
+    model = models.build(name, (28, 28, 1), CLASSES)
+    assert model.get_layer("rows").output_shape == (None, 28, 28), name
+  lstm, gru = models.build("lstm", SHAPE, 2), models.build("gru", SHAPE, 2)
+  assert isinstance(lstm.get_layer("rnn"), tf_keras.layers.LSTM)
+  assert isinstance(gru.get_layer("rnn"), tf_keras.layers.GRU)
+  assert lstm.get_layer("rnn").unroll  # converts to TFLite (LAYER_FAMILIES)
+  vit = models.build("vit", (28, 28, 1), CLASSES)
+  assert vit.get_layer("tokens").output_shape == (None, 49, 64)  # 7x7 patches
+  assert len(_weighted(vit, tf_keras.layers.MultiHeadAttention)) == 2
+  assert len(_weighted(vit, tf_keras.layers.LayerNormalization)) == 5
+  with pytest.raises(ValueError, match="patch_size=5: must divide"):
+    models.build("vit", (28, 28, 1), CLASSES, patch_size=5)
+  with pytest.raises(ValueError, match="dim=30: must be a multiple"):
+    models.build("vit", SHAPE, CLASSES, dim=30)
+  with pytest.raises(ValueError, match="cell='rnn'"):
+    models.build("lstm", SHAPE, CLASSES, cell="rnn")
 
 
 def test_applications_adapt_small_grayscale_inputs():

@@ -237,7 +237,10 @@ def prepare(qat_model: tf_keras.Model, representative_data,
   # range in but re-quantize all weights to INT8, losing INT4 storage, so
   # put an 8-bit input quantizer with the data's range in front instead.
   has_input_range = any(True for _ in _tfmot.iter_quantize_layers(qat_model))
-  if has_input_range or representative_data is None:
+  if (has_input_range or representative_data is None
+      or not qat_model.inputs[0].dtype.is_floating):
+    # Token ids and other integer inputs are used as they are (an Embedding
+    # gathers with them): there is no range to put them on.
     return Prepared(qat_model)
   model, input_range = with_input_quantizer(
       qat_model, first_batch(representative_data, limit=4096))

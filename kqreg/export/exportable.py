@@ -202,7 +202,8 @@ _PER_CHANNEL_REFUSED = (tf_keras.layers.Conv1D, tf_keras.layers.DepthwiseConv1D,
 _UNCONVERTIBLE = (
     ((tf_keras.layers.LSTM, tf_keras.layers.GRU), False,
      "the recurrent loop does not convert, quantized or float (its "
-     "TensorList has no static element shape)"),
+     "TensorList has no static element shape): build it with unroll=True, "
+     "which converts (the cell runs in float)"),
     ((tf_keras.layers.MaxPooling3D, tf_keras.layers.AveragePooling3D), False,
      "TFLite has no 3-D pooling kernel (TF Select only)"),
 )
@@ -229,6 +230,8 @@ def family_problems(model: tf_keras.Model) -> List[str]:
   problems = []
   for inner in _inner_layers(model):
     status = _family_status(inner)
+    if isinstance(inner, tf_keras.layers.RNN) and not inner.unroll:
+      continue  # refused outright (`layer_problems`)
     if status.startswith(("hybrid", "float")):
       problems.append(f"{inner.name}: {type(inner).__name__} {status}")
   return problems
@@ -240,8 +243,8 @@ def layer_problems(model: tf_keras.Model) -> List[str]:
   Its TRANSPOSE_CONV takes no INT4 weights (<= 4 bits are stored as INT4),
   and a per-channel Conv2DTranspose kernel fails to convert ("'tfl.transpose'
   op has mismatched quantized axes"); nor does a per-channel Conv1D,
-  DepthwiseConv1D or SeparableConv1D kernel, an LSTM or GRU, or 3-D
-  pooling. A <= 4-bit Embedding table converts, but LiteRT refuses to run
+  DepthwiseConv1D or SeparableConv1D kernel, a rolled LSTM or GRU (one
+  with unroll=True converts), or 3-D pooling. A <= 4-bit Embedding table converts, but LiteRT refuses to run
   the file.
   """
   problems = []
@@ -249,7 +252,9 @@ def layer_problems(model: tf_keras.Model) -> List[str]:
     wrapped = isinstance(layer, _tfmot.QuantizeWrapper)
     inner = layer.layer if wrapped else layer
     for types, quantized_only, reason in _UNCONVERTIBLE:
-      if isinstance(inner, types) and (wrapped or not quantized_only):
+      # An unrolled recurrence is `timesteps` copies of the cell: no loop.
+      if (isinstance(inner, types) and (wrapped or not quantized_only)
+          and not getattr(inner, "unroll", False)):
         problems.append(f"{inner.name}: {reason}")
   reported = set()
   for qw in introspect.quantized_weights(model):

@@ -107,10 +107,15 @@ def build_report(qat_model: tf_keras.Model, path: str, data: bytes,
   if prepared.input_range is not None:
     report["input_range_calibrated"] = prepared.input_range
   if report["float_ops"] and quantized:
+    ops = sorted(set(report["float_ops"]))
+    # Layers whose family runs in float whatever the ranges (LayerNorm,
+    # attention, an unrolled LSTM) say so; else a range is missing.
+    families = exportable.family_problems(qat_model)
     report["float_note"] = (
-        f"Ops {sorted(set(report['float_ops']))} compute in float: the model "
-        "has no activation range before them (e.g. no input quantizer). Pass "
-        "representative_data= to calibrate 8-bit ranges for them.")
+        f"Ops {ops} compute in float: {'; '.join(families)}." if families
+        else f"Ops {ops} compute in float: the model has no activation range "
+        "before them (e.g. no input quantizer). Pass representative_data= "
+        "to calibrate 8-bit ranges for them.")
     warnings.warn(report["float_note"], stacklevel=3)
   return report
 

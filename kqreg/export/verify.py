@@ -116,7 +116,9 @@ def _predict(interpreter, path: str, x) -> Tuple[np.ndarray, List[float]]:
   interpreter.allocate_tensors()
   in_scale, in_zero = in_detail["quantization"]
   out_scale, out_zero = out_detail["quantization"]
-  int_in = np.issubdtype(in_detail["dtype"], np.integer)
+  # An integer input with a scale is a quantized one (int_io); without one
+  # it holds ids (token ids for an Embedding) and is passed as it is.
+  int_in = np.issubdtype(in_detail["dtype"], np.integer) and bool(in_scale)
   int_out = np.issubdtype(out_detail["dtype"], np.integer)
 
   def _prepare(example):

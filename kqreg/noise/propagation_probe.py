@@ -117,6 +117,23 @@ def _check_probe(model: tf_keras.Model, x) -> List[tf.Tensor]:
   return tensors
 
 
+def _call_of(wrapper):
+  """`wrapper`'s call in its model, as (a function of new values for its
+  tensor arguments, the Keras tensors it was called with)."""
+  node = wrapper.inbound_nodes[0]
+  structure = (node.call_args, node.call_kwargs)
+  flat = tf.nest.flatten(structure)
+  is_tensor = [tf_keras.backend.is_keras_tensor(t) for t in flat]
+
+  def call(values):
+    values = iter(values)
+    args, kwargs = tf.nest.pack_sequence_as(
+        structure, [next(values) if t else v for t, v in zip(is_tensor, flat)])
+    return wrapper(*args, **{**kwargs, "training": False})
+
+  return call, [v for t, v in zip(is_tensor, flat) if t]
+
+
 class _PropagationProbe:
   """The float-weight and quantized-weight runs, traced once per model.
 
@@ -137,10 +154,13 @@ class _PropagationProbe:
     self.noisy = {name: qws[0] for name, qws in noise_by_layer.items()
                   if len(qws) == 1}
     self.weighted = [w for w in wrappers if w.name in noise_by_layer]
+    # Every tensor each weighted layer is called with: a MultiHeadAttention
+    # takes a query and a value, which `layer.input` alone would not give.
+    self._calls = [_call_of(w) for w in self.weighted]
     self._probe = tf_keras.Model(
         model.inputs,
-        [w.input for w in self.weighted] + [w.output for w in wrappers] +
-        list(model.outputs))
+        [t for _, tensors in self._calls for t in tensors] +
+        [w.output for w in wrappers] + list(model.outputs))
     # Python loops over layers: autograph would only add its conversion time.
     self._fn = tf.function(self._both_runs, reduce_retracing=True,
                            autograph=False)
@@ -153,7 +173,8 @@ class _PropagationProbe:
 
   def _compare(self, x, float_run):
     """Norms of the perturbations and the first-order predictions."""
-    k, n = len(self.weighted), len(self.wrappers)
+    k = sum(len(tensors) for _, tensors in self._calls)
+    n = len(self.wrappers)
     quant_run = self._probe(x, training=False)
     norm = lambda t: tf.norm(tf.cast(t, tf.float32))  # noqa: E731
     out = {}
@@ -161,14 +182,18 @@ class _PropagationProbe:
       y_f = float_run[k + i]
       out[wrapper.name] = {"diff": norm(quant_run[k + i] - y_f),
                            "ref": norm(y_f)}
-    for x_in, wrapper in zip(float_run[:k], self.weighted):
+    start = 0
+    for wrapper, (call, tensors) in zip(self.weighted, self._calls):
+      values = float_run[start:start + len(tensors)]
+      start += len(tensors)
+      x_in = values[0]
       layer, qw = wrapper.layer, self.noisy.get(wrapper.name)
       kind = first_order.kind(layer) if qw else None
       if kind is None:
         # With float weights, this layer's output on its float-run input is
         # the float run's own output y_f: only the noisy side is recomputed.
         y_f = float_run[k + self.wrappers.index(wrapper)]
-        out[wrapper.name]["local"] = norm(wrapper(x_in, training=False) - y_f)
+        out[wrapper.name]["local"] = norm(call(values) - y_f)
         continue
       # Where the first-order model applies, measure what it predicts: the
       # linear output's perturbation δ * x (the bias cancels), relative to

@@ -152,10 +152,14 @@ _EXPORT = {
                           "BATCH_MATMUL and SOFTMAX run in float (no range "
                           "between a projection and its bias, nor on the "
                           "scores)",
-    "LSTM": "refused: the recurrent loop does not convert, quantized or "
-            "float (TensorList without a static element shape)",
-    "GRU": "refused: the recurrent loop does not convert, quantized or "
-           "float (TensorList without a static element shape)",
+    "LSTM": "float when unrolled (unroll=True): the cell's "
+            "FULLY_CONNECTED, LOGISTIC, TANH, MUL and ADD run in float on "
+            "float32 Q(w) kernels; refused when rolled: the recurrent loop "
+            "does not convert (TensorList without a static element shape)",
+    "GRU": "float when unrolled (unroll=True): the cell's "
+           "FULLY_CONNECTED, LOGISTIC, TANH, MUL and ADD run in float on "
+           "float32 Q(w) kernels; refused when rolled: the recurrent loop "
+           "does not convert (TensorList without a static element shape)",
     "LayerNormalization": "float: TFLite decomposes it into MEAN, "
                           "SQUARED_DIFFERENCE, RSQRT, MUL, ADD and runs them "
                           "in float; its output range is kept",

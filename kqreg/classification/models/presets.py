@@ -39,4 +39,27 @@ MODELS: dict[str, dict] = {
         "description": "tf_keras.applications.ResNet50, BN momentum 0.8",
         "kwargs": {"bn_momentum": 0.8},
     },
+    "cnn1d": {
+        "builder": "sequence.cnn1d",
+        "description": "image rows as a sequence: [Conv1D-ReLU, MaxPool1D] "
+                       "stages, GAP",
+        "kwargs": {"widths": (32, 64), "kernel_size": 5},
+    },
+    "lstm": {
+        "builder": "sequence.rnn",
+        "description": "image rows as a sequence: LSTM (unrolled), last state",
+        "kwargs": {"cell": "lstm", "units": 64, "unroll": True},
+    },
+    "gru": {
+        "builder": "sequence.rnn",
+        "description": "image rows as a sequence: GRU (unrolled), last state",
+        "kwargs": {"cell": "gru", "units": 64, "unroll": True},
+    },
+    "vit": {
+        "builder": "sequence.vit",
+        "description": "small ViT: 4x4 patches, conv position encoding, "
+                       "2 pre-norm blocks of dim 64",
+        "kwargs": {"patch_size": 4, "dim": 64, "depth": 2, "heads": 4,
+                   "mlp_ratio": 2},
+    },
 }
