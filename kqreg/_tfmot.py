@@ -29,6 +29,9 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_annot
     QuantizeAnnotate)
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import (  # pylint: disable=line-too-long
     QuantizeLayer)
+# The op behind MovingAverageQuantizer, whose __call__ fixes ema_decay=0.999.
+from tensorflow_model_optimization.python.core.quantization.keras.quant_ops import (  # pylint: disable=line-too-long
+    MovingAvgQuantize)
 
 __all__ = [
     "in_xla_context",
@@ -37,6 +40,7 @@ __all__ = [
     "tfmot_keras",
     "QuantizeAnnotate",
     "QuantizeLayer",
+    "MovingAvgQuantize",
     "QuantizeWrapper",
     "QuantizeWrapperV2",
     "QuantizeScheme",

@@ -27,7 +27,7 @@ CASES = {
         (["--bits=auto:0.01x", *TINY], "below the smallest achievable"),
         (["--model=cnn", "--model_args={'widths': 'x'}", *TINY], "widths"),
         (["--model_args=[1]"], "must be a dict with string keys"),
-        (["--model=vit"], "flag --model=vit"),
+        (["--model=vgg16"], "flag --model=vgg16"),
         (["--epochs=0"], "flag --epochs=0"),
         (["--label_noise=1.5"], "flag --label_noise=1.5"),
         (["--dataset=nosuch"], "Unknown dataset 'nosuch'"),

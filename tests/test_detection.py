@@ -389,16 +389,25 @@ def test_exports_run_in_litert(shapes_sweep, shapes_dir):
     assert 0.0 <= a8[key] <= 1.0
   assert fp["tflite_map50"] == pytest.approx(fp["keras_map50"], abs=0.02)
   assert a8["tflite_map50"] == pytest.approx(a8["keras_map50"], abs=0.02)
-  # Both outputs, in the file's own output steps: on one grid, and LiteRT
-  # within one step of Keras on average.
-  for name, (steps, diff) in _litert_minus_keras_in_output_steps(
-      out / "runs" / "w4a8_seed0", shapes_dir).items():
+  # Both outputs, in the file's own output steps: LiteRT within one step of
+  # Keras on average.
+  diffs = _litert_minus_keras_in_output_steps(out / "runs" / "w4a8_seed0",
+                                              shapes_dir)
+  for name, (steps, diff) in diffs.items():
     assert steps > 0, name
-    # Keras' output quantizer and the file's output scale are one grid:
-    # every difference is a whole number of steps, up to float32 arithmetic
-    # on levels up to 255 (measured 0.0013 step at most).
-    np.testing.assert_allclose(diff, np.round(diff), atol=0.01, err_msg=name)
-    assert np.median(diff) == 0 and diff.mean() < 1.0, (name, diff.mean(), diff.max())
+    assert diff.mean() < 1.0, (name, diff.mean(), diff.max())
+  # Class probabilities: every level's sigmoid is on the fixed 1/256 grid,
+  # the file's output scale: every difference is a whole number of steps,
+  # up to float32 arithmetic on levels up to 255 (measured 0.0013 at most).
+  _, diff = diffs["classes"]
+  np.testing.assert_allclose(diff, np.round(diff), atol=0.01)
+  assert np.median(diff) == 0
+  # Box logits: each level trained its own range, and the file's
+  # CONCATENATION requantizes them onto one scale, a second rounding of at
+  # most half a step that Keras does not make (the levels' ranges were
+  # alike while they decayed by 0.999 and kept their initial ±6).
+  _, diff = diffs["boxes"]
+  assert np.median(diff) <= 0.5, np.median(diff)
   for bits in ("fp", "w4a8"):
     assert (out / "runs" / f"{bits}_seed0" / "model.tflite").exists()
   # The class sigmoids trained on the grid TFLite's int8 LOGISTIC fixes.

@@ -5,6 +5,7 @@ import tf_keras
 
 from kqreg import kernels
 from kqreg.qat import grid
+from kqreg import _tfmot
 from kqreg.qat import quantizers
 
 
@@ -55,7 +56,6 @@ def test_weight_quantizer_rejects_unknown_layout():
 # kqreg's training paths are cheaper rewrites of tfmot's LastValueQuantize and
 # MovingAvgQuantize; they must give the same values, ranges and gradients.
 _tfmot_quantizers = quantizers._tfmot_quantizers
-quant_ops = quantizers.quant_ops
 
 
 def _range_vars(quantizer, shape):
@@ -123,7 +123,7 @@ def test_weight_training_path_keeps_an_all_zero_channel_at_zero():
 def _stock_moving_avg_quantize(quantizer, y, variables):
   """tfmot's MovingAvgQuantize as its MovingAverageQuantizer calls it, at
   kqreg's decay (tfmot's quantizer fixes 0.999)."""
-  return quant_ops.MovingAvgQuantize(
+  return _tfmot.MovingAvgQuantize(
       y, variables["min_var"], variables["max_var"],
       ema_decay=quantizers.ACTIVATION_RANGE_DECAY, is_training=True,
       num_bits=quantizer.num_bits, per_channel=quantizer.per_axis,

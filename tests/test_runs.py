@@ -99,7 +99,7 @@ def test_model_dir_that_cannot_be_created_is_one_config_error(tmp_path):
     ({"optimizer": "lion"}, "--optimizer: unknown optimizer 'lion'"),
     ({"lr_schedule": "linear"}, "--lr_schedule"),
     ({"strategy": "gpu"}, "--strategy"),
-    ({"model": "vit"}, "--model: unknown model 'vit'"),
+    ({"model": "vgg16"}, "--model: unknown model 'vgg16'"),
     ({"bits": "w4,conv="}, "--bits: Bad policy token"),
     ({"train_examples": 100000}, "--train_examples=100000 is larger than the training split"),
     ({"learning_rate": 0.0}, "--learning_rate"),

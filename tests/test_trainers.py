@@ -25,7 +25,7 @@ def _run(module, *args, timeout=600):
     (["--bits=w4,first"], "Bad policy token 'first'"),
     (["--epochs=-2"], "flag --epochs=-2"),
     (["--batch_size=0"], "flag --batch_size=0"),
-    (["--model=vit"], "flag --model=vit"),
+    (["--model=vgg16"], "flag --model=vgg16"),
     (["--optimizer=lion"], "flag --optimizer=lion"),
     (["--dataset=nosuch"], "Unknown dataset 'nosuch'"),
     (["--dataset=cifar10", "--data_dir=/nonexistent/tfds"], "not prepared in /nonexistent/tfds"),

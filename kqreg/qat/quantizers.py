@@ -32,7 +32,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras
 
-from tensorflow_model_optimization.python.core.quantization.keras import quant_ops
+from kqreg import _tfmot
 from kqreg import kernels
 from kqreg.qat.grid import ACTIVATION_BITS, WEIGHT_BITS, check_bits, num_levels
 
@@ -383,7 +383,7 @@ class ActivationQuantizer(_BitsEquality,
   def __call__(self, inputs, training, weights, **kwargs):
     if not training or self.per_axis or self.symmetric:
       # tfmot's MovingAverageQuantizer.__call__ fixes its decay at 0.999.
-      return quant_ops.MovingAvgQuantize(
+      return _tfmot.MovingAvgQuantize(
           inputs, weights["min_var"], weights["max_var"],
           ema_decay=ACTIVATION_RANGE_DECAY,
           is_training=training and not self.frozen, num_bits=self.num_bits,
