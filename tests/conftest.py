@@ -24,9 +24,10 @@ import tf_keras  # noqa: E402
 # whichever worker is free. Files are handed out longest first: a long test
 # handed out last would leave one worker idle while the other runs it.
 _LONGEST_FIRST = ("test_detection.py", "test_benchmark.py",
-                  "test_detection_runs.py", "test_trainers.py",
-                  "test_export.py", "test_configs_flagfiles.py",
-                  "test_digit_scenes.py")
+                  "test_zoo_learns.py", "test_detection_runs.py",
+                  "test_trainers.py", "test_export.py",
+                  "test_sweep_cluster.py", "test_configs_flagfiles.py",
+                  "test_digit_scenes.py", "test_docs.py")
 
 
 def _uses_module_fixture(item) -> bool:
