@@ -209,6 +209,11 @@ _UNCONVERTIBLE = (
 )
 
 
+def _rolled_recurrence(layer) -> bool:
+  """An LSTM/GRU loop; unrolled, it is `timesteps` copies of the cell."""
+  return isinstance(layer, tf_keras.layers.RNN) and not layer.unroll
+
+
 def _family_status(layer) -> str:
   from kqreg.qat import families  # pylint: disable=g-import-not-at-top
   family = families.family_of(layer)
@@ -230,7 +235,7 @@ def family_problems(model: tf_keras.Model) -> List[str]:
   problems = []
   for inner in _inner_layers(model):
     status = _family_status(inner)
-    if isinstance(inner, tf_keras.layers.RNN) and not inner.unroll:
+    if _rolled_recurrence(inner):
       continue  # refused outright (`layer_problems`)
     if status.startswith(("hybrid", "float")):
       problems.append(f"{inner.name}: {type(inner).__name__} {status}")
@@ -244,17 +249,17 @@ def layer_problems(model: tf_keras.Model) -> List[str]:
   and a per-channel Conv2DTranspose kernel fails to convert ("'tfl.transpose'
   op has mismatched quantized axes"); nor does a per-channel Conv1D,
   DepthwiseConv1D or SeparableConv1D kernel, a rolled LSTM or GRU (one
-  with unroll=True converts), or 3-D pooling. A <= 4-bit Embedding table converts, but LiteRT refuses to run
-  the file.
+  with unroll=True converts), or 3-D pooling. A <= 4-bit Embedding table
+  converts, but LiteRT refuses to run the file.
   """
   problems = []
   for layer in model.layers:
     wrapped = isinstance(layer, _tfmot.QuantizeWrapper)
     inner = layer.layer if wrapped else layer
     for types, quantized_only, reason in _UNCONVERTIBLE:
-      # An unrolled recurrence is `timesteps` copies of the cell: no loop.
       if (isinstance(inner, types) and (wrapped or not quantized_only)
-          and not getattr(inner, "unroll", False)):
+          and (_rolled_recurrence(inner)
+               or not isinstance(inner, tf_keras.layers.RNN))):
         problems.append(f"{inner.name}: {reason}")
   reported = set()
   for qw in introspect.quantized_weights(model):

@@ -125,6 +125,11 @@ _MHA_PROJECTIONS = ("_query_dense", "_key_dense", "_value_dense",
                     "_output_dense")
 
 
+_RECURRENT = ("float when unrolled (unroll=True): the cell's FULLY_CONNECTED, "
+              "LOGISTIC, TANH, MUL and ADD run in float on float32 Q(w) "
+              "kernels; refused when rolled: the recurrent loop does not "
+              "convert (TensorList without a static element shape)")
+
 # What `kqreg.export_tflite` made of each new family (measured, TF 2.21).
 _EXPORT = {
     "Conv1D": "integer: CONV_2D on the expanded kernel, stored Q(w) exactly "
@@ -152,14 +157,8 @@ _EXPORT = {
                           "BATCH_MATMUL and SOFTMAX run in float (no range "
                           "between a projection and its bias, nor on the "
                           "scores)",
-    "LSTM": "float when unrolled (unroll=True): the cell's "
-            "FULLY_CONNECTED, LOGISTIC, TANH, MUL and ADD run in float on "
-            "float32 Q(w) kernels; refused when rolled: the recurrent loop "
-            "does not convert (TensorList without a static element shape)",
-    "GRU": "float when unrolled (unroll=True): the cell's "
-           "FULLY_CONNECTED, LOGISTIC, TANH, MUL and ADD run in float on "
-           "float32 Q(w) kernels; refused when rolled: the recurrent loop "
-           "does not convert (TensorList without a static element shape)",
+    "LSTM": _RECURRENT,
+    "GRU": _RECURRENT,
     "LayerNormalization": "float: TFLite decomposes it into MEAN, "
                           "SQUARED_DIFFERENCE, RSQRT, MUL, ADD and runs them "
                           "in float; its output range is kept",
