@@ -133,7 +133,9 @@ def test_rise_test_is_exact_when_the_noise_correlation_is_known(epochs, rho):
 def _arm_p_values(curves, seeds):
   """What `overfitting_verdict` does per arm, vectorized over many arms."""
   arms = curves.reshape(-1, seeds, curves.shape[-1])
-  rhos = np.array([overfitting.epoch_correlation(a) for a in arms])
+  rhos = np.array([overfitting.rho_upper_bound(
+      overfitting.epoch_correlation(a), curves.shape[-1], seeds)
+                   for a in arms])
   p = np.empty(arms.shape[:2])
   for rho in np.unique(rhos):
     pick = rhos == rho
@@ -177,13 +179,15 @@ def test_rise_test_on_a_falling_curve_is_conservative():
 
 def test_overfitting_power_on_a_small_rise():
   # Rise 0.04 after epoch 20 of 60 at noise σ 0.03: seeds alone miss it
-  # most of the time (0.28), five seeds together find it (0.80).
+  # most of the time, five seeds together find it 0.63 of the time. (0.80
+  # when the null took ρ̂ itself: the price of simulating it at ρ's upper
+  # bound, which keeps the test at α when the noise is correlated.)
   rng = np.random.default_rng(10)
   epochs = np.arange(60)
   u_shaped = (0.5 + 0.001 * np.abs(epochs - 20) +
               0.03 * rng.standard_normal((500 * 5, 60)))
   arm_p, seed_p = _arm_p_values(u_shaped, 5)
-  assert np.mean(arm_p <= 0.05) > 0.75 > np.mean(seed_p <= 0.05)
+  assert np.mean(arm_p <= 0.05) > 0.6 > np.mean(seed_p <= 0.05)
 
 
 def test_rise_test_fires_on_a_rising_curve():

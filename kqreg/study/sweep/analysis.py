@@ -129,8 +129,9 @@ def false_positive_rates(
                for r in records if r.bits == arm]
     epochs = int(np.median(lengths)) if lengths else 0
     if epochs >= 6 and draws > 0:
+      rho = v.rho_estimate if math.isfinite(v.rho_estimate) else v.rho
       out[arm] = overfitting_lib.false_positive_rate(
-          epochs, v.seeds, v.rho, "flat", alpha, draws)
+          epochs, v.seeds, round(rho, 2), "flat", alpha, draws)
   return out
 
 

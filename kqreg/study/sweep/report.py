@@ -88,7 +88,9 @@ VERDICT_METHOD = (
     "difference; its epoch-to-epoch correlation ρ, which makes a loss "
     "wander, from the first differences of the second half of all the "
     "arm's curves), and the null is simulated: {draws} flat curves of the "
-    "same length with AR(1) noise of that ρ; a run fires when its rise, in "
+    "same length with AR(1) noise at the upper 90% confidence bound of "
+    "that ρ (a ρ underestimated from a few short curves would make the "
+    "null too narrow; the bound is simulated too); a run fires when its rise, in "
     "units of its noise, exceeds the null's 1 − α quantile. The seeds of an "
     "arm are combined with Stouffer's method (on each seed's mean normal "
     "score, so a curve that ends at its minimum, p = 1, does not veto the "
@@ -126,7 +128,8 @@ def _overfitting_line(v: overfitting_lib.ArmOverfitting,
   if rate is not None and rate > v.alpha + 2 * math.sqrt(
       v.alpha * (1 - v.alpha) / max(draws, 1)):
     judged += (f" (but this test's measured false-positive rate at ρ̂ "
-               f"{v.rho:.2f} is {rate:.3f}, above α: read with care)")
+               f"{v.rho_estimate:.2f} is {rate:.3f}, above α: read with "
+               "care)")
   return (f"- {v.arm}: validation loss (running median) ends {v.rise_mean:.3f} "
           f"above its minimum (mean of {v.seeds} seeds; flat noise alone "
           f"exceeds {v.threshold_mean:.3f} with probability α); {v.fired} of "

@@ -102,11 +102,13 @@ def overfitting_table(
     rates: Optional[Dict[str, float]] = None) -> str:
   """One Markdown row per arm: rise, noise, null threshold, seeds, p.
 
-  With `rates` (arm -> the test's measured false-positive rate at the
-  arm's ρ̂, epochs and seeds) a column prints them.
+  ρ̂ is the arm's pooled noise correlation, the null's ρ its upper bound
+  (`overfitting.rho_upper_bound`). With `rates` (arm -> the test's measured
+  false-positive rate at the arm's ρ̂, epochs and seeds) a column prints
+  them.
   """
   rate_head = " measured false-positive rate |" if rates is not None else ""
-  lines = ["| arm | seeds | val loss rise | epoch noise σ̂ | noise ρ̂ | "
+  lines = ["| arm | seeds | val loss rise | epoch noise σ̂ | noise ρ̂ (null's ρ) | "
            "null threshold | seeds firing | p (Stouffer) | p (Holm) | "
            "overfits |" + rate_head,
            "|" + "---|" * (10 + (rates is not None))]
@@ -116,7 +118,7 @@ def overfitting_table(
       r = rates.get(v.arm)
       rate = f" {r:.3f} |" if r is not None else " – |"
     lines.append(f"| {v.arm} | {v.seeds} | {v.rise_mean:.4f} | "
-                 f"{v.noise_mean:.4f} | {v.rho:.2f} | "
+                 f"{v.noise_mean:.4f} | {v.rho_estimate:.2f} ({v.rho:.2f}) | "
                  f"{v.threshold_mean:.4f} | "
                  f"{v.fired}/{v.seeds} | {p_text(v.p)} | {p_text(v.p_holm)} | "
                  f"{'yes' if v.overfits else 'no'} |" + rate)
