@@ -20,7 +20,8 @@ from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 from kqreg.detection import digit_scenes, shapes  # noqa: F401
 from kqreg.detection.data import (OFFLINE_DETECTION_DATASETS, DetectionInfo,
                                   load_detection, pipeline)
-from kqreg.detection.export import export_detector, head_model
+from kqreg.detection.export import (BOX_OUTPUTS, export_detector, head_model,
+                                    join_levels)
 from kqreg.detection.metrics import evaluate_map, mean_average_precision
 from kqreg.detection.model import (BACKBONES, SHORT_RUN_BN_MOMENTUM,
                                    DetectorError, QuantizedYOLOV8Detector,
@@ -29,6 +30,7 @@ from kqreg.detection.task import DetectConfig, run
 
 __all__ = [
     "BACKBONES",
+    "BOX_OUTPUTS",
     "DetectConfig",
     "DetectionInfo",
     "DetectorError",
@@ -39,6 +41,7 @@ __all__ = [
     "evaluate_map",
     "export_detector",
     "head_model",
+    "join_levels",
     "load_detection",
     "mean_average_precision",
     "pipeline",
