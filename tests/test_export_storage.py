@@ -179,7 +179,7 @@ def test_auto_stores_int4_only_where_its_table_says(models, tmp_path):
     expected = ("INT4" if row["op"] in storage_lib.INT4_NOT_SLOWER
                 else "INT8")
     assert row["type"] == table[row["op"]] == expected, row
-    assert f"storage='auto'" in row["storage_reason"]
+    assert "storage='auto'" in row["storage_reason"]
     seen[row["op"]] = row["type"]
   assert seen == {"CONV_2D": "INT8", "DEPTHWISE_CONV_2D": "INT8",
                   "FULLY_CONNECTED": "INT4"}

@@ -4,7 +4,6 @@ import csv
 
 import numpy as np
 import pytest
-import tensorflow as tf
 import tf_keras
 
 import kqreg
