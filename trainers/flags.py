@@ -232,6 +232,16 @@ def _define_sweep() -> Dict[str, flags.FlagHolder]:
       "best_val_loss, gap_loss, val_accuracy or val_map50): the report "
       "reads |arm − fp| < margin by TOST as 'equivalent'. Without one, "
       "equivalence is never claimed for that metric.")
+  h["combine"] = flags.DEFINE_list(
+      "combine", [],
+      "Instead of training: the --output_dir of two or more finished "
+      "sweeps (one setting each), set side by side in --output_dir "
+      "(cross_setting.md/.csv/.png: each arm's paired effect per setting "
+      "and pooled over settings).")
+  h["setting_names"] = flags.DEFINE_list(
+      "setting_names", [],
+      "With --combine: a short name per sweep, in its order (default: each "
+      "report's title).")
   h["seeds"] = flags.DEFINE_list("seeds", ["0", "1", "2"],
                                  "Seeds to run each policy with.")
   h["output_dir"] = flags.DEFINE_string(

@@ -23,6 +23,10 @@ other settings of the run, `<policy>[+key=value...]`, e.g.
 regularizer read with the same seeds and analysis).
 --equivalence_margins=val_accuracy:0.02,val_loss:0.05 declares, before the
 run, what difference counts as none (the report's TOST readings).
+
+--combine=<dir>,<dir>[,...] trains nothing: it sets finished sweeps (one
+setting each) side by side in --output_dir, each arm's paired effect per
+setting and pooled over them (cross_setting.md, .csv, .png).
 """
 
 from __future__ import annotations
@@ -115,8 +119,29 @@ def _eta(elapsed: float, trained: int, left: int) -> str:
   return _duration(elapsed / trained * left)
 
 
+def _combine(holders) -> None:
+  """--combine: the cross-setting table of finished sweeps, nothing trained."""
+  from kqreg import runs
+  from kqreg.study.sweep import cross_setting  # pylint: disable=g-import-not-at-top
+  for name in ("arms", "sweep_bits", "seeds", "equivalence_margins"):
+    if app.given(name):
+      raise runs.ConfigError(f"--{name} trains a sweep; --combine only reads "
+                             "finished ones: drop one of the two.")
+  try:
+    summary = cross_setting.write_cross_setting(
+        holders.output_dir.value, holders.combine.value,
+        names=holders.setting_names.value or None)
+  except (ValueError, FileNotFoundError) as e:
+    raise runs.ConfigError(f"--combine: {e}") from e
+  print(summary["table"])
+  print(f"\nReport: {summary['paths'][0]} (CSVs and figure beside it)")
+
+
 def _sweep(holders) -> None:
   """Runs every (policy, seed), then writes and prints the report."""
+  if holders.combine.value:
+    _combine(holders)
+    return
   from kqreg import runs
   from kqreg.study.sweep import report
   from kqreg.study.sweep.records import TASKS, RunRecord
