@@ -211,6 +211,13 @@ def pooled_effects(effects: Sequence[SettingEffect], alpha: float = ALPHA
   return out
 
 
+def _row_name(effect) -> str:
+  """"w4" against fp, "n4 vs w4" against another arm."""
+  if effect.reference == arms_lib.REFERENCE:
+    return effect.arm
+  return f"{effect.arm} vs {effect.reference}"
+
+
 def _interval(low: float, high: float) -> str:
   if not (math.isfinite(low) and math.isfinite(high)):
     return "–"
@@ -236,8 +243,8 @@ def cross_setting_table(effects: Sequence[SettingEffect],
   lines = ["| " + " | ".join(head) + " |",
            "|" + "---|" * len(head)]
   for key, row in cells.items():
-    arm, reference, metric = key
-    name = arm if reference == arms_lib.REFERENCE else f"{arm} vs {reference}"
+    metric = key[2]
+    name = _row_name(next(iter(row.values())))
     values = []
     for setting in settings:
       e = row.get(setting)
@@ -262,28 +269,20 @@ def cross_setting_figure(effects: Sequence[SettingEffect],
   diamond with its interval, which may run off the axis (the axis spans the
   settings' own intervals).
   """
-  from kqreg.study.sweep.figures import _pyplot  # pylint: disable=g-import-not-at-top
-  plt = _pyplot()
+  from kqreg.study.sweep.figures import panel_grid  # pylint: disable=g-import-not-at-top
   metrics = list(dict.fromkeys(e.metric for e in effects))
   settings = list(dict.fromkeys(e.setting for e in effects))
+  plt, fig, axes = panel_grid(len(metrics), 5.6, 4.6)
   palette = plt.get_cmap("tab10").colors
-  columns = min(2, max(1, len(metrics)))
-  rows = max(1, math.ceil(len(metrics) / columns))
-  fig, axes = plt.subplots(rows, columns, squeeze=False,
-                           figsize=(5.6 * columns, 4.6 * rows))
-  for ax in axes.flat[len(metrics):]:
-    ax.set_visible(False)
   offsets = np.linspace(-0.25, 0.25, len(settings) + 1)
   for ax, metric in zip(axes.flat, metrics):
-    names = list(dict.fromkeys(
-        e.arm if e.reference == arms_lib.REFERENCE else
-        f"{e.arm} vs {e.reference}" for e in effects if e.metric == metric))
+    names = list(dict.fromkeys(_row_name(e) for e in effects
+                               if e.metric == metric))
     position = {n: i for i, n in enumerate(names)}
     for e in effects:
       if e.metric != metric:
         continue
-      name = (e.arm if e.reference == arms_lib.REFERENCE else
-              f"{e.arm} vs {e.reference}")
+      name = _row_name(e)
       s = settings.index(e.setting)
       y = position[name] + offsets[s]
       twin = arms_lib.is_noise_twin(e.arm)
@@ -297,8 +296,7 @@ def cross_setting_figure(effects: Sequence[SettingEffect],
     for p in pooled:
       if p.metric != metric:
         continue
-      name = (p.arm if p.reference == arms_lib.REFERENCE else
-              f"{p.arm} vs {p.reference}")
+      name = _row_name(p)
       y = position[name] + offsets[-1]
       xerr = ([[max(0.0, p.diff - p.ci_low)], [max(0.0, p.ci_high - p.diff)]]
               if math.isfinite(p.ci_low) and math.isfinite(p.ci_high)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
   from kqreg.study.sweep import decision
 
 __all__ = ["arm_styles", "curve_figure", "dose_response_figure", "gap_figure",
-           "noise_figure", "write_figures"]
+           "noise_figure", "panel_grid", "write_figures"]
 
 
 def _pyplot():
@@ -34,6 +34,22 @@ def _pyplot():
   matplotlib.use("Agg")  # files only: no display on training machines
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   return plt
+
+
+def panel_grid(panels: int, width: float, height: float):
+  """(pyplot, figure, axes) of `panels` panels, at most two a row.
+
+  Four panels in one row shrink the labels below what a documentation page
+  (about 800 px wide) shows legibly; unused cells are hidden.
+  """
+  plt = _pyplot()
+  columns = min(2, max(1, panels))
+  rows = max(1, math.ceil(panels / columns))
+  fig, axes = plt.subplots(rows, columns, squeeze=False,
+                           figsize=(width * columns, height * rows))
+  for ax in axes.flat[panels:]:
+    ax.set_visible(False)
+  return plt, fig, axes
 
 
 def arm_styles(arms: Sequence[str]) -> Dict[str, Tuple[object, str, bool]]:
@@ -191,20 +207,12 @@ def dose_response_figure(doses: Sequence["decision.DoseResponse"],
   one (else its "quantizers" fit); the dashed line is the WLS fit, the
   title gives the per-seed trend's slope, interval and p.
   """
-  plt = _pyplot()
   panels: Dict[str, "decision.DoseResponse"] = {}
   for d in doses:
     if d.metric not in panels or d.family != "quantizers":
       panels[d.metric] = d
   primary = {d.metric: d for d in doses if d.family == "quantizers"}
-  # At most two panels a row: four in one row shrink the labels below what
-  # a documentation page (about 800 px wide) shows legibly.
-  columns = min(2, max(1, len(panels)))
-  rows = max(1, math.ceil(len(panels) / columns))
-  fig, axes = plt.subplots(rows, columns, squeeze=False,
-                           figsize=(5.2 * columns, 4.2 * rows))
-  for ax in axes.flat[len(panels):]:
-    ax.set_visible(False)
+  plt, fig, axes = panel_grid(len(panels), 5.2, 4.2)
   for ax, (metric, d) in zip(axes.flat, panels.items()):
     for arm, x, y, lo, hi in zip(d.arms, d.noise, d.effects, d.ci_low,
                                  d.ci_high):
