@@ -205,9 +205,9 @@ def rho_upper_bound(rho_hat: float, epochs: int, curves: int,
   if epochs < 8 or curves < 1:
     return 0.0
   table = _correlation_estimates(int(epochs), int(curves))
-  below = np.searchsorted  # per row: P(ρ̂* ≤ rho_hat | ρ)
-  share = np.array([below(row, rho_hat + 1e-12, side="right") / len(row)
-                    for row in table])
+  # Per grid ρ: the share of its simulated estimates at or below rho_hat.
+  share = np.array([np.searchsorted(row, rho_hat + 1e-12, side="right")
+                    for row in table]) / table.shape[1]
   allowed = np.nonzero(share >= 1.0 - level)[0]
   return float(_rho_grid()[allowed.max()]) if len(allowed) else 0.0
 
