@@ -5,8 +5,9 @@ detector from image to the head's raw outputs: per pyramid level
 `boxes_p3`, `boxes_p4`, `boxes_p5`, (batch, anchors of the level, 64)
 distribution-focal box logits, and `classes`, (batch, anchors, num_classes)
 probabilities; `join_levels` concatenates the box logits on the host, as
-keras-cv's decoding takes them. `export_detector` writes it with `kqreg.export.export_tflite`
-(integer for a quantized detector, float32 for a float one), runs the file
+keras-cv's decoding takes them. `export_detector` writes it with
+`kqreg.export.export_tflite` (integer for a quantized detector, float32 for
+a float one), runs the file
 in ai-edge-litert on validation images, decodes its outputs with the
 detector's own keras-cv box decoding and NMS, and scores both the file and
 the Keras model with the same mAP on the same images.

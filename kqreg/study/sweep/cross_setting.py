@@ -35,15 +35,16 @@ from kqreg.io_utils import atomic_write_text
 from kqreg.study.sweep import arms as arms_lib
 from kqreg.study.sweep.paired import holm_intervals
 from kqreg.study.sweep.paired_tests import ALPHA
+from kqreg.study.sweep.records import TASKS
 from kqreg.study.sweep.tables import as_float, csv_text, p_text
 
 __all__ = ["SettingEffect", "read_setting", "cross_setting_rows",
            "PooledEffect", "pooled_effects", "cross_setting_table",
            "cross_setting_figure", "write_cross_setting"]
 
-METRIC_NAMES = {"val_accuracy": "val acc", "val_loss": "final val loss",
-                "best_val_loss": "best val loss", "gap_loss": "loss gap",
-                "val_map50": "val mAP@0.5"}
+# The names the sweeps' own reports give the metrics they compare.
+METRIC_NAMES = {key: name for task in TASKS.values()
+                for key, name in task.compared}
 
 
 @dataclasses.dataclass(frozen=True)
