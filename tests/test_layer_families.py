@@ -253,7 +253,8 @@ _EXPORT_STATUS = {
     "Conv1D": "integer", "DepthwiseConv1D": "integer",
     "EinsumDense": "integer", "Embedding": "integer",
     "Conv1DTranspose": "hybrid", "SeparableConv1D": "hybrid",
-    "MultiHeadAttention": "hybrid", "Conv3D": "float",
+    "MultiHeadAttention": "hybrid", "QuantizableMultiHeadAttention": "integer",
+    "Conv3D": "float",
     "Conv3DTranspose": "float", "LayerNormalization": "float",
     # Unrolled; a rolled loop is refused (layer_problems).
     "LSTM": "float", "GRU": "float",
@@ -419,17 +420,17 @@ def test_issue_models_quantize_train_and_export(name, tmp_path):
     assert "CONV_3D" in report["float_ops"]
     assert stored == {"c3/kernel": "FLOAT32", "head/kernel": "INT4"}
   else:
-    # Converts with the attention kernels stored as INT4 Q(w), but runs
-    # partly in float: export_problems says why, per layer. (A Dense on a
-    # sequence stays float in the file too: TFLite's FULLY_CONNECTED gets
-    # no range before its bias.)
+    # The attention runs in integers (test_attention_runs_in_int8_in_the_file);
+    # LayerNorm's decomposition runs in float, and export_problems says so.
+    # (A Dense on a sequence stays float in the file too: TFLite's
+    # FULLY_CONNECTED gets no range before its bias.)
     assert report["float_ops"]
-    assert [p.split(":")[0] for p in problems] == ["mha", "ln"]
-    assert "hybrid" in problems[0] and "float" in problems[1]
+    assert [p.split(":")[0] for p in problems] == ["ln"]
+    assert "float" in problems[0]
     assert all(stored[f"mha/{p}/kernel"] == "INT4" for p in (
         "query", "key", "value", "attention_output"))
     assert stored["head/kernel"] == "INT4"
-    with pytest.raises(export.ExportError, match="mha"):
+    with pytest.raises(export.ExportError, match="ln"):
       export.check_exportable(qat)
 
 
@@ -497,3 +498,97 @@ def test_per_channel_1d_kernels_are_refused_with_the_reason(tmp_path):
   with pytest.raises(export.ExportError, match="per-channel Conv1D"):
     export.export_tflite(qat, str(tmp_path / "m.tflite"),
                          float_reference=False)
+
+
+def _attention_only(heads=2, key_dim=4):
+  inputs = tf_keras.Input((6, 8))
+  a = L.MultiHeadAttention(heads, key_dim, name="mha")(inputs, inputs)
+  x = L.GlobalAveragePooling1D(name="gap")(a)
+  return tf_keras.Model(inputs, L.Dense(3, name="head")(x), name="attention")
+
+
+@pytest.mark.parametrize("case", ["self", "cross", "causal", "scores", "rank4"])
+def test_quantizable_attention_computes_multi_head_attention(case):
+  # Same weights, same function as Keras's layer, on the flat path (rank-3
+  # inputs) and on Keras's own (rank 4, attention over two axes).
+  tf_keras.utils.set_random_seed(0)
+  rank4 = case == "rank4"
+  shape = (3, 5, 8) if rank4 else (5, 8)
+  layer = L.MultiHeadAttention(
+      2, 4, value_dim=3, output_shape=7 if case == "cross" else None,
+      attention_axes=(1, 2) if rank4 else None, name="mha")
+  q, v = tf_keras.Input(shape), tf_keras.Input(shape if case != "cross"
+                                                 else (4, 6))
+  kwargs = {"use_causal_mask": case == "causal",
+            "return_attention_scores": case == "scores"}
+  model = tf_keras.Model([q, v], layer(q, v, **kwargs))
+  swapped = kqreg.qat.rewrites._quantizable_attention(model, ["mha"])
+  assert type(swapped.get_layer("mha")).__name__ == (
+      "QuantizableMultiHeadAttention")
+  assert [w.name for w in swapped.weights] == [w.name for w in model.weights]
+  rng = np.random.default_rng(0)
+  x = [rng.normal(size=(4, *t.shape[1:])).astype("float32")
+       for t in model.inputs]
+  for got, want in zip(tf.nest.flatten(swapped(x)), tf.nest.flatten(model(x))):
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_attention_runs_in_int8_in_the_file(tmp_path):
+  # w4a8: the attention is swapped for QuantizableMultiHeadAttention, whose
+  # scaled query, scores, probabilities and context have ranges. The file
+  # then runs every op in integers: int8 BATCH_MATMUL for q.k and p.v, an
+  # int8 SOFTMAX on TFLite's fixed output grid, which QAT trained on, and
+  # FULLY_CONNECTED projections with fused biases and INT4 kernels = Q(w).
+  tf_keras.utils.set_random_seed(0)
+  model = _attention_only()
+  x = _inputs_for(model, n=64)
+  qat = _train_step(_quantize(model, "w4a8"), x)
+  wrapper = qat.get_layer("quant_mha")
+  assert type(wrapper.layer).__name__ == "QuantizableMultiHeadAttention"
+  ranges = {w.name.split("/")[-1].split(":")[0] for w in wrapper.weights}
+  assert {"scaled_query_post_activation_min", "score_post_activation_max",
+          "context_post_activation_min"} <= ranges
+  # The probabilities: 256 levels on [0, 1), no trained range.
+  probabilities = qat.get_layer("quant_mha").layer._probability_activation
+  assert probabilities.quantizer.get_config() == {
+      "num_bits": 8, "low": 0.0, "high": 1.0}
+  assert export.export_problems(qat) == []
+  report = _export(qat, tmp_path, x)
+  assert report["float_ops"] == []
+  assert report["op_counts"]["BATCH_MATMUL"] == 2
+  assert report["op_counts"]["SOFTMAX"] == 1
+  with open(report["path"], "rb") as f:
+    info = export.inspect_tflite(f.read())
+  tensors = info["tensors"]
+  for op in info["ops"]:
+    if op["op"] in ("BATCH_MATMUL", "SOFTMAX", "FULLY_CONNECTED", "MUL"):
+      types = {tensors[i]["type"] for i in op["inputs"] + op["outputs"]
+               if i >= 0 and not tensors[i]["constant"]}
+      assert types == {"INT8"}, (op["op"], types)
+    if op["op"] == "SOFTMAX":
+      out = tensors[op["outputs"][0]]
+      assert (float(out["scale"][0]), int(out["zero_point"][0])) == (
+          1 / 256, -128)
+  assert _stored_types(report, qat) == {
+      "mha/query/kernel": "INT4", "mha/key/kernel": "INT4",
+      "mha/value/kernel": "INT4", "mha/attention_output/kernel": "INT4",
+      "head/kernel": "INT4"}
+  # The file computes Keras's fake-quant graph in integer arithmetic: the
+  # same output grid, so LiteRT and Keras differ by whole output steps, and
+  # mostly not at all (an int8 SOFTMAX's exp table or a requantization can
+  # flip a rounding, carried on as a step or two).
+  dequantize, = [op for op in info["ops"]
+                 if op["outputs"] == [info["outputs"][0]]]
+  step = float(tensors[dequantize["inputs"][0]]["scale"][0])
+  file_y, _ = export.tflite_predict(report["path"], x)
+  diff = np.abs(file_y - qat.predict(x, verbose=0)) / step
+  np.testing.assert_allclose(diff, np.round(diff), atol=0.01)
+  assert np.median(diff) == 0 and diff.mean() < 1.0, (diff.mean(), diff.max())
+
+
+def test_weight_only_attention_keeps_keras_layer():
+  # Without activation bits there are no ranges to train: the layer stays
+  # Keras's own, its four kernels quantized.
+  qat = _quantize(_attention_only(), "w4")
+  assert type(qat.get_layer("quant_mha").layer) is L.MultiHeadAttention

@@ -4,6 +4,7 @@
   grid         bit ranges, level counts and TensorFlow's nudged grid (no Keras)
   quantizers   weight, noise-twin, activation and fixed-range quantizers
   families     which layers quantize, and how (`LAYER_FAMILIES`)
+  attention    MultiHeadAttention as TFLite's int8 kernels compute it
   rewrites     graph rewrites before quantizing (nested models, TF ops)
   transform    `plan`, `annotate`, `quantize`: the one pass over the graph
   layers       kqreg's tfmot wrapper classes and `quantize_scope`
@@ -15,6 +16,7 @@
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 
+from kqreg.qat.attention import QuantizableMultiHeadAttention
 from kqreg.qat.families import (LAYER_FAMILIES, BitQuantizeConfig, LayerFamily,
                                 config_for_layer, family_of)
 from kqreg.qat.introspect import QuantizedWeight, is_quantized, quantized_weights
@@ -38,7 +40,8 @@ __all__ = [
     "quantize", "tf_ops_as_layers",
     # Quantizers and layer families
     "ActivationQuantizer", "BitQuantizeConfig", "FixedRangeQuantizer",
-    "LAYER_FAMILIES", "LayerFamily", "WeightNoiseQuantizer",
+    "LAYER_FAMILIES", "LayerFamily", "QuantizableMultiHeadAttention",
+    "WeightNoiseQuantizer",
     "WeightQuantizer", "config_for_layer", "family_of",
     # tfmot plumbing
     "QuantizeLayer", "QuantizeScheme", "QuantizeWrapperV2",

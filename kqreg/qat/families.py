@@ -29,12 +29,13 @@ annotated = kqreg.qat.quantize_annotate_layer(layer, config)
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow_model_optimization as tfmot
 import tf_keras
 
+from kqreg.qat import attention
 from kqreg.qat import grid
 from kqreg.qat import policy as policy_lib
 from kqreg.qat import quantizers
@@ -72,6 +73,9 @@ class LayerFamily:
       tensor is what TFLite's fully connected kernels handle everywhere).
     export: what `kqreg.export_tflite` makes of the family, as measured
       (TF 2.21, w4a8/w8a8); empty where not measured.
+    bounded: `(activation attribute, BOUNDED_ACTIVATIONS key)` for hooks
+      whose output interval is fixed (attention probabilities: "softmax"),
+      quantized on the grid TFLite fixes for it.
 
   A weight or activation attribute may be a dotted path into a sub-layer
   (`"cell.kernel"` of an LSTM, `"_query_dense.kernel"` of a
@@ -90,6 +94,7 @@ class LayerFamily:
   quantize_output: bool = False
   per_channel: bool = False
   export: str = ""
+  bounded: Tuple[Tuple[str, str], ...] = ()
 
   @property
   def weighted(self) -> bool:
@@ -156,7 +161,13 @@ _EXPORT = {
                           "as Q(w), but FULLY_CONNECTED, the bias ADDs, "
                           "BATCH_MATMUL and SOFTMAX run in float (no range "
                           "between a projection and its bias, nor on the "
-                          "scores)",
+                          "scores); kqreg.quantize swaps it for "
+                          "QuantizableMultiHeadAttention when activations "
+                          "are quantized",
+    "QuantizableMultiHeadAttention": "integer: FULLY_CONNECTED (bias fused), "
+                                     "MUL, BATCH_MATMUL and SOFTMAX in int8, "
+                                     "the four kernels stored Q(w) exactly; "
+                                     "a mask adds float ops",
     "LSTM": _RECURRENT,
     "GRU": _RECURRENT,
     "LayerNormalization": "float: TFLite decomposes it into MEAN, "
@@ -223,6 +234,15 @@ LAYER_FAMILIES: Tuple[LayerFamily, ...] = (
                 tuple((f"{p}.kernel", "last") for p in _MHA_PROJECTIONS),
                 tuple(f"{p}.activation" for p in _MHA_PROJECTIONS),
                 per_channel=False, export=_EXPORT["MultiHeadAttention"]),
+    # The same kernels and projection ranges, plus the ranges of the scaled
+    # query, scores, probabilities (TFLite's fixed SOFTMAX grid) and context.
+    LayerFamily(attention.QuantizableMultiHeadAttention,
+                tuple((f"{p}.kernel", "last") for p in _MHA_PROJECTIONS),
+                tuple(f"{p}.activation" for p in _MHA_PROJECTIONS) +
+                attention.HOOKS,
+                per_channel=False,
+                export=_EXPORT["QuantizableMultiHeadAttention"],
+                bounded=((attention.PROBABILITY_HOOK, "softmax"),)),
     # The cell's input and recurrent kernels (gates concatenated on the last
     # axis), one range per tensor; the sequence output is quantized.
     LayerFamily(layers.LSTM, (("cell.kernel", "last"),
@@ -295,6 +315,8 @@ class BitQuantizeConfig(QuantizeConfig):
     narrow_range: weight grid without its lowest level (TFLite requires it).
     weight_noise: add the noise of `weight_bits` quantization to the weights
       in training instead of quantizing them (`WeightNoiseQuantizer`).
+    bounded_activations: `{activation attribute: BOUNDED_ACTIVATIONS key}`
+      for activations quantized on a fixed interval (`FixedRangeQuantizer`).
 
   Raises:
     ValueError: bits out of range or not integers, or `weight_noise` without
@@ -317,7 +339,8 @@ class BitQuantizeConfig(QuantizeConfig):
                per_channel: bool = True,
                symmetric: bool = True,
                narrow_range: bool = True,
-               weight_noise: bool = False):
+               weight_noise: bool = False,
+               bounded_activations: Optional[Dict[str, str]] = None):
     self.weights = tuple((str(a), str(layout)) for a, layout in weights)
     self.activations = tuple(str(a) for a in activations)
     self.quantize_output = bool(quantize_output)
@@ -329,6 +352,14 @@ class BitQuantizeConfig(QuantizeConfig):
     self.symmetric = bool(symmetric)
     self.narrow_range = bool(narrow_range)
     self.weight_noise = bool(weight_noise)
+    self.bounded_activations = {
+        str(a): str(name) for a, name in (bounded_activations or {}).items()}
+    unknown = set(self.bounded_activations.values()) - set(
+        quantizers.BOUNDED_ACTIVATIONS)
+    if unknown:
+      raise ValueError(
+          f"`bounded_activations` names {sorted(unknown)}; known: "
+          f"{sorted(quantizers.BOUNDED_ACTIVATIONS)}.")
     if self.weight_noise and self.weight_bits is None:
       raise ValueError(
           "`weight_noise=True` needs `weight_bits`: it adds the noise of "
@@ -361,11 +392,18 @@ class BitQuantizeConfig(QuantizeConfig):
             for attr in self.activations]
 
   def _activation_quantizer_of(self, attr: str):
-    """The activation quantizer; a sub-layer's one names its variables after
-    the sub-layer, so that several in one wrapper stay distinct."""
-    if "." not in attr:
+    """The activation quantizer; one of several in a wrapper (a sub-layer's,
+    an attention hook's) names its variables after its attribute, so that
+    they stay distinct. A bounded one has a fixed grid and no variables."""
+    if attr in self.bounded_activations:
+      return quantizers.FixedRangeQuantizer.for_activation(
+          self.activation_bits, self.bounded_activations[attr])
+    if attr == "activation":
       return self._activation_quantizer
-    prefix = "_".join(attr.split(".")[:-1]).strip("_")
+    if "." in attr:
+      prefix = "_".join(attr.split(".")[:-1]).strip("_")
+    else:  # `_score_activation` -> `score`
+      prefix = attr.strip("_").removesuffix("_activation")
     return quantizers.PrefixedActivationQuantizer(self.activation_bits,
                                                   prefix)
 
@@ -405,6 +443,8 @@ class BitQuantizeConfig(QuantizeConfig):
         "symmetric": self.symmetric,
         "narrow_range": self.narrow_range,
         "weight_noise": self.weight_noise,
+        **({"bounded_activations": dict(self.bounded_activations)}
+           if self.bounded_activations else {}),
     }
 
   @classmethod
@@ -482,4 +522,6 @@ def config_for_layer(layer: tf_keras.layers.Layer,
       per_channel=family.per_channel if per_channel is None else per_channel,
       symmetric=symmetric,
       narrow_range=narrow_range,
-      weight_noise=weight_noise and family.weighted)
+      weight_noise=weight_noise and family.weighted,
+      bounded_activations={attr: name for attr, name in family.bounded
+                           if attr in activations})

@@ -14,6 +14,7 @@ from tensorflow.python.util import tf_inspect  # pylint: disable=g-direct-tensor
 from tf_keras.src.utils import layer_utils  # pylint: disable=g-direct-tensorflow-import
 
 from kqreg import _tfmot
+from kqreg.qat import attention
 from kqreg.qat import families as configs_lib
 from kqreg.qat import quantizers
 
@@ -66,7 +67,7 @@ class QuantizeWrapperV2(_tfmot.QuantizeWrapperV2):
     if not self.layer.built:
       self.layer.build(input_shape)
       self.layer.built = True
-    _build_attention_projections(self.layer)
+    attention.build_projections(self.layer)
     super().build(input_shape)
 
   def _init_call_fn_args(self, expects_training_arg=None):
@@ -108,28 +109,6 @@ class QuantizeWrapperV2(_tfmot.QuantizeWrapperV2):
     return self.layer._should_use_autograph()  # pylint: disable=protected-access
 
 
-def _build_attention_projections(layer) -> None:
-  """Builds a MultiHeadAttention's projections from its stored shapes.
-
-  A MultiHeadAttention loaded from its config has its EinsumDense
-  projections but builds them only when first called; the wrapper needs
-  their kernels before that.
-  """
-  if not isinstance(layer, tf_keras.layers.MultiHeadAttention):
-    return
-  query = getattr(layer, "_query_shape", None)
-  if query is None or layer._query_dense.built:  # pylint: disable=protected-access
-    return
-  value = layer._value_shape  # pylint: disable=protected-access
-  key = layer._key_shape or value  # pylint: disable=protected-access
-  layer._query_dense.build(query)  # pylint: disable=protected-access
-  layer._key_dense.build(key)  # pylint: disable=protected-access
-  layer._value_dense.build(value)  # pylint: disable=protected-access
-  heads = query[:-1].concatenate(  # [B, T, heads, value_dim]
-      [layer._num_heads, layer._value_dim])  # pylint: disable=protected-access
-  layer._output_dense.build(heads)  # pylint: disable=protected-access
-
-
 def quantize_scope(*args) -> tf_keras.utils.CustomObjectScope:
   """A scope holding tfmot's and every kqreg custom object.
 
@@ -153,6 +132,8 @@ def quantize_scope(*args) -> tf_keras.utils.CustomObjectScope:
       "ActivationQuantizer": quantizers.ActivationQuantizer,
       "FixedRangeQuantizer": quantizers.FixedRangeQuantizer,
       "BitQuantizeConfig": configs_lib.BitQuantizeConfig,
+      "QuantizableMultiHeadAttention":
+          attention.QuantizableMultiHeadAttention,
   }
   # After tfmot's objects, so it overrides tfmot's QuantizeLayer.
   kqreg_objects = {"QuantizeLayer": QuantizeLayer,

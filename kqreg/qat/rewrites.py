@@ -6,7 +6,9 @@ tfmot's `quantize_apply` takes one flat Sequential or Functional graph:
 detector). TFLite needs a range between the two halves of a SeparableConv2D
 to run it in integers: `_split_separable` rebuilds such layers as a
 DepthwiseConv2D `<name>_depthwise` and a 1x1 Conv2D `<name>` with the same
-weights, as tfmot's own 8-bit scheme does. `tf_ops_as_layers` rebuilds
+weights, as tfmot's own 8-bit scheme does; `_quantizable_attention` swaps
+a MultiHeadAttention for `attention.QuantizableMultiHeadAttention`, the same
+function with range hooks where TFLite's int8 kernels need them. `tf_ops_as_layers` rebuilds
 concat, add and nearest-repeat tf ops as the Keras layers they compute, so
 activation policies reach them.
 """
@@ -20,6 +22,7 @@ import tensorflow as tf
 import tf_keras
 
 from kqreg import _tfmot
+from kqreg.qat import attention
 
 __all__ = ["QuantizeError", "flatten_nested", "graph_consumers",
            "inbound_layers", "tf_ops_as_layers"]
@@ -162,6 +165,27 @@ def _split_separable(model: tf_keras.Model, names) -> tf_keras.Model:
   for name in names:
     depthwise, pointwise = _separable_halves(model.get_layer(name))
     replace[name] = _chain(depthwise, pointwise)
+  inputs = _fresh_inputs(model)
+  return tf_keras.Model(inputs, _run_graph(model, inputs, replace),
+                        name=model.name)
+
+
+def _quantizable_attention(model: tf_keras.Model, names) -> tf_keras.Model:
+  """`model` with each MultiHeadAttention in `names` as a
+  `QuantizableMultiHeadAttention` of the same name and weights."""
+  def _swapped(layer):
+    copies = []
+
+    def call(*args, **kwargs):
+      if not copies:  # built by its first call, so named as `layer` is
+        copies.append(attention.as_quantizable(layer))
+        outputs = copies[0](*args, **kwargs)
+        copies[0].set_weights(layer.get_weights())
+        return outputs
+      return copies[0](*args, **kwargs)
+    return call
+
+  replace = {name: _swapped(model.get_layer(name)) for name in names}
   inputs = _fresh_inputs(model)
   return tf_keras.Model(inputs, _run_graph(model, inputs, replace),
                         name=model.name)
