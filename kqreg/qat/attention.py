@@ -15,7 +15,6 @@ for one of these, weights and name kept.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
