@@ -420,11 +420,14 @@ def test_issue_models_quantize_train_and_export(name, tmp_path):
     assert "CONV_3D" in report["float_ops"]
     assert stored == {"c3/kernel": "FLOAT32", "head/kernel": "INT4"}
   else:
-    # The attention runs in integers (test_attention_runs_in_int8_in_the_file);
+    # The attention runs in integers (test_attention_runs_in_int8_in_the_file),
+    # and so does the Dense on the sequence, rebuilt as an EinsumDense;
     # LayerNorm's decomposition runs in float, and export_problems says so.
-    # (A Dense on a sequence stays float in the file too: TFLite's
-    # FULLY_CONNECTED gets no range before its bias.)
-    assert report["float_ops"]
+    assert type(qat.get_layer("quant_embed").layer) is L.EinsumDense
+    assert {"MEAN", "RSQRT"} <= set(report["float_ops"])
+    assert not {"FULLY_CONNECTED", "BATCH_MATMUL", "SOFTMAX"} & set(
+        report["float_ops"])
+    assert stored["embed/kernel"] == "INT4"
     assert [p.split(":")[0] for p in problems] == ["ln"]
     assert "float" in problems[0]
     assert all(stored[f"mha/{p}/kernel"] == "INT4" for p in (
@@ -507,6 +510,28 @@ def _attention_only(heads=2, key_dim=4):
   return tf_keras.Model(inputs, L.Dense(3, name="head")(x), name="attention")
 
 
+@pytest.mark.parametrize("shape", [(5, 8), (3, 5, 8), (None, 8)])
+def test_dense_on_a_sequence_is_rebuilt_as_the_same_einsum(shape):
+  tf_keras.utils.set_random_seed(0)
+  inputs = tf_keras.Input(shape)
+  model = tf_keras.Model(inputs, L.Dense(6, activation="relu",
+                                         name="mlp")(inputs))
+  make = kqreg.qat.rewrites._integer_friendly(model.get_layer("mlp"))
+  swapped = kqreg.qat.rewrites._swap_layers(model, {"mlp": make})
+  layer = swapped.get_layer("mlp")
+  assert type(layer) is L.EinsumDense and layer.activation.__name__ == "relu"
+  assert [w.name for w in swapped.weights] == [w.name for w in model.weights]
+  x = np.random.default_rng(0).normal(
+      size=(4, *[d or 7 for d in shape])).astype("float32")
+  np.testing.assert_allclose(swapped(x).numpy(), model(x).numpy(),
+                             rtol=1e-5, atol=1e-5)
+  # A Dense on vectors is left as it is, and weight-only policies swap none.
+  vectors = tf_keras.Sequential([tf_keras.Input((8,)), L.Dense(2)])
+  assert kqreg.qat.rewrites._integer_friendly(vectors.layers[0]) is None
+  qat = _quantize(model, "w4")
+  assert type(qat.get_layer("quant_mlp").layer) is L.Dense
+
+
 @pytest.mark.parametrize("case", ["self", "cross", "causal", "scores", "rank4"])
 def test_quantizable_attention_computes_multi_head_attention(case):
   # Same weights, same function as Keras's layer, on the flat path (rank-3
@@ -522,7 +547,8 @@ def test_quantizable_attention_computes_multi_head_attention(case):
   kwargs = {"use_causal_mask": case == "causal",
             "return_attention_scores": case == "scores"}
   model = tf_keras.Model([q, v], layer(q, v, **kwargs))
-  swapped = kqreg.qat.rewrites._quantizable_attention(model, ["mha"])
+  swapped = kqreg.qat.rewrites._swap_layers(
+      model, {"mha": kqreg.qat.rewrites._integer_friendly(layer)})
   assert type(swapped.get_layer("mha")).__name__ == (
       "QuantizableMultiHeadAttention")
   assert [w.name for w in swapped.weights] == [w.name for w in model.weights]

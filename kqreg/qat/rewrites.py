@@ -6,9 +6,11 @@ tfmot's `quantize_apply` takes one flat Sequential or Functional graph:
 detector). TFLite needs a range between the two halves of a SeparableConv2D
 to run it in integers: `_split_separable` rebuilds such layers as a
 DepthwiseConv2D `<name>_depthwise` and a 1x1 Conv2D `<name>` with the same
-weights, as tfmot's own 8-bit scheme does; `_quantizable_attention` swaps
-a MultiHeadAttention for `attention.QuantizableMultiHeadAttention`, the same
-function with range hooks where TFLite's int8 kernels need them. `tf_ops_as_layers` rebuilds
+weights, as tfmot's own 8-bit scheme does. `_swap_layers` rebuilds layers
+the converter would keep float as the same function in a form it keeps in
+integers (`_integer_friendly`): a MultiHeadAttention as
+`attention.QuantizableMultiHeadAttention`, with range hooks where TFLite's
+int8 kernels need them, a Dense on a sequence as an EinsumDense. `tf_ops_as_layers` rebuilds
 concat, add and nearest-repeat tf ops as the Keras layers they compute, so
 activation policies reach them.
 """
@@ -170,22 +172,73 @@ def _split_separable(model: tf_keras.Model, names) -> tf_keras.Model:
                         name=model.name)
 
 
-def _quantizable_attention(model: tf_keras.Model, names) -> tf_keras.Model:
-  """`model` with each MultiHeadAttention in `names` as a
-  `QuantizableMultiHeadAttention` of the same name and weights."""
-  def _swapped(layer):
+def _dense_as_einsum(layer: tf_keras.layers.Layer, x
+                     ) -> tf_keras.layers.Layer:
+  """An unbuilt EinsumDense computing Dense `layer` on a sequence `x` (rank
+  > 2), with its name and config; `layer` itself on a rank-2 `x`.
+
+  Keras's Dense on a sequence is a tensordot with its bias added after a
+  reshape: the converter keeps it float. The einsum converts to an integer
+  FULLY_CONNECTED with the bias fused.
+  """
+  rank = x.shape.rank
+  if rank is None or rank <= 2:
+    return layer
+  config = layer.get_config()
+  leading = "abcdefgh"[:rank - 1]
+  return tf_keras.layers.EinsumDense(
+      f"{leading}y,yz->{leading}z", (*x.shape[1:-1], config["units"]),
+      activation=config["activation"],
+      bias_axes="z" if config["use_bias"] else None,
+      kernel_initializer=config["kernel_initializer"],
+      bias_initializer=config["bias_initializer"],
+      kernel_regularizer=config["kernel_regularizer"],
+      bias_regularizer=config["bias_regularizer"],
+      activity_regularizer=config["activity_regularizer"],
+      kernel_constraint=config["kernel_constraint"],
+      bias_constraint=config["bias_constraint"],
+      trainable=layer.trainable, name=layer.name, dtype=layer.dtype_policy)
+
+
+def _integer_friendly(layer: tf_keras.layers.Layer) -> Optional[Callable]:
+  """How to rebuild `layer` so that TFLite runs it in integers, if it needs
+  it: `(layer, first input) -> unbuilt layer`, else None."""
+  if attention.swappable(layer):
+    return lambda layer, x: attention.as_quantizable(layer)
+  if (type(layer) is tf_keras.layers.Dense and  # pylint: disable=unidiomatic-typecheck
+      len(_input_shape(layer) or ()) > 2):
+    return _dense_as_einsum
+  return None
+
+
+def _input_shape(layer) -> Optional[Tuple]:
+  """`layer`'s one input shape, None if it has several or none."""
+  try:
+    shape = layer.input_shape
+  except (AttributeError, RuntimeError):
+    return None
+  return shape if isinstance(shape, tuple) else None
+
+
+def _swap_layers(model: tf_keras.Model, swaps: Dict[str, Callable]
+                 ) -> tf_keras.Model:
+  """`model` with each layer named in `swaps` rebuilt by its function (see
+  `_integer_friendly`), same name and weights."""
+  def _swapped(layer, make):
     copies = []
 
     def call(*args, **kwargs):
       if not copies:  # built by its first call, so named as `layer` is
-        copies.append(attention.as_quantizable(layer))
+        copies.append(make(layer, tf.nest.flatten(args or kwargs)[0]))
         outputs = copies[0](*args, **kwargs)
-        copies[0].set_weights(layer.get_weights())
+        if copies[0] is not layer:
+          copies[0].set_weights(layer.get_weights())
         return outputs
       return copies[0](*args, **kwargs)
     return call
 
-  replace = {name: _swapped(model.get_layer(name)) for name in names}
+  replace = {name: _swapped(model.get_layer(name), make)
+             for name, make in swaps.items()}
   inputs = _fresh_inputs(model)
   return tf_keras.Model(inputs, _run_graph(model, inputs, replace),
                         name=model.name)

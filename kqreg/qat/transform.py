@@ -26,10 +26,10 @@ import tf_keras
 
 from kqreg import _tfmot
 from kqreg.qat import families as configs_lib
-from kqreg.qat import attention
-from kqreg.qat.rewrites import (_fresh_inputs, _quantizable_attention,
-                                _run_graph, _split_separable, flatten_nested,
-                                graph_consumers, tf_ops_as_layers)
+from kqreg.qat.rewrites import (_fresh_inputs, _integer_friendly,
+                                _run_graph, _split_separable, _swap_layers,
+                                flatten_nested, graph_consumers,
+                                tf_ops_as_layers)
 from kqreg.qat import policy as policy_lib
 from kqreg.qat.layers import QuantizeLayer, QuantizeWrapperV2, quantize_scope
 from kqreg.qat import quantizers
@@ -143,8 +143,10 @@ def plan(model: tf_keras.Model,
   the default bits (or a class key's: `Add=w8a8`); a SeparableConv2D with
   activation bits is then split into `<name>_depthwise` (DepthwiseConv2D,
   output quantized) and `<name>` (1x1 Conv2D), both with its bits, in the
-  plan's model; a MultiHeadAttention with activation bits becomes a
-  `QuantizableMultiHeadAttention` of the same name and weights.
+  plan's model. With activation bits, a MultiHeadAttention becomes a
+  `QuantizableMultiHeadAttention` and a Dense on a sequence an EinsumDense,
+  of the same names and weights (the same functions, which TFLite runs in
+  integers).
 
   Args:
     model: Sequential or Functional model, nested sub-models allowed.
@@ -198,13 +200,15 @@ def plan(model: tf_keras.Model,
     layers = [l for l in flat.layers
               if not isinstance(l, tf_keras.layers.InputLayer)]
     resolved.update({f"{name}_depthwise": resolved[name] for name in split})
-  # Attention with quantized activations computes as TFLite's int8 kernels
-  # do, with ranges on its scores and probabilities (same name and weights).
-  swap = [layer.name for layer in layers
-          if attention.swappable(layer) and
-          resolved[layer.name].activation is not None]
-  if swap:
-    flat = _quantizable_attention(flat, swap)
+  # With quantized activations, layers the converter would keep float are
+  # rebuilt as the same function in a form it runs in integers (attention
+  # with ranges on its scores and probabilities, a Dense on a sequence as an
+  # EinsumDense), same names and weights.
+  swaps = {layer.name: make for layer in layers
+           if resolved[layer.name].activation is not None
+           for make in [_integer_friendly(layer)] if make is not None}
+  if swaps:
+    flat = _swap_layers(flat, swaps)
     layers = [l for l in flat.layers
               if not isinstance(l, tf_keras.layers.InputLayer)]
   consumers = graph_consumers(flat)

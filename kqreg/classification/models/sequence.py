@@ -115,8 +115,8 @@ def vit(input_shape: Tuple[int, int, int], num_classes: int, *,
     y = L.MultiHeadAttention(heads, dim // heads, name=f"block{i}_mha")(y, y)
     x = L.Add(name=f"block{i}_add1")([x, y])
     y = L.LayerNormalization(epsilon=1e-6, name=f"block{i}_ln2")(x)
-    # EinsumDense, not Dense: TFLite keeps a Dense on a sequence in float,
-    # while this einsum converts to an integer FULLY_CONNECTED.
+    # EinsumDense: the integer FULLY_CONNECTED TFLite runs (kqreg.quantize
+    # rebuilds a Dense on a sequence as this same einsum).
     y = L.EinsumDense("btd,dh->bth", (tokens, dim * mlp_ratio),
                       bias_axes="h",
                       activation="gelu", name=f"block{i}_mlp1")(y)
