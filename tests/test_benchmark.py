@@ -23,9 +23,13 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path):
           "callback_share"} <= set(data["callback"])
   assert all({"params", "weight_noise_s", "propagation_s"} <= set(r) for r in data["noise_cost"])
   formats = [row["format"] for row in data["tflite"]]
-  assert formats == ["float32", "int8 (w8a8)", "int4 (w4a8)"]
+  assert formats == ["float32", "int8 (w8a8)", "int4 (w4a8)",
+                     "int4 grid in int8 (w4a8, speed)"]
   sizes = [row["file_bytes"] for row in data["tflite"]]
   assert sizes[2] < sizes[1] < sizes[0]
+  # The same w4a8 model: its conv kernels in INT8 containers, its dense ones
+  # packed as before, so the file is larger than the packed one.
+  assert sizes[2] < sizes[3] < sizes[0]
   assert [row["variant"] for row in data["memory"]] == ["float", "kqreg_w4a8"]
   text = (tmp_path / "benchmark.md").read_text()
   assert [row["workers"] for row in data["sweep"]] == [1, 2]
@@ -38,6 +42,8 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path):
   assert re.search(r"\| cnn: w8a8 overhead <= half of stock tfmot's \| tfmot [+-]\d+%", text)
   assert "| cnn: w8a8 (frozen ranges) overhead <= half of stock tfmot's |" in text
   assert "| packed int4 TFLite <= 0.15x float file |" in text
+  assert re.search(r"\| w4a8 storage=speed latency within 10% of w8a8 \| "
+                   r"\d+\.\d\dx w8a8 \|", text)
 
 
 def test_targets_are_judged_from_the_numbers():
@@ -47,8 +53,11 @@ def test_targets_are_judged_from_the_numbers():
                        ("kqreg_w8a8_frozen", 1.25), ("kqreg_w4", 1.08))]
   results = {"step_time": step, "callback": {"callback_share": 0.015},
              "tflite": [{"format": "float32", "size_ratio": 1.0, "latency_ratio": 1.0},
-                        {"format": "int8 (w8a8)", "size_ratio": 0.26, "latency_ratio": 1.3},
-                        {"format": "int4 (w4a8)", "size_ratio": 0.16, "latency_ratio": 1.2}]}
+                        {"format": "int8 (w8a8)", "size_ratio": 0.26, "latency_ratio": 1.3,
+                         "latency_ms": 0.50},
+                        {"format": "int4 (w4a8)", "size_ratio": 0.16, "latency_ratio": 1.2},
+                        {"format": "int4 grid in int8 (w4a8, speed)", "size_ratio": 0.2,
+                         "latency_ms": 0.54}]}
   rows = {r["target"]: r for r in benchmark.check_targets(results)}
   overhead = rows["cnn: w8a8 overhead <= half of stock tfmot's"]
   assert overhead["holds"] is True and overhead["measured"] == "tfmot +40%, kqreg w8a8 +15%"
@@ -59,6 +68,11 @@ def test_targets_are_judged_from_the_numbers():
   assert rows["int8 TFLite <= 0.27x float file"]["holds"] is True
   assert rows["int8 TFLite latency <= 1.0x float"]["holds"] is False
   assert rows["packed int4 TFLite <= 0.15x float file"]["holds"] is False
+  speed = rows["w4a8 storage=speed latency within 10% of w8a8"]
+  assert speed["holds"] is True and speed["measured"] == "1.08x w8a8"
+  results["tflite"][3]["latency_ms"] = 0.60
+  rows = {r["target"]: r for r in benchmark.check_targets(results)}
+  assert rows["w4a8 storage=speed latency within 10% of w8a8"]["holds"] is False
 
 
 def _timed(variant, rounds):

@@ -47,12 +47,15 @@ def test_main_config_runs_shrunk(tmp_path):
   assert result_json["dataset"] == "kqreg_mnist"
 
 
-# What each exported w4a8 file runs in float (kqreg.qat.LAYER_FAMILIES).
-# The cnn1d's integer Conv1D export is tested in test_layer_families.py and
-# its training in test_zoo_learns.py: its flagfile is only parsed here.
+# What each exported w4a8 file runs in float, and what it runs in integers
+# (kqreg.qat.LAYER_FAMILIES): the LSTM cell in float; the ViT's attention and
+# MLP in int8, its LayerNorms in float. The cnn1d's integer Conv1D export is
+# tested in test_layer_families.py and its training in test_zoo_learns.py:
+# its flagfile is only parsed here.
 _SEQUENCE_CONFIGS = {
-    "mnist_lstm.cfg": {"FULLY_CONNECTED", "LOGISTIC", "TANH"},
-    "mnist_vit.cfg": {"BATCH_MATMUL", "SOFTMAX"},
+    "mnist_lstm.cfg": ({"FULLY_CONNECTED", "LOGISTIC", "TANH"}, set()),
+    "mnist_vit.cfg": ({"MEAN", "RSQRT"},
+                      {"BATCH_MATMUL", "SOFTMAX", "FULLY_CONNECTED"}),
 }
 
 
@@ -74,7 +77,9 @@ def test_sequence_and_attention_configs_run_shrunk_and_export(name, tmp_path):
   tflite = run["tflite"]
   assert tflite["keras_accuracy"] is not None and tflite["tflite_accuracy"] is not None
   assert "INT4" in tflite["weight_types"]  # at least the Dense head
-  assert _SEQUENCE_CONFIGS[name] <= set(tflite["float_ops"])
+  in_float, in_integers = _SEQUENCE_CONFIGS[name]
+  assert in_float <= set(tflite["float_ops"])
+  assert not in_integers & set(tflite["float_ops"])
 
 
 def test_detect_flagfile_parses_for_a_detection_sweep(tmp_path):

@@ -613,8 +613,35 @@ def test_attention_runs_in_int8_in_the_file(tmp_path):
   assert np.median(diff) == 0 and diff.mean() < 1.0, (diff.mean(), diff.max())
 
 
-def test_weight_only_attention_keeps_keras_layer():
+def test_weight_only_or_opted_out_attention_keeps_keras_layer(tmp_path):
   # Without activation bits there are no ranges to train: the layer stays
-  # Keras's own, its four kernels quantized.
+  # Keras's own, its four kernels quantized. integer_attention=False keeps
+  # it too (its scores then run in float in the file).
   qat = _quantize(_attention_only(), "w4")
   assert type(qat.get_layer("quant_mha").layer) is L.MultiHeadAttention
+  tf_keras.utils.set_random_seed(0)
+  model = _attention_only()
+  x = _inputs_for(model, n=16)
+  qat = _train_step(_quantize(model, "w4a8", integer_attention=False), x)
+  assert type(qat.get_layer("quant_mha").layer) is L.MultiHeadAttention
+  report = _export(qat, tmp_path, x)
+  assert {"BATCH_MATMUL", "SOFTMAX"} <= set(report["float_ops"])
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_classify_config_hands_integer_attention_to_quantize(flag, monkeypatch):
+  import types
+  from kqreg.classification import task
+  seen = {}
+
+  def quantize(model, bits, **kwargs):
+    seen.update(kwargs)
+    return model
+  monkeypatch.setattr(task, "quantize", quantize)
+  config = task.ClassifyConfig(model_dir="unused", model="mlp", bits="w4a8",
+                               integer_attention=flag)
+  data = types.SimpleNamespace(info=types.SimpleNamespace(
+      image_shape=(8, 8, 1), num_classes=3))
+  task.ClassificationTask().build(config, data, steps_per_epoch=1)
+  assert seen["integer_attention"] is flag
+  assert "integer_attention" in task.ClassifyConfig.IDENTITY

@@ -54,6 +54,9 @@ class ClassifyConfig(run_config.RunConfig):
       (seeded by `seed`, recorded in result.json); validation and test
       labels stay clean.
     jit_compile: XLA-compile the train step.
+    integer_attention: with activation bits, compute MultiHeadAttention as
+      TFLite's int8 kernels do (`kqreg.qat.QuantizableMultiHeadAttention`);
+      False keeps Keras's layer, whose scores run in float in the file.
   """
   model: str = run_config.option("cnn", help="Model from the kqreg zoo.")
   model_kwargs: Dict[str, Any] = run_config.option(
@@ -70,10 +73,18 @@ class ClassifyConfig(run_config.RunConfig):
       "by --seed, recorded in result.json); validation and test stay clean.")
   jit_compile: bool = run_config.option(
       False, help="XLA-compile the training step.")
+  integer_attention: bool = run_config.option(
+      True,
+      help="With activation bits, train MultiHeadAttention with ranges on "
+      "its scores and probabilities, so the .tflite file runs it in int8 "
+      "(BATCH_MATMUL, SOFTMAX: for integer-only devices). false keeps "
+      "Keras's layer: the file runs its scores and softmax in float, which "
+      "XNNPACK runs faster on CPUs (docs/guides/export.md).")
 
   TASK: ClassVar[str] = "classify"
   IDENTITY: ClassVar[Tuple[str, ...]] = run_config.RunConfig.IDENTITY + (
-      "model", "model_kwargs", "optimizer", "weight_decay", "label_noise")
+      "model", "model_kwargs", "optimizer", "weight_decay", "label_noise",
+      "integer_attention")
 
   def validate(self) -> "ClassifyConfig":
     super().validate()
@@ -184,7 +195,8 @@ class ClassificationTask(task_lib.Task):
       raise run_config.ConfigError(f"--model_args: {e}") from e
     if initial is not None:
       initial.apply(float_model)
-    model = quantize(float_model, config.bits, per_channel=config.per_channel)
+    model = quantize(float_model, config.bits, per_channel=config.per_channel,
+                     integer_attention=config.integer_attention)
     model.compile(
         optimizer=_optimizer(config, steps_per_epoch),
         loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),

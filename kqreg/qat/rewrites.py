@@ -200,10 +200,12 @@ def _dense_as_einsum(layer: tf_keras.layers.Layer, x
       trainable=layer.trainable, name=layer.name, dtype=layer.dtype_policy)
 
 
-def _integer_friendly(layer: tf_keras.layers.Layer) -> Optional[Callable]:
+def _integer_friendly(layer: tf_keras.layers.Layer,
+                      attention_too: bool = True) -> Optional[Callable]:
   """How to rebuild `layer` so that TFLite runs it in integers, if it needs
-  it: `(layer, first input) -> unbuilt layer`, else None."""
-  if attention.swappable(layer):
+  it: `(layer, first input) -> unbuilt layer`, else None. Attention only
+  with `attention_too`."""
+  if attention_too and attention.swappable(layer):
     return lambda layer, x: attention.as_quantizable(layer)
   if (type(layer) is tf_keras.layers.Dense and  # pylint: disable=unidiomatic-typecheck
       len(_input_shape(layer) or ()) > 2):

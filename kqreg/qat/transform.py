@@ -135,7 +135,8 @@ def plan(model: tf_keras.Model,
          *,
          per_channel: Optional[bool] = None,
          symmetric: bool = True,
-         narrow_range: bool = True) -> QuantizationPlan:
+         narrow_range: bool = True,
+         integer_attention: bool = True) -> QuantizationPlan:
   """Resolves `policy` on `model` into one config per quantized layer.
 
   The policy is resolved on `model`'s own layers; `x + a` tf ops are then
@@ -154,6 +155,10 @@ def plan(model: tf_keras.Model,
     per_channel: None keeps each family's default (per-channel for conv).
     symmetric: symmetric weight ranges.
     narrow_range: weight grids without their lowest level.
+    integer_attention: with activation bits, swap MultiHeadAttention for
+      `QuantizableMultiHeadAttention` (the file runs it in int8); False
+      keeps Keras's layer (its scores and softmax run in float in the file,
+      which XNNPACK runs faster on CPUs).
 
   Raises:
     QuantizeError: the model is subclassed or unbuilt.
@@ -206,7 +211,8 @@ def plan(model: tf_keras.Model,
   # EinsumDense), same names and weights.
   swaps = {layer.name: make for layer in layers
            if resolved[layer.name].activation is not None
-           for make in [_integer_friendly(layer)] if make is not None}
+           for make in [_integer_friendly(layer, integer_attention)]
+           if make is not None}
   if swaps:
     flat = _swap_layers(flat, swaps)
     layers = [l for l in flat.layers
@@ -268,7 +274,8 @@ def annotate(model: tf_keras.Model,
   Args:
     model: Sequential or Functional model, nested sub-models allowed.
     policy: `BitPolicy` or its string.
-    **plan_kwargs: `per_channel`, `symmetric`, `narrow_range` (see `plan`).
+    **plan_kwargs: `per_channel`, `symmetric`, `narrow_range`,
+      `integer_attention` (see `plan`).
 
   Returns:
     An annotated model for `tfmot.quantization.keras.quantize_apply` with
@@ -319,7 +326,8 @@ def quantize(model: tf_keras.Model,
   Args:
     model: Sequential or Functional model (nested sub-models allowed).
     policy: `BitPolicy` or its string. `"fp"` returns `model` unchanged.
-    **plan_kwargs: `per_channel`, `symmetric`, `narrow_range` (see `plan`).
+    **plan_kwargs: `per_channel`, `symmetric`, `narrow_range`,
+      `integer_attention` (see `plan`).
 
   Returns:
     The QAT model (tfmot `QuantizeWrapperV2` layers, weights copied), or

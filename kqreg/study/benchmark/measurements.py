@@ -212,24 +212,34 @@ def _noise_costs(models, repeats):
   return rows
 
 
+# (row label, variant, storage) of the TFLite table; the last two rows are one
+# w4a8 model stored two ways (`export_tflite(storage=...)`).
+_TFLITE_ROWS = (("float32", "float", "size"),
+                ("int8 (w8a8)", "kqreg_w8a8", "size"),
+                ("int4 (w4a8)", "kqreg_w4a8", "size"),
+                ("int4 grid in int8 (w4a8, speed)", "kqreg_w4a8", "speed"))
+
+
 def _tflite(quick):
-  """File size and LiteRT latency of float32, int8 and packed int4 exports."""
+  """File size and LiteRT latency of float32, int8, packed int4 and
+  speed-stored int4-grid exports."""
   from kqreg import export  # pylint: disable=g-import-not-at-top
   shape = (32, 32, 3)
   kwargs = {"widths": (16, 32, 64)} if quick else {}
   x = np.random.default_rng(0).random((32 if quick else 128, *shape),
                                       dtype=np.float32)
-  rows, base = [], None
+  rows, base, models = [], None, {}
   folder = tempfile.mkdtemp(prefix="kqreg-bench-tflite-")
-  for label, variant in (("float32", "float"), ("int8 (w8a8)", "kqreg_w8a8"),
-                         ("int4 (w4a8)", "kqreg_w4a8")):
-    model = build_variant("cnn", variant, shape, **kwargs)
-    model(x, training=True)
-    path = os.path.join(folder, f"{variant}.tflite")
+  for label, variant, storage in _TFLITE_ROWS:
+    if variant not in models:
+      models[variant] = build_variant("cnn", variant, shape, **kwargs)
+      models[variant](x, training=True)
+    model = models[variant]
+    path = os.path.join(folder, f"{variant}_{storage}.tflite")
     # The float32 row is this table's reference: no second float conversion.
     report = export.export_tflite(model, path, representative_data=x[:16],
                                   allow_float=variant == "float",
-                                  float_reference=False)
+                                  float_reference=False, storage=storage)
     check = export.verify_tflite(path, model, x)
     size, latency = report["size_bytes"], check["latency_ms_per_example"]
     if base is None:

@@ -101,6 +101,12 @@ def check_targets(results: Dict) -> List[Dict[str, object]]:
     rows.append({"target": "packed int4 TFLite <= 0.15x float file",
                  "measured": f"{int4['size_ratio']:.3f}x",
                  "holds": int4["size_ratio"] <= 0.15})
+  speed = by_format.get("int4 grid in int8 (w4a8, speed)")
+  if speed and int8:
+    ratio = speed["latency_ms"] / int8["latency_ms"]
+    rows.append({"target": "w4a8 storage=speed latency within 10% of w8a8",
+                 "measured": f"{ratio:.2f}x w8a8",
+                 "holds": ratio <= 1.10})
   return rows
 
 
