@@ -43,7 +43,8 @@ import tf_keras
 
 from kqreg.detection import metrics as metrics_lib
 from kqreg.detection.model import layer_output
-from kqreg.export import ExportError, export_tflite, report_summary
+from kqreg.export import (ExportError, export_tflite, report_summary,
+                          set_storage)
 from kqreg.qat.introspect import is_quantized
 
 __all__ = ["BOX_OUTPUTS", "head_model", "join_levels", "export_detector"]
@@ -126,7 +127,7 @@ def _litert_run(path: str, images: np.ndarray
 
 def export_detector(detector: tf_keras.Model, path: str,
                     calibration_images: np.ndarray, val_ds: tf.data.Dataset,
-                    num_classes: int) -> Dict[str, Any]:
+                    num_classes: int, storage: str = "size") -> Dict[str, Any]:
   """Writes `detector`'s network as .tflite and checks it against Keras.
 
   Args:
@@ -138,6 +139,8 @@ def export_detector(detector: tf_keras.Model, path: str,
     val_ds: `data.pipeline` batches the file is checked on (a few dozen
       images: LiteRT runs them one at a time).
     num_classes: classes of the dataset.
+    storage: "size", "speed" or "auto" (`kqreg.export_tflite`'s); the file
+      is checked and timed as stored.
 
   Returns:
     `path`, `size_bytes`, `ratio_to_float` (this file / the float32 TFLite
@@ -166,6 +169,10 @@ def export_detector(detector: tf_keras.Model, path: str,
         "another way may leave them as tf ops without one: build it with "
         "`build_detector`, or train it weight-only ('w8', 'w4': 8-bit "
         "activations are calibrated at export).") from e
+  if storage != "size":
+    # The same integers and scales in the containers `storage` picks; the
+    # checks below then run on the file as stored.
+    report = set_storage(path, storage)
 
   images = np.concatenate([batch["images"].numpy() for batch in val_ds])
   litert, times = _litert_run(path, images)

@@ -259,15 +259,9 @@ class DetectionTask(task_lib.Task):
             take=CALIBRATION_EXAMPLES)])
     check_ds = _pipeline(config, data.validation, training=False, cache=False,
                          take=max(1, verify_examples))
-    figures = export_lib.export_detector(model, path, calibration, check_ds,
-                                         data.info.num_classes)
-    storage = getattr(config, "storage", "size")
-    if storage != "size":
-      # export_detector stores packed INT4 kernels: re-store them (the same
-      # integers and scales, so the mAP check above holds) and re-time.
-      from kqreg import export as export_core  # pylint: disable=g-import-not-at-top
-      figures.update(export_core.report_summary(
-          export_core.set_storage(path, storage)))
+    figures = export_lib.export_detector(
+        model, path, calibration, check_ds, data.info.num_classes,
+        storage=getattr(config, "storage", "size"))
     figures["split"] = data.splits.validation
     return figures
 
