@@ -108,6 +108,17 @@ def _fresh_inputs(model: tf_keras.Model) -> List:
   ]
 
 
+def _weight_options(config: Dict, kernel: str) -> Dict:
+  """A layer config's initializer, regularizer and constraint arguments, for
+  a new layer whose kernel is `config`'s `<kernel>_...` one."""
+  return {"kernel_initializer": config[f"{kernel}_initializer"],
+          "kernel_regularizer": config[f"{kernel}_regularizer"],
+          "kernel_constraint": config[f"{kernel}_constraint"],
+          **{f"bias_{k}": config[f"bias_{k}"]
+             for k in ("initializer", "regularizer", "constraint")},
+          "activity_regularizer": config["activity_regularizer"]}
+
+
 def _separable_halves(layer: tf_keras.layers.SeparableConv2D
                      ) -> Tuple[tf_keras.layers.DepthwiseConv2D,
                                 tf_keras.layers.Conv2D]:
@@ -131,13 +142,7 @@ def _separable_halves(layer: tf_keras.layers.SeparableConv2D
   pointwise = tf_keras.layers.Conv2D(
       config["filters"], 1, data_format=config["data_format"],
       activation=config["activation"], use_bias=config["use_bias"],
-      kernel_initializer=config["pointwise_initializer"],
-      bias_initializer=config["bias_initializer"],
-      kernel_regularizer=config["pointwise_regularizer"],
-      bias_regularizer=config["bias_regularizer"],
-      activity_regularizer=config["activity_regularizer"],
-      kernel_constraint=config["pointwise_constraint"],
-      bias_constraint=config["bias_constraint"],
+      **_weight_options(config, "pointwise"),
       trainable=layer.trainable, name=layer.name, dtype=layer.dtype_policy)
   # Build from the kernels' shapes: a layer shared by several graphs has no
   # single input shape.
@@ -190,13 +195,7 @@ def _dense_as_einsum(layer: tf_keras.layers.Layer, x
       f"{leading}y,yz->{leading}z", (*x.shape[1:-1], config["units"]),
       activation=config["activation"],
       bias_axes="z" if config["use_bias"] else None,
-      kernel_initializer=config["kernel_initializer"],
-      bias_initializer=config["bias_initializer"],
-      kernel_regularizer=config["kernel_regularizer"],
-      bias_regularizer=config["bias_regularizer"],
-      activity_regularizer=config["activity_regularizer"],
-      kernel_constraint=config["kernel_constraint"],
-      bias_constraint=config["bias_constraint"],
+      **_weight_options(config, "kernel"),
       trainable=layer.trainable, name=layer.name, dtype=layer.dtype_policy)
 
 
