@@ -431,7 +431,7 @@ def test_exports_run_in_litert(shapes_sweep, shapes_dir):
 
 def test_a_speed_stored_detector_is_checked_and_timed_as_stored(
     shapes_sweep, shapes_dir, tmp_path, monkeypatch):
-  # storage="speed" re-stores the INT4 kernels in INT8 containers before the
+  # storage="speed" writes the 4-bit kernels in INT8 containers before the
   # LiteRT check, so the mAP and the latency it reports are the stored
   # file's (a re-store after the check timed the packed file: 4.9 ms per
   # digit scene against 1.6 ms for the file written).
@@ -464,8 +464,35 @@ def test_a_speed_stored_detector_is_checked_and_timed_as_stored(
   assert figures["latency_ms_per_example"] > 0
   packed = _result(out, "w4a8")["tflite"]
   assert figures["size_bytes"] > packed["size_bytes"]
-  # The same integers and scales: the same detections.
-  assert figures["tflite_map50"] == pytest.approx(packed["tflite_map50"])
+  # The same integers and scales as the packed file, run by other kernels
+  # (XNNPACK takes INT8 filters; LiteRT's builtin kernel unpacks INT4 ones),
+  # whose requantization may round differently: each output on the same
+  # grid, differing by whole steps, mostly not at all (measured: 30% of the
+  # box logits moved a step or two on this 3-epoch detector).
+  for name, diff in _outputs_apart_in_steps(
+      str(out / "runs" / "w4a8_seed0" / "model.tflite"),
+      str(tmp_path / "speed.tflite"), images).items():
+    np.testing.assert_allclose(diff, np.round(diff), atol=0.01, err_msg=name)
+    assert np.median(diff) == 0, name
+
+
+def _outputs_apart_in_steps(path_a, path_b, images):
+  """{output: |file b − file a| in file a's output steps} on `images`."""
+  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+  from kqreg.export import verify  # pylint: disable=g-import-not-at-top
+  with open(path_a, "rb") as f:
+    info = kqreg.export.inspect_tflite(f.read())
+  runs_of = [Interpreter(model_path=p).get_signature_runner()
+             for p in (path_a, path_b)]
+  (input_name,) = runs_of[0].get_input_details()
+  outputs = {k: [[], []] for k in runs_of[0].get_output_details()}
+  for image in images:
+    for i, runner in enumerate(runs_of):
+      for k, v in runner(**{input_name: image[np.newaxis]}).items():
+        outputs[k][i].append(np.asarray(v, np.float64)[0])
+  details = runs_of[0].get_output_details()
+  return {k: np.abs(np.stack(b) - np.stack(a)) / verify._output_step(  # pylint: disable=protected-access
+      info, details[k]["index"]) for k, (a, b) in outputs.items()}
 
 
 def test_frozen_detector_ranges_hold_in_training_steps():

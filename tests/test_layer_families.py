@@ -525,39 +525,65 @@ def test_dense_on_a_sequence_is_rebuilt_as_the_same_einsum(shape):
       size=(4, *[d or 7 for d in shape])).astype("float32")
   np.testing.assert_allclose(swapped(x).numpy(), model(x).numpy(),
                              rtol=1e-5, atol=1e-5)
-  # A Dense on vectors is left as it is, and weight-only policies swap none.
+  # A Dense on vectors or on a ragged sequence is left as it is, and
+  # weight-only policies swap none.
   vectors = tf_keras.Sequential([tf_keras.Input((8,)), L.Dense(2)])
   assert kqreg.qat.rewrites._integer_friendly(vectors.layers[0]) is None
+  ragged = tf_keras.Input((None, 8), ragged=True)
+  ragged_dense = L.Dense(2)
+  tf_keras.Model(ragged, ragged_dense(ragged))
+  assert kqreg.qat.rewrites._integer_friendly(ragged_dense) is None
   qat = _quantize(model, "w4")
   assert type(qat.get_layer("quant_mlp").layer) is L.Dense
 
 
-@pytest.mark.parametrize("case", ["self", "cross", "causal", "scores", "rank4"])
+@pytest.mark.parametrize("case", ["self", "cross", "causal", "mask", "scores",
+                                  "length", "training", "rank4"])
 def test_quantizable_attention_computes_multi_head_attention(case):
-  # Same weights, same function as Keras's layer, on the flat path (rank-3
-  # inputs) and on Keras's own (rank 4, attention over two axes).
+  # Same weights, same function as Keras's layer: on the integer path
+  # (rank-3 inputs; every hook called once a call) and on Keras's own (rank
+  # 4, attention over two axes, which kqreg.quantize does not swap).
+  from kqreg.qat import attention  # pylint: disable=g-import-not-at-top
   tf_keras.utils.set_random_seed(0)
   rank4 = case == "rank4"
-  shape = (3, 5, 8) if rank4 else (5, 8)
+  shape = {"rank4": (3, 5, 8), "length": (None, 8)}.get(case, (5, 8))
   layer = L.MultiHeadAttention(
       2, 4, value_dim=3, output_shape=7 if case == "cross" else None,
       attention_axes=(1, 2) if rank4 else None, name="mha")
-  q, v = tf_keras.Input(shape), tf_keras.Input(shape if case != "cross"
-                                                 else (4, 6))
+  inputs = [tf_keras.Input(shape), tf_keras.Input(
+      (4, 6) if case == "cross" else shape)]
+  if case == "cross":  # a key of its own, wider than the value
+    inputs.append(tf_keras.Input((4, 10)))
+  if case == "mask":
+    inputs.append(tf_keras.Input((5, 5), dtype="bool"))
   kwargs = {"use_causal_mask": case == "causal",
             "return_attention_scores": case == "scores"}
-  model = tf_keras.Model([q, v], layer(q, v, **kwargs))
+  if case == "cross":
+    kwargs["key"] = inputs[2]
+  if case == "mask":
+    kwargs["attention_mask"] = inputs[2]
+  model = tf_keras.Model(inputs, layer(inputs[0], inputs[1], **kwargs))
+  assert attention.swappable(layer) is not rank4
   swapped = kqreg.qat.rewrites._swap_layers(
-      model, {"mha": kqreg.qat.rewrites._integer_friendly(layer)})
-  assert type(swapped.get_layer("mha")).__name__ == (
-      "QuantizableMultiHeadAttention")
+      model, {"mha": lambda layer, x: attention.as_quantizable(layer)})
+  copy = swapped.get_layer("mha")
+  assert type(copy).__name__ == "QuantizableMultiHeadAttention"
   assert [w.name for w in swapped.weights] == [w.name for w in model.weights]
+  calls = []
+  for hook in attention.HOOKS:
+    setattr(copy, hook, lambda t, hook=hook: calls.append(hook) or t)
   rng = np.random.default_rng(0)
-  x = [rng.normal(size=(4, *t.shape[1:])).astype("float32")
+  x = [rng.normal(size=(4, *[d or 6 for d in t.shape[1:]])).astype(
+      t.dtype.name if t.dtype.name != "bool" else "float32")
        for t in model.inputs]
-  for got, want in zip(tf.nest.flatten(swapped(x)), tf.nest.flatten(model(x))):
-    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5,
-                               atol=1e-5)
+  if case == "mask":
+    x[2] = rng.random((4, 5, 5)) < 0.7
+  training = case == "training"
+  got = swapped(x, training=training)
+  want = model(x, training=training)
+  for g, w in zip(tf.nest.flatten(got), tf.nest.flatten(want)):
+    np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-5)
+  assert calls == ([] if rank4 else list(attention.HOOKS))
 
 
 def test_attention_runs_in_int8_in_the_file(tmp_path):
@@ -624,6 +650,9 @@ def test_weight_only_or_opted_out_attention_keeps_keras_layer(tmp_path):
   x = _inputs_for(model, n=16)
   qat = _train_step(_quantize(model, "w4a8", integer_attention=False), x)
   assert type(qat.get_layer("quant_mha").layer) is L.MultiHeadAttention
+  problems = export.export_problems(qat)
+  assert [p.split(":")[0] for p in problems] == ["mha"]
+  assert "hybrid" in problems[0]
   report = _export(qat, tmp_path, x)
   assert {"BATCH_MATMUL", "SOFTMAX"} <= set(report["float_ops"])
 

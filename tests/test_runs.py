@@ -243,6 +243,28 @@ def test_load_run_restores_task_config_and_model(tmp_path):
   assert loss == pytest.approx(result["val_loss"], rel=1e-5)
 
 
+def test_a_run_written_before_an_identity_field_still_matches(tmp_path):
+  # integer_attention joined the identity after runs were written: their
+  # params.json lacks it and reads as the default, True; a recorded False
+  # still differs from True.
+  from kqreg.runs import model_dir as model_dir_lib
+  config = classify.ClassifyConfig(model_dir=str(tmp_path), bits="w4a8")
+  identity = config.identity()
+  old = {k: v for k, v in identity.items() if k != "integer_attention"}
+  (tmp_path / "params.json").write_text(json.dumps({"identity": old}))
+  (tmp_path / "result.json").write_text(json.dumps({"val_loss": 1.0}))
+  assert model_dir_lib.finished_result(
+      str(tmp_path), identity, config.IDENTITY_IF_MISSING)["skipped"]
+  with pytest.raises(runs.ConfigError, match="integer_attention"):
+    model_dir_lib.check_model_dir(str(tmp_path), identity)  # no fallback
+  (tmp_path / "params.json").write_text(json.dumps(
+      {"identity": {**old, "integer_attention": False}}))
+  with pytest.raises(runs.ConfigError,
+                     match="--integer_attention=False there, True now"):
+    model_dir_lib.check_model_dir(str(tmp_path), identity,
+                                  config.IDENTITY_IF_MISSING)
+
+
 def test_load_run_refuses_a_folder_without_task(tmp_path):
   (tmp_path / "params.json").write_text(json.dumps({"identity": {}}))
   with pytest.raises(runs.ConfigError, match="names no task"):

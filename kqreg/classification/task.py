@@ -79,12 +79,15 @@ class ClassifyConfig(run_config.RunConfig):
       "its scores and probabilities, so the .tflite file runs it in int8 "
       "(BATCH_MATMUL, SOFTMAX: for integer-only devices). false keeps "
       "Keras's layer: the file runs its scores and softmax in float, which "
-      "XNNPACK runs faster on CPUs (docs/guides/export.md).")
+      "XNNPACK ran faster on a 2-core VM (docs/guides/export.md).")
 
   TASK: ClassVar[str] = "classify"
   IDENTITY: ClassVar[Tuple[str, ...]] = run_config.RunConfig.IDENTITY + (
       "model", "model_kwargs", "optimizer", "weight_decay", "label_noise",
       "integer_attention")
+  # Runs written before the field: as the default (for an attention-free
+  # model it changes nothing).
+  IDENTITY_IF_MISSING: ClassVar[Dict[str, Any]] = {"integer_attention": True}
 
   def validate(self) -> "ClassifyConfig":
     super().validate()

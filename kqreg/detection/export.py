@@ -43,8 +43,7 @@ import tf_keras
 
 from kqreg.detection import metrics as metrics_lib
 from kqreg.detection.model import layer_output
-from kqreg.export import (ExportError, export_tflite, report_summary,
-                          set_storage)
+from kqreg.export import ExportError, export_tflite, report_summary
 from kqreg.qat.introspect import is_quantized
 
 __all__ = ["BOX_OUTPUTS", "head_model", "join_levels", "export_detector"]
@@ -158,7 +157,7 @@ def export_detector(detector: tf_keras.Model, path: str,
   try:
     report = export_tflite(head, path,
                            representative_data=np.asarray(calibration_images),
-                           allow_float=not is_quantized(head))
+                           allow_float=not is_quantized(head), storage=storage)
   except ExportError as e:
     if "same scale" not in str(e):
       raise
@@ -169,10 +168,6 @@ def export_detector(detector: tf_keras.Model, path: str,
         "another way may leave them as tf ops without one: build it with "
         "`build_detector`, or train it weight-only ('w8', 'w4': 8-bit "
         "activations are calibrated at export).") from e
-  if storage != "size":
-    # The same integers and scales in the containers `storage` picks; the
-    # checks below then run on the file as stored.
-    report = set_storage(path, storage)
 
   images = np.concatenate([batch["images"].numpy() for batch in val_ds])
   litert, times = _litert_run(path, images)

@@ -8,8 +8,9 @@ converter keeps in int8: each projection a 2-D matmul with its bias, and an
 identity activation (a range hook) on the scaled query, the scores, the
 probabilities and the context. Its `LayerFamily` quantizes those hooks; the
 probabilities on the grid TFLite fixes for SOFTMAX (scale 1/256, zero point
--128). `kqreg.quantize` swaps every `MultiHeadAttention` with activation bits
-for one of these, weights and name kept.
+-128). With activation bits (and `integer_attention=True`, the default),
+`kqreg.quantize` swaps a `MultiHeadAttention` it can compute this way
+(`swappable`) for one of these, weights and name kept.
 """
 
 from __future__ import annotations
@@ -138,8 +139,20 @@ def build_projections(layer) -> None:
 
 def swappable(layer: tf_keras.layers.Layer) -> bool:
   """Whether `layer` is exactly a `MultiHeadAttention` (a user's subclass may
-  compute otherwise, and keeps its own computation)."""
-  return type(layer) is tf_keras.layers.MultiHeadAttention  # pylint: disable=unidiomatic-typecheck
+  compute otherwise) built on rank-3 inputs, with the default attention
+  axis, a 1-D `output_shape` and no activity regularizer: the cases
+  `QuantizableMultiHeadAttention` computes on its integer path. Others keep
+  Keras's layer (hybrid in the file, as `export_problems` says)."""
+  if type(layer) is not tf_keras.layers.MultiHeadAttention:  # pylint: disable=unidiomatic-typecheck
+    return False
+  shapes = [getattr(layer, f"_{n}_shape", None)
+            for n in ("query", "key", "value")]
+  axes = layer._attention_axes  # pylint: disable=protected-access
+  return (shapes[0] is not None and
+          all(s is None or len(s) == 3 for s in shapes) and
+          axes in (None, (1,), [1]) and
+          len(tf.TensorShape(layer._output_shape or [None])) == 1 and  # pylint: disable=protected-access
+          layer._activity_regularizer is None)  # pylint: disable=protected-access
 
 
 def as_quantizable(layer: tf_keras.layers.MultiHeadAttention

@@ -161,9 +161,10 @@ _EXPORT = {
                           "as Q(w), but FULLY_CONNECTED, the bias ADDs, "
                           "BATCH_MATMUL and SOFTMAX run in float (no range "
                           "between a projection and its bias, nor on the "
-                          "scores); kqreg.quantize swaps it for "
-                          "QuantizableMultiHeadAttention when activations "
-                          "are quantized",
+                          "scores); with activation bits kqreg.quantize "
+                          "swaps it for QuantizableMultiHeadAttention "
+                          "unless integer_attention=False or its inputs are "
+                          "not rank 3 with the default attention axis",
     "QuantizableMultiHeadAttention": "integer: FULLY_CONNECTED (bias fused), "
                                      "MUL, BATCH_MATMUL and SOFTMAX in int8, "
                                      "the four kernels stored Q(w) exactly; "

@@ -213,10 +213,13 @@ def _integer_friendly(layer: tf_keras.layers.Layer,
 
 
 def _input_shape(layer) -> Optional[Tuple]:
-  """`layer`'s one input shape, None if it has several or none."""
+  """`layer`'s one dense input shape, None if it has several, none, or a
+  ragged input (an EinsumDense takes no ragged tensor)."""
   try:
-    shape = layer.input_shape
+    shape, x = layer.input_shape, layer.input
   except (AttributeError, RuntimeError):
+    return None
+  if isinstance(getattr(x, "type_spec", None), tf.RaggedTensorSpec):
     return None
   return shape if isinstance(shape, tuple) else None
 

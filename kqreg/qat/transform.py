@@ -156,9 +156,10 @@ def plan(model: tf_keras.Model,
     symmetric: symmetric weight ranges.
     narrow_range: weight grids without their lowest level.
     integer_attention: with activation bits, swap MultiHeadAttention for
-      `QuantizableMultiHeadAttention` (the file runs it in int8); False
-      keeps Keras's layer (its scores and softmax run in float in the file,
-      which XNNPACK runs faster on CPUs).
+      `QuantizableMultiHeadAttention` where it can (`attention.swappable`;
+      the file runs it in int8); False keeps Keras's layer (its scores and
+      softmax run in float in the file, which XNNPACK ran faster on a
+      2-core VM).
 
   Raises:
     QuantizeError: the model is subclassed or unbuilt.

@@ -196,6 +196,11 @@ class RunConfig:
       "steps quantize on the ranges reached and skip their update (faster; "
       "training values then differ from tfmot's). Default: never.")
 
+  # Identity fields added after run folders were written, and the value a
+  # params.json without one is read as, so that older runs still resume
+  # and are skipped when finished.
+  IDENTITY_IF_MISSING: ClassVar[Dict[str, Any]] = {}
+
   TASK: ClassVar[str] = ""
   # Fields that define what is trained: a model dir written under other
   # values cannot be resumed into. Tasks add theirs.

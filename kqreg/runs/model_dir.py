@@ -30,8 +30,12 @@ __all__ = ["check_model_dir", "finished_result", "make_dir", "claim",
            "save_model", "load_run", "initial_weights"]
 
 
-def check_model_dir(model_dir: str, identity: Dict[str, Any]) -> bool:
+def check_model_dir(model_dir: str, identity: Dict[str, Any],
+                    if_missing: Optional[Dict[str, Any]] = None) -> bool:
   """Checks model_dir/params.json against `identity`; True if finished.
+
+  A key the saved identity lacks (a field added since the run was written)
+  reads as its `if_missing` value (a config's `IDENTITY_IF_MISSING`).
 
   Raises `ConfigError` naming every flag that differs from the run already
   in `model_dir`. params.json itself is written once data and model are
@@ -47,6 +51,7 @@ def check_model_dir(model_dir: str, identity: Dict[str, Any]) -> bool:
       raise ConfigError(
           f"--model_dir: {params_path} is unreadable ({e}); use a new "
           "--model_dir or delete it.") from e
+    saved = {**(if_missing or {}), **saved}
     differ = [k for k in identity if saved.get(k) != identity[k]]
     if differ:
       details = ", ".join(f"--{k}={saved.get(k)!r} there, {identity[k]!r} now"
@@ -57,10 +62,11 @@ def check_model_dir(model_dir: str, identity: Dict[str, Any]) -> bool:
   return os.path.exists(os.path.join(model_dir, "result.json"))
 
 
-def finished_result(model_dir: str,
-                    identity: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+def finished_result(model_dir: str, identity: Dict[str, Any],
+                    if_missing: Optional[Dict[str, Any]] = None
+                    ) -> Optional[Dict[str, Any]]:
   """A finished run's result.json with `skipped` set, or None to train."""
-  if not check_model_dir(model_dir, identity):
+  if not check_model_dir(model_dir, identity, if_missing):
     return None
   with open(os.path.join(model_dir, "result.json")) as f:
     result = json.load(f)
@@ -207,7 +213,8 @@ def claim(config: RunConfig
           + ("resuming from its backup" if os.path.isdir(backup) else
              "no backup: training from the start") + "\n")
       sys.stdout.flush()
-    yield lock, finished_result(model_dir, config.identity())
+    yield lock, finished_result(model_dir, config.identity(),
+                                config.IDENTITY_IF_MISSING)
   finally:
     lock.release()
     if not os.path.exists(os.path.join(model_dir, "params.json")):
