@@ -484,10 +484,11 @@ def _outputs_apart_in_steps(path_a, path_b, images):
     info = kqreg.export.inspect_tflite(f.read())
   runs_of = [Interpreter(model_path=p).get_signature_runner()
              for p in (path_a, path_b)]
-  (input_name,) = runs_of[0].get_input_details()
   outputs = {k: [[], []] for k in runs_of[0].get_output_details()}
   for image in images:
     for i, runner in enumerate(runs_of):
+      # Input names follow the Keras session that exported each file.
+      (input_name,) = runner.get_input_details()
       for k, v in runner(**{input_name: image[np.newaxis]}).items():
         outputs[k][i].append(np.asarray(v, np.float64)[0])
   details = runs_of[0].get_output_details()
