@@ -58,9 +58,7 @@ class QuantizableMultiHeadAttention(tf_keras.layers.MultiHeadAttention):
   def _takes_flat_path(self, query, value, key) -> bool:
     tensors = [t for t in (query, value, key) if t is not None]
     return (all(isinstance(t, tf.Tensor) and t.shape.rank == 3
-                for t in tensors) and
-            tuple(self._attention_axes) == (1,) and
-            len(tf.TensorShape(self._output_shape or [None])) == 1)
+                for t in tensors) and _flat_settings(self))
 
   @staticmethod
   def _project(dense, x, input_axes: int):
@@ -147,12 +145,18 @@ def swappable(layer: tf_keras.layers.Layer) -> bool:
     return False
   shapes = [getattr(layer, f"_{n}_shape", None)
             for n in ("query", "key", "value")]
-  axes = layer._attention_axes  # pylint: disable=protected-access
   return (shapes[0] is not None and
           all(s is None or len(s) == 3 for s in shapes) and
-          axes in (None, (1,), [1]) and
-          len(tf.TensorShape(layer._output_shape or [None])) == 1 and  # pylint: disable=protected-access
+          _flat_settings(layer) and
           layer._activity_regularizer is None)  # pylint: disable=protected-access
+
+
+def _flat_settings(layer: tf_keras.layers.MultiHeadAttention) -> bool:
+  """Whether `layer` attends over the sequence axis only (None before it is
+  built means the default) and has a 1-D `output_shape`."""
+  axes = layer._attention_axes  # pylint: disable=protected-access
+  return (axes is None or tuple(axes) == (1,)) and len(tf.TensorShape(
+      layer._output_shape or [None])) == 1  # pylint: disable=protected-access
 
 
 def as_quantizable(layer: tf_keras.layers.MultiHeadAttention

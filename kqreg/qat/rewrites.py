@@ -180,17 +180,14 @@ def _split_separable(model: tf_keras.Model, names) -> tf_keras.Model:
 def _dense_as_einsum(layer: tf_keras.layers.Layer, x
                      ) -> tf_keras.layers.Layer:
   """An unbuilt EinsumDense computing Dense `layer` on a sequence `x` (rank
-  > 2), with its name and config; `layer` itself on a rank-2 `x`.
+  > 2, as `_integer_friendly` checked), with its name and config.
 
   Keras's Dense on a sequence is a tensordot with its bias added after a
   reshape: the converter keeps it float. The einsum converts to an integer
   FULLY_CONNECTED with the bias fused.
   """
-  rank = x.shape.rank
-  if rank is None or rank <= 2:
-    return layer
   config = layer.get_config()
-  leading = "abcdefgh"[:rank - 1]
+  leading = "abcdefgh"[:x.shape.rank - 1]
   return tf_keras.layers.EinsumDense(
       f"{leading}y,yz->{leading}z", (*x.shape[1:-1], config["units"]),
       activation=config["activation"],
@@ -235,8 +232,7 @@ def _swap_layers(model: tf_keras.Model, swaps: Dict[str, Callable]
       if not copies:  # built by its first call, so named as `layer` is
         copies.append(make(layer, tf.nest.flatten(args or kwargs)[0]))
         outputs = copies[0](*args, **kwargs)
-        if copies[0] is not layer:
-          copies[0].set_weights(layer.get_weights())
+        copies[0].set_weights(layer.get_weights())
         return outputs
       return copies[0](*args, **kwargs)
     return call
