@@ -40,11 +40,51 @@ def test_main_config_runs_shrunk(tmp_path):
                 "--epochs=2", "--seeds=0,1", "--sweep_bits=fp,n4", "--train_examples=32",
                 "--val_examples=64", "--noise_analysis=false", f"--output_dir={tmp_path}")
   assert result.returncode == 0, result.stderr
-  assert (tmp_path / "report.md").exists()
+  report = (tmp_path / "report.md").read_text()
   assert "Verdict:" in result.stdout and "n4 vs" not in result.stdout  # no w4 to pair
+  # The flagfile's declared margins reach the report.
+  assert "Equivalence margins (declared before the run): val acc ±0.02, final val loss ±0.05" in (
+      report)
   result_json = json.loads((tmp_path / "runs" / "n4_seed0" / "result.json").read_text())
-  assert result_json["label_noise"]["count"] == round(0.4 * 32)
-  assert result_json["dataset"] == "kqreg_mnist"
+  assert "label_noise" not in result_json  # clean labels
+  assert result_json["dataset"] == "kqreg_mnist" and result_json["train_examples"] == 32
+
+
+def _flag_values(path):
+  """A flagfile's `--name=value` lines as a dict (comments skipped)."""
+  values = {}
+  with open(path) as f:
+    for line in f:
+      name, sep, value = line.strip().partition("=")
+      if name.startswith("--") and sep:
+        values[name[2:]] = value
+  return values
+
+
+PREREGISTERED = [c for c in CONFIGS if "pre-registered" in open(c).read().lower()]
+
+
+def test_preregistered_studies_parse_and_each_uses_seeds_no_other_one_used():
+  """Each pre-registered study's arms, margins and seeds are valid, and its
+  seeds are fresh: no two studies (nor an exploration) share a seed."""
+  from kqreg.study.sweep import decision
+  from kqreg.study.sweep.records import TASKS
+  from kqreg_trainers.sweep import arm_settings, parse_seeds, parse_sweep_bits
+  assert {"mnist_sweep.cfg", "mnist_sweep_paired.cfg", "mnist_vit_sweep_paired.cfg",
+          "mnist_clean_sweep_paired.cfg"} <= {os.path.basename(c) for c in PREREGISTERED}
+  exploration = set(range(100, 105))  # the studies' exploration seeds
+  owner = {}
+  for path in PREREGISTERED:
+    values = _flag_values(path)
+    flag = "arms" if "arms" in values else "sweep_bits"
+    for arm in parse_sweep_bits(values[flag], flag):
+      arm_settings("classify", arm, flag)
+    decision.parse_margins(values.get("equivalence_margins"),
+                           [key for key, _ in TASKS["classify"].compared])
+    for seed in parse_seeds(values["seeds"].split(",")):
+      assert seed not in exploration, (path, seed)
+      assert seed not in owner, (path, seed, owner.get(seed))
+      owner[seed] = path
 
 
 # What each exported w4a8 file runs in float, and what it runs in integers

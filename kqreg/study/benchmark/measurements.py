@@ -277,8 +277,8 @@ def sweep_throughput(*, quick: bool = False,
                      workers: Tuple[int, ...] = (1, 2)) -> List[Dict[str, object]]:
   """Runs per minute of a sweep of the main job's kind, by `--workers`.
 
-  The same runs (configs/mnist_sweep.cfg's model and data, fewer epochs and
-  seeds) are trained once per worker count into fresh folders, timed as a
+  The same runs (configs/mnist_noisy_sweep.cfg's model and data, the main
+  job until 2026-12-07; fewer epochs and seeds) are trained once per worker count into fresh folders, timed as a
   whole: process start-up, tracing, training, evaluation and the noise
   callback included, as a user's sweep pays them.
   """
