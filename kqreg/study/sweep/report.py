@@ -306,9 +306,14 @@ def write_report(output_dir: str, records: Sequence[RunRecord],
     md += ["Command:", "", "```", command, "```", ""]
   if wall_time_s is not None:
     run_times = [r.result.get("wall_time_s") or 0.0 for r in records]
+    read_back = sum(bool(r.result.get("skipped")) for r in records)
+    trained = (f"all {len(records)} had finished before this command and "
+               "were read back, not retrained" if read_back == len(records)
+               else f"{read_back} of them had finished before and were read "
+               "back, not retrained" if read_back else "all trained by it")
     md += [f"Wall time: {wall_time_s / 60:.1f} min for {len(records)} runs "
-           f"(the runs' own wall times add up to {sum(run_times) / 60:.1f} "
-           "min; runs finished earlier are not retrained).", ""]
+           f"({trained}; the runs' own wall times add up to "
+           f"{sum(run_times) / 60:.1f} min).", ""]
   md += [f"**{w}**" for w in warnings] + ([""] if warnings else [])
   md += [task.legend, "", table, "",
          "## Verdict (computed from the numbers above)", "",
