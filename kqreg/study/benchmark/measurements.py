@@ -275,7 +275,7 @@ def _memory(quick):
 
 def sweep_throughput(*, quick: bool = False,
                      workers: Tuple[int, ...] = (1, 2)) -> List[Dict[str, object]]:
-  """Runs per minute of a sweep of the main job's kind, by `--workers`.
+  """Runs per minute of a sweep of the label-noise main job's kind, by `--workers`.
 
   The same runs (configs/mnist_noisy_sweep.cfg's model and data, the main
   job until 2026-12-07; fewer epochs and seeds) are trained once per worker count into fresh folders, timed as a

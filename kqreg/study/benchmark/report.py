@@ -223,9 +223,11 @@ def markdown(results) -> str:
   if results.get("sweep"):
     first = results["sweep"][0]
     lines += ["", "## Sweep throughput (kqreg-sweep --workers)", "",
-              f"{first['runs']} runs of the main job's model and data "
+              f"{first['runs']} runs of the label-noise study's model and data "
               f"({first['epochs']} epochs, {first['train_examples']} images, "
-              "noise analysis on), timed whole per worker count.", "",
+              "40% label noise, noise analysis on; "
+              "configs/mnist_noisy_sweep.cfg), timed whole per worker count.",
+              "",
               "| workers | runs | seconds | runs/min |", "|---|---|---|---|"]
     for r in results["sweep"]:
       lines.append(f"| {r['workers']} | {r['runs']} | {r['seconds']:.1f} | "
