@@ -277,3 +277,18 @@ def test_only_stock_tfmots_step_time_row_may_carry_an_error():
   rows.append(dict(ok, variant="kqreg_w4", jit=True, note="ValueError: bad"))
   with pytest.raises(RuntimeError, match=r"cnn kqreg_w4 \(jit=True\): ValueError: bad"):
     suite._own_rows_succeeded(rows)  # pylint: disable=protected-access
+
+
+def test_sweep_table_names_its_setting_from_the_rows():
+  from kqreg.study.benchmark import report as benchmark
+  text = benchmark.markdown({"quick": True, "machine": {
+      "cpu": "x", "cores": 2, "tensorflow": "t", "tf_keras": "k", "tfmot": "m"},
+      "step_time": [], "callback": {"epoch_s_without": 1, "epoch_s_with": 1,
+                                    "ratio": 1, "callback_s_per_epoch": 0,
+                                    "callback_share": 0}, "noise_cost": [],
+      "tflite": [], "memory": [],
+      "sweep": [{"workers": 2, "runs": 8, "epochs": 30, "train_examples": 500,
+                 "label_noise": 0.25, "seconds": 120.0, "runs_per_minute": 4.0}]})
+  assert "8 runs of the label-noise study's model and data (30 epochs, 500 images, " \
+         "25% label noise" in text
+  assert "| 2 | 8 | 120.0 | 4.00 |" in text

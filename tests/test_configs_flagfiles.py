@@ -37,15 +37,19 @@ def test_dataset_configs_parse_and_ask_for_data_dir(name, dataset, tmp_path):
 
 def test_main_config_runs_shrunk(tmp_path):
   result = _run(f"--flagfile={os.path.join(ROOT, 'configs', 'mnist_sweep.cfg')}",
-                "--epochs=2", "--seeds=0,1", "--sweep_bits=fp,n4", "--train_examples=32",
-                "--val_examples=64", "--noise_analysis=false", f"--output_dir={tmp_path}")
+                "--epochs=2", "--seeds=0,1", "--sweep_bits=fp,fp+weight_decay=0.5",
+                "--train_examples=32", "--val_examples=64", "--noise_analysis=false",
+                f"--output_dir={tmp_path}")
   assert result.returncode == 0, result.stderr
   report = (tmp_path / "report.md").read_text()
-  assert "Verdict:" in result.stdout and "n4 vs" not in result.stdout  # no w4 to pair
-  # The flagfile's declared margins reach the report.
+  assert "Verdict:" in result.stdout
+  # The flagfile's declared margins reach the report, and the control is read.
   assert "Equivalence margins (declared before the run): val acc ±0.02, final val loss ±0.05" in (
       report)
-  result_json = json.loads((tmp_path / "runs" / "n4_seed0" / "result.json").read_text())
+  assert "Positive control fp+weight_decay=0.5 vs fp" in report
+  control = tmp_path / "runs" / "fp_weight_decay_0_5_seed0"
+  assert json.loads((control / "params.json").read_text())["identity"]["weight_decay"] == 0.5
+  result_json = json.loads((control / "result.json").read_text())
   assert "label_noise" not in result_json  # clean labels
   assert result_json["dataset"] == "kqreg_mnist" and result_json["train_examples"] == 32
 
@@ -61,12 +65,20 @@ def _flag_values(path):
   return values
 
 
-PREREGISTERED = [c for c in CONFIGS if "pre-registered" in open(c).read().lower()]
+def _text(path):
+  with open(path) as f:
+    return f.read()
 
 
-def test_preregistered_studies_parse_and_each_uses_seeds_no_other_one_used():
+# The flagfiles that say they were pre-registered (the other sweeps' seeds
+# may overlap: they are not confirmations).
+PREREGISTERED = [c for c in CONFIGS if "pre-registered" in _text(c).lower()]
+
+
+def test_preregistered_studies_parse_and_no_two_share_a_seed():
   """Each pre-registered study's arms, margins and seeds are valid, and its
-  seeds are fresh: no two studies (nor an exploration) share a seed."""
+  seeds are fresh: no two pre-registered studies share a seed, and none
+  uses an exploration seed (100-104)."""
   from kqreg.study.sweep import decision
   from kqreg.study.sweep.records import TASKS
   from kqreg_trainers.sweep import arm_settings, parse_seeds, parse_sweep_bits
@@ -79,6 +91,8 @@ def test_preregistered_studies_parse_and_each_uses_seeds_no_other_one_used():
     flag = "arms" if "arms" in values else "sweep_bits"
     for arm in parse_sweep_bits(values[flag], flag):
       arm_settings("classify", arm, flag)
+    if "* Equivalence margins:" in _text(path):  # declared: the flag must be there
+      assert "equivalence_margins" in values, path
     decision.parse_margins(values.get("equivalence_margins"),
                            [key for key, _ in TASKS["classify"].compared])
     for seed in parse_seeds(values["seeds"].split(",")):

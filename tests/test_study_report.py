@@ -132,7 +132,7 @@ def test_write_report_writes_tables_csvs_and_plots(tmp_path):
   text = (tmp_path / "report.md").read_text()
   assert out["table"] in text and out["verdict_table"] in text
   assert "kqreg-sweep --x" in text and "3.0 min for 20 runs" not in text
-  assert "1.5 min for 20 runs (all trained by it;" in text
+  assert "1.5 min for 20 runs (all trained by this command;" in text
   assert "How the verdict is computed" in text and "α = 0.05" in text
   assert "| w4 | fp | loss gap | 5 | -0.300 |" in out["verdict_table"]
   assert "differs (lower)" in out["readings_table"]
@@ -171,8 +171,8 @@ def test_the_wall_time_line_says_which_runs_were_read_back(tmp_path):
     r.result["skipped"] = True
   report.write_report(str(tmp_path / "some"), records, ORDER, wall_time_s=30,
                       calibration_draws=20)
-  assert ("0.5 min for 12 runs (4 of them had finished before and were read back, "
-          "not retrained;") in (tmp_path / "some" / "report.md").read_text()
+  assert ("0.5 min for 12 runs (4 of the 12 had finished before this command and "
+          "were read back, not retrained;") in (tmp_path / "some" / "report.md").read_text()
   for r in records:
     r.result["skipped"] = True
   report.write_report(str(tmp_path / "all"), records, ORDER, wall_time_s=6,

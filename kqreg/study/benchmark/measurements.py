@@ -271,16 +271,22 @@ def _memory(quick):
 
 
 # ----------------------------------------------------------------------------
-# Peers: other low-bit Keras tools on the same models, data and training.
+# Sweep throughput.
+
+# The label-noise main job's (configs/mnist_noisy_sweep.cfg).
+LABEL_NOISE = 0.4
+
 
 def sweep_throughput(*, quick: bool = False,
                      workers: Tuple[int, ...] = (1, 2)) -> List[Dict[str, object]]:
-  """Runs per minute of a sweep of the label-noise main job's kind, by `--workers`.
+  """Runs per minute of a sweep of the label-noise main job's kind, by
+  `--workers`.
 
   The same runs (configs/mnist_noisy_sweep.cfg's model and data, the main
-  job until 2026-12-07; fewer epochs and seeds) are trained once per worker count into fresh folders, timed as a
-  whole: process start-up, tracing, training, evaluation and the noise
-  callback included, as a user's sweep pays them.
+  job until 2026-12-07; fewer epochs and seeds) are trained once per worker
+  count into fresh folders, timed as a whole: process start-up, tracing,
+  training, evaluation and the noise callback included, as a user's sweep
+  pays them.
   """
   from kqreg.classification import task as classify
   from kqreg.study.sweep import runner as sweep
@@ -292,15 +298,15 @@ def sweep_throughput(*, quick: bool = False,
         model_dir=os.path.join(folder, f"run{i}"), dataset="kqreg_mnist",
         model="cnn", model_kwargs={"widths": (16, 32, 64),
                                    "batch_norm": False},
-        train_examples=examples, label_noise=0.4, batch_size=64,
+        train_examples=examples, label_noise=LABEL_NOISE, batch_size=64,
         learning_rate=0.003, epochs=epochs, bits="w4" if i % 2 else "fp",
         seed=i, verbose=0) for i in range(runs)]
     start = time.time()
     sweep.run_configs(configs, workers=n)
     seconds = time.time() - start
     rows.append({"workers": n, "runs": runs, "epochs": epochs,
-                 "train_examples": examples, "seconds": seconds,
-                 "runs_per_minute": 60.0 * runs / seconds})
+                 "train_examples": examples, "label_noise": LABEL_NOISE,
+                 "seconds": seconds, "runs_per_minute": 60.0 * runs / seconds})
     print(f"sweep throughput, {n} worker(s): {rows[-1]['runs_per_minute']:.2f} "
           "runs/min", flush=True)
   return rows

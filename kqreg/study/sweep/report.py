@@ -309,8 +309,9 @@ def write_report(output_dir: str, records: Sequence[RunRecord],
     read_back = sum(bool(r.result.get("skipped")) for r in records)
     trained = (f"all {len(records)} had finished before this command and "
                "were read back, not retrained" if read_back == len(records)
-               else f"{read_back} of them had finished before and were read "
-               "back, not retrained" if read_back else "all trained by it")
+               else f"{read_back} of the {len(records)} had finished before "
+               "this command and were read back, not retrained" if read_back
+               else "all trained by this command")
     md += [f"Wall time: {wall_time_s / 60:.1f} min for {len(records)} runs "
            f"({trained}; the runs' own wall times add up to "
            f"{sum(run_times) / 60:.1f} min).", ""]
