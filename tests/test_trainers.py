@@ -288,6 +288,6 @@ def test_sweep_output_dir_that_cannot_be_created_is_one_line(tmp_path):
 def test_sweep_workers_flag_says_what_its_default_is():
   from kqreg.study.sweep import workers as sweep
   from kqreg_trainers import flags as kqreg_flags
-  assert [sweep.default_workers(cores) for cores in (1, 2, 16)] == [1, 2, 8]
+  assert [sweep.default_workers(cores) for cores in (1, 2, 4, 16)] == [1, 3, 5, 8]
   kqreg_flags.define_flags("sweep")
-  assert "0: one per core, at most 8" in kqreg_flags.FLAGS["workers"].help
+  assert "0: one per core and one more, at most 8" in kqreg_flags.FLAGS["workers"].help

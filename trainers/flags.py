@@ -252,8 +252,8 @@ def _define_sweep() -> Dict[str, flags.FlagHolder]:
   h["workers"] = flags.DEFINE_integer(
       "workers", 0,
       "Runs trained at once, each in its own process with its share of the "
-      "cores (0: one per core, at most 8; 1: in this process). Unused "
-      "with --ray_address.",
+      "cores (0: one per core and one more, at most 8; 1: in this process). "
+      "Unused with --ray_address.",
       lower_bound=0)
   from kqreg.study.sweep import ray_cluster  # pylint: disable=g-import-not-at-top
   ray_defaults = ray_cluster.RayOptions("")
