@@ -253,8 +253,7 @@ def test_a_run_written_before_an_identity_field_still_matches(tmp_path):
   old = {k: v for k, v in identity.items() if k != "integer_attention"}
   (tmp_path / "params.json").write_text(json.dumps({"identity": old}))
   (tmp_path / "result.json").write_text(json.dumps({"val_loss": 1.0}))
-  assert model_dir_lib.finished_result(
-      str(tmp_path), identity, config.IDENTITY_IF_MISSING)["skipped"]
+  assert model_dir_lib.finished_result(config)["skipped"]
   with pytest.raises(runs.ConfigError, match="integer_attention"):
     model_dir_lib.check_model_dir(str(tmp_path), identity)  # no fallback
   (tmp_path / "params.json").write_text(json.dumps(

@@ -152,11 +152,10 @@ def swappable(layer: tf_keras.layers.Layer) -> bool:
 
 
 def _flat_settings(layer: tf_keras.layers.MultiHeadAttention) -> bool:
-  """Whether `layer` attends over the sequence axis only (None before it is
-  built means the default) and has a 1-D `output_shape`."""
-  axes = layer._attention_axes  # pylint: disable=protected-access
-  return (axes is None or tuple(axes) == (1,)) and len(tf.TensorShape(
-      layer._output_shape or [None])) == 1  # pylint: disable=protected-access
+  """Whether built `layer` attends over the sequence axis only and has a
+  1-D `output_shape`."""
+  return (tuple(layer._attention_axes) == (1,) and  # pylint: disable=protected-access
+          len(tf.TensorShape(layer._output_shape or [None])) == 1)  # pylint: disable=protected-access
 
 
 def as_quantizable(layer: tf_keras.layers.MultiHeadAttention

@@ -62,13 +62,13 @@ def check_model_dir(model_dir: str, identity: Dict[str, Any],
   return os.path.exists(os.path.join(model_dir, "result.json"))
 
 
-def finished_result(model_dir: str, identity: Dict[str, Any],
-                    if_missing: Optional[Dict[str, Any]] = None
-                    ) -> Optional[Dict[str, Any]]:
-  """A finished run's result.json with `skipped` set, or None to train."""
-  if not check_model_dir(model_dir, identity, if_missing):
+def finished_result(config: RunConfig) -> Optional[Dict[str, Any]]:
+  """`config`'s finished run: its result.json with `skipped` set, or None
+  to train (`check_model_dir` with the config's identity)."""
+  if not check_model_dir(config.model_dir, config.identity(),
+                         config.IDENTITY_IF_MISSING):
     return None
-  with open(os.path.join(model_dir, "result.json")) as f:
+  with open(os.path.join(config.model_dir, "result.json")) as f:
     result = json.load(f)
   result["skipped"] = True
   return result
@@ -213,8 +213,7 @@ def claim(config: RunConfig
           + ("resuming from its backup" if os.path.isdir(backup) else
              "no backup: training from the start") + "\n")
       sys.stdout.flush()
-    yield lock, finished_result(model_dir, config.identity(),
-                                config.IDENTITY_IF_MISSING)
+    yield lock, finished_result(config)
   finally:
     lock.release()
     if not os.path.exists(os.path.join(model_dir, "params.json")):

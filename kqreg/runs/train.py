@@ -159,8 +159,7 @@ def _run(config: RunConfig, task: Task) -> Dict[str, Any]:
     TrainingInterrupted, TrainingDiverged, CheckpointError.
   """
   config.validate()
-  finished = finished_result(config.model_dir, config.identity(),
-                             config.IDENTITY_IF_MISSING)
+  finished = finished_result(config)
   if finished is not None:
     return finished
   start = time.time()

@@ -225,7 +225,7 @@ def markdown(results) -> str:
     lines += ["", "## Sweep throughput (kqreg-sweep --workers)", "",
               f"{first['runs']} runs of the label-noise study's model and data "
               f"({first['epochs']} epochs, {first['train_examples']} images, "
-              f"{first.get('label_noise', 0.4):.0%} label noise, noise "
+              f"{first['label_noise']:.0%} label noise, noise "
               "analysis on; configs/mnist_noisy_sweep.cfg), timed whole per "
               "worker count.",
               "",

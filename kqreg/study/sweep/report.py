@@ -307,11 +307,13 @@ def write_report(output_dir: str, records: Sequence[RunRecord],
   if wall_time_s is not None:
     run_times = [r.result.get("wall_time_s") or 0.0 for r in records]
     read_back = sum(bool(r.result.get("skipped")) for r in records)
-    trained = (f"all {len(records)} had finished before this command and "
-               "were read back, not retrained" if read_back == len(records)
-               else f"{read_back} of the {len(records)} had finished before "
-               "this command and were read back, not retrained" if read_back
-               else "all trained by this command")
+    if not read_back:
+      trained = "all trained by this command"
+    else:
+      which = ("all" if read_back == len(records)
+               else f"{read_back} of the")
+      trained = (f"{which} {len(records)} had finished before this command "
+                 "and were read back, not retrained")
     md += [f"Wall time: {wall_time_s / 60:.1f} min for {len(records)} runs "
            f"({trained}; the runs' own wall times add up to "
            f"{sum(run_times) / 60:.1f} min).", ""]

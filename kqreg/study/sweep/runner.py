@@ -72,9 +72,7 @@ def _schedule(configs: Sequence[Any], executor, on_done: Callable,
       if lock_lib.is_locked_by_live_owner(configs[i].model_dir):
         locked.append(i)
         continue
-      finished = model_dir_lib.finished_result(
-          configs[i].model_dir, configs[i].identity(),
-          configs[i].IDENTITY_IF_MISSING)
+      finished = model_dir_lib.finished_result(configs[i])
       if finished is not None:
         pending.remove(i)
         on_done(i, finished, here)
