@@ -167,13 +167,19 @@ class DetectionTask(task_lib.Task):
     return task_lib.Data(train, val, None, info, splits, n_train)
 
   def datasets(self, config: DetectConfig, data: task_lib.Data):
-    return {
+    pipelines = {
         "train": _pipeline(config, data.train, training=True,
                            augment=config.augment, flip=data.info.flip,
                            seed=config.seed),
         "train_eval": _pipeline(config, data.train, training=False),
         "val": _pipeline(config, data.validation, training=False),
     }
+    if config.map_examples:
+      # MapCallback's. Uncached: a partial read of a cached dataset would
+      # truncate its cache.
+      pipelines["map"] = _pipeline(config, data.validation, training=False,
+                                   take=config.map_examples, cache=False)
+    return pipelines
 
   def probe(self, config: DetectConfig, data: task_lib.Data) -> tf.Tensor:
     probe_ds = _pipeline(config, data.validation, training=False,
@@ -204,13 +210,10 @@ class DetectionTask(task_lib.Task):
     return None, {"box": tf.zeros([1, 1, 4]),
                   "class": tf.zeros([1, 1, model.num_classes])}
 
-  def callbacks(self, config: DetectConfig, data: task_lib.Data):
-    if not config.map_examples:
+  def callbacks(self, config: DetectConfig, data: task_lib.Data, pipelines):
+    if "map" not in pipelines:
       return []
-    # Uncached: a partial read of a cached dataset would truncate its cache.
-    map_ds = _pipeline(config, data.validation, training=False,
-                       take=config.map_examples, cache=False)
-    return [MapCallback(map_ds, data.info.num_classes)]
+    return [MapCallback(pipelines["map"], data.info.num_classes)]
 
   def quiet(self):
     return model_lib.quiet_keras_cv_warnings()

@@ -181,19 +181,16 @@ def _missing_folders(path: str) -> List[str]:
 
 
 @contextlib.contextmanager
-def claim(config: RunConfig
-          ) -> Iterator[Tuple[RunLock, Optional[Dict[str, Any]]]]:
-  """Creates and locks `config.model_dir`; yields (lock, result if finished).
+def claim(model_dir: str) -> Iterator[RunLock]:
+  """Creates and locks `model_dir`; yields the held lock.
 
   The lock is taken before the data is read and the model built, so a
   second writer is refused at once (`RunLocked`, naming the owner) and two
-  sweeps never both build the same run. The finished check is repeated
-  under the lock: another process may have finished the run meanwhile. A
-  run refused before params.json is written removes the folders it
-  created (a refused run leaves no folder behind); a lock of a dead
-  process is taken over and the run resumes from its backup.
+  sweeps never both build the same run. A run refused before params.json
+  is written removes the folders it created (a refused run leaves no
+  folder behind); a lock of a dead process is taken over and the run
+  resumes from its backup.
   """
-  model_dir = config.model_dir
   created = _missing_folders(model_dir)
   make_dir(model_dir, "model_dir")
   lock = RunLock(model_dir)
@@ -213,7 +210,7 @@ def claim(config: RunConfig
           + ("resuming from its backup" if os.path.isdir(backup) else
              "no backup: training from the start") + "\n")
       sys.stdout.flush()
-    yield lock, finished_result(config)
+    yield lock
   finally:
     lock.release()
     if not os.path.exists(os.path.join(model_dir, "params.json")):
@@ -283,7 +280,8 @@ def initial_weights(config: RunConfig) -> Optional[InitialWeights]:
   params = read_params(config.init_from)
   if params["task"] != config.TASK:
     raise ConfigError(f"{flag} is a {params['task']} run, not {config.TASK}.")
-  _, source_config = _config_of(params)
+  # Same task, so the source's config is of this config's class.
+  source_config = type(config)(**params["config"])
   if not getattr(source_config.bits, "is_float", False):
     raise ConfigError(
         f"{flag} was trained at --bits={source_config.bits}; initialize from "

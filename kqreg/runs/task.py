@@ -114,7 +114,8 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def datasets(self, config: RunConfig, data: Data
                ) -> Dict[str, tf.data.Dataset]:
-    """Batched pipelines: `train`, `train_eval`, `val`, and `test` if any."""
+    """Batched pipelines: `train`, `train_eval`, `val`, and `test` if any,
+    plus any the task's `callbacks` read."""
 
   @abc.abstractmethod
   def probe(self, config: RunConfig, data: Data) -> tf.Tensor:
@@ -141,10 +142,14 @@ class Task(abc.ABC):
     labels = element_spec[1]
     return tf.zeros([1, *labels.shape[1:]], labels.dtype), None
 
-  def callbacks(self, config: RunConfig, data: Data
+  def callbacks(self, config: RunConfig, data: Data,
+                pipelines: Dict[str, tf.data.Dataset]
                 ) -> List[tf_keras.callbacks.Callback]:
-    """Callbacks that add to the epoch logs (run before history.csv)."""
-    del config, data
+    """Callbacks that add to the epoch logs (run before history.csv).
+
+    `pipelines`: what `datasets` returned, as built (not sharded).
+    """
+    del config, data, pipelines
     return []
 
   @abc.abstractmethod

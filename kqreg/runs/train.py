@@ -172,7 +172,9 @@ def _run(config: RunConfig, task: Task) -> Dict[str, Any]:
     out_dir = tempfile.mkdtemp(prefix="kqreg-worker-")
     return _train(config, task, start, strategy, chief, out_dir, None)
   # One writer per model dir: the chief holds its lock to the end.
-  with claim(config) as (lock, finished):
+  with claim(config.model_dir) as lock:
+    # Again under the lock: another process may have finished it meanwhile.
+    finished = finished_result(config)
     if finished is not None:
       return finished
     return _train(config, task, start, strategy, chief, config.model_dir,
@@ -217,7 +219,8 @@ def _train(config: RunConfig, task: Task, start: float, strategy, chief: bool,
   callbacks = callbacks_in_order(
       out_dir=out_dir, backup_dir=os.path.join(config.model_dir, "backup"),
       task_callbacks=[*([StopIfLockLost(lock)] if lock else []),
-                      *task.callbacks(config, data), *range_freeze],
+                      *task.callbacks(config, data, pipelines),
+                      *range_freeze],
       noise_callback=noise_callback, write_graph=task.write_graph)
   history_path = os.path.join(out_dir, "history.csv")
   resumed = os.path.isdir(os.path.join(config.model_dir, "backup"))
