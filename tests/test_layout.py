@@ -4,6 +4,7 @@ a small grouped top-level API, and nothing imported from trainers/."""
 import ast
 import importlib
 import pathlib
+import re
 
 import pytest
 
@@ -108,3 +109,28 @@ def test_modules_do_not_re_export_their_imports():
     foreign = [n for n in exported if n not in defined]
     found.extend(f"{path.relative_to(ROOT)}: {n}" for n in foreign)
   assert not found, f"re-exported: {found}"
+
+
+# A module over this many lines must be one concept that reads better whole,
+# and docs/design.md must say which and why.
+LONG_MODULE_LINES = 400
+
+
+def _long_modules():
+  paths = [*(ROOT / "kqreg").rglob("*.py"), *(ROOT / "trainers").glob("*.py")]
+  return sorted(str(p.relative_to(ROOT)) for p in paths
+                if len(p.read_text().splitlines()) > LONG_MODULE_LINES)
+
+
+def test_every_long_module_is_named_in_the_design_notes():
+  design = (ROOT / "docs" / "design.md").read_text()
+  section = design.split("stays under about 400 lines", 1)[1].split("\n\n")[0]
+  named = set(re.findall(r"`([\w/]+\.py)`", section))
+  long = {p.removeprefix("kqreg/") for p in _long_modules()}
+  assert not long - named, (
+      f"{sorted(long - named)} are over {LONG_MODULE_LINES} lines: split "
+      "them, or name each in docs/design.md's list of long modules with its "
+      "reason.")
+  assert not named - long, (
+      f"docs/design.md names {sorted(named - long)} as long modules; they "
+      "are not (any more): drop them from its list.")
