@@ -74,8 +74,9 @@ def test_nan_in_a_detection_run_reaches_neither_history_nor_backup(shapes_dir, t
         weight = self.model.trainable_weights[0]
         weight.assign(tf.fill(weight.shape, np.nan))
 
-  monkeypatch.setattr(detect_task.DetectionTask, "callbacks",
-                      lambda self, config, data, pipelines: [NaNWeightsAtSecondEpoch()])
+  monkeypatch.setattr(
+      detect_task.DetectionTask, "callbacks",
+      lambda self, config, data, pipelines: [NaNWeightsAtSecondEpoch()])
   config = _tiny_detect_config(tmp_path / "run", shapes_dir, epochs=3)
   with pytest.raises(runs.TrainingDiverged) as info:
     runs.run(config)
