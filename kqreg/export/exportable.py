@@ -49,11 +49,11 @@ def activation_bits(model: tf_keras.Model) -> Dict[str, int]:
   return found
 
 
-def weight_bits(model: tf_keras.Model
+def _by_wrapper(weights: List[introspect.QuantizedWeight]
                 ) -> Dict[str, List[Tuple[str, introspect.QuantizedWeight]]]:
   """Wrapper name -> [(weight variable name, its `QuantizedWeight`)]."""
   found = collections.defaultdict(list)
-  for qw in introspect.quantized_weights(model):
+  for qw in weights:
     found[qw.wrapper.name].append((_short_name(qw.weight), qw))
   return dict(found)
 
@@ -242,7 +242,8 @@ def family_problems(model: tf_keras.Model) -> List[str]:
   return problems
 
 
-def layer_problems(model: tf_keras.Model) -> List[str]:
+def layer_problems(model: tf_keras.Model,
+                   weights: List[introspect.QuantizedWeight]) -> List[str]:
   """Quantized layers TFLite's converter cannot take (TF 2.21), by name.
 
   Its TRANSPOSE_CONV takes no INT4 weights (<= 4 bits are stored as INT4),
@@ -250,7 +251,8 @@ def layer_problems(model: tf_keras.Model) -> List[str]:
   op has mismatched quantized axes"); nor does a per-channel Conv1D,
   DepthwiseConv1D or SeparableConv1D kernel, a rolled LSTM or GRU (one
   with unroll=True converts), or 3-D pooling. A <= 4-bit Embedding table
-  converts, but LiteRT refuses to run the file.
+  converts, but LiteRT refuses to run the file. `weights`: the model's
+  `introspect.quantized_weights`.
   """
   problems = []
   for layer in model.layers:
@@ -262,7 +264,7 @@ def layer_problems(model: tf_keras.Model) -> List[str]:
                or not isinstance(inner, tf_keras.layers.RNN))):
         problems.append(f"{inner.name}: {reason}")
   reported = set()
-  for qw in introspect.quantized_weights(model):
+  for qw in weights:
     if (isinstance(qw.wrapper.layer, _PER_CHANNEL_REFUSED) and
         getattr(qw.quantizer, "per_axis", False) and
         qw.layer_name not in reported):
@@ -308,16 +310,16 @@ def export_problems(policy_or_model: Union[str, policy_lib.BitPolicy,
   """
   problems = []
   if isinstance(policy_or_model, tf_keras.Model):
+    weights = introspect.quantized_weights(policy_or_model)
     # Noise twins (n<b>) are float kernels with training-time noise.
     problems += [f"{qw.layer_name}: {qw.bits}-bit noise twin (float weights "
                  "at inference; export the w<b> model)"
-                 for qw in introspect.quantized_weights(policy_or_model)
-                 if getattr(qw, "is_noise", False)]
+                 for qw in weights if getattr(qw, "is_noise", False)]
     for name, bits in activation_bits(policy_or_model).items():
       problem = _activation_problem(name, bits)
       if problem:
         problems.append(problem)
-    return (problems + layer_problems(policy_or_model) +
+    return (problems + layer_problems(policy_or_model, weights) +
             family_problems(policy_or_model))
   policy = policy_lib.BitPolicy.parse(policy_or_model)
   for key, bits in _policy_settings(policy):
@@ -357,31 +359,28 @@ def check_exportable(policy_or_model: Union[str, policy_lib.BitPolicy,
         "with grid (not noise) bits, or do not export.")
 
 
-def kernel_bits(info: Dict[str, Any], model: tf_keras.Model,
+def kernel_bits(info: Dict[str, Any], checked: "ModelCheck",
                 roles: Dict[int, str]
                 ) -> Dict[int, Tuple[Optional[str], Optional[int], Any]]:
   """Tensor index -> (Keras layer, QAT bits, `QuantizedWeight`) by name.
 
   `info` is the file's `flatbuffer.inspect_tflite`, `roles` its
-  `flatbuffer.roles`; each parameter tensor is matched to the wrapper whose
-  name it carries.
+  `flatbuffer.roles`, `checked` what `check_model` read of the Keras model;
+  each parameter tensor is matched to the wrapper whose name it carries.
   """
-  bits_by_wrapper = (weight_bits(model) if introspect.is_quantized(model)
-                     else {})
-  inner_of = {w.name: w.layer.name for w in _tfmot.iter_wrappers(model)}
-  wrapper_names = sorted(inner_of, key=len, reverse=True)
+  wrapper_names = sorted(checked.layer_of, key=len, reverse=True)
   found = {}
   for const in info["constants"]:
     if roles[const["index"]] == "constant":
       continue  # shapes, axes, lookup tables: not parameters
     wrapper = match_layer(const["name"], wrapper_names)
     qw = None
-    if roles[const["index"]] == "weights" and wrapper in bits_by_wrapper:
-      candidates = bits_by_wrapper[wrapper]
+    if roles[const["index"]] == "weights" and wrapper in checked.weights:
+      candidates = checked.weights[wrapper]
       named = [q for attr, q in candidates if attr in const["name"]]
       qw = (named or [q for _, q in candidates])[0]
-    found[const["index"]] = (inner_of.get(wrapper) if wrapper else None,
-                             qw.bits if qw else None, qw)
+    found[const["index"]] = (checked.layer_of.get(wrapper) if wrapper
+                             else None, qw.bits if qw else None, qw)
   return found
 
 
@@ -400,8 +399,9 @@ def _check_quantized(qat_model, allow_float: bool) -> bool:
   return quantized
 
 
-def _check_layers(qat_model: tf_keras.Model) -> None:
-  problems = layer_problems(qat_model)
+def _check_layers(qat_model: tf_keras.Model,
+                  weights: List[introspect.QuantizedWeight]) -> None:
+  problems = layer_problems(qat_model, weights)
   if problems:
     raise ExportError(
         f"TFLite cannot convert {'; '.join(problems)}: quantize those layers "
@@ -440,22 +440,36 @@ def _check_activation_bits(bits_by_layer: Dict[str, int],
 
 @dataclasses.dataclass(frozen=True)
 class ModelCheck:
-  """What `check_model` found of a model it lets through.
+  """What `check_model` read of a model it lets through: all that the rest
+  of an export needs of the Keras model, besides converting it, read once.
 
   Attributes:
+    name: the model's name.
     quantized: the model has quantize wrappers (False: a float export).
     activation_bits: {layer: bits} of its activation quantizers.
     widening: those below 8 bits, which TFLite computes in 8 (only with
       `allow_widening`).
+    weights: {wrapper name: [(weight name, its `QuantizedWeight`)]}.
+    layer_of: {wrapper name: the name of the layer it wraps}.
+    float_layers: layers with weights that stay float (`float_layers`).
+    family_problems: layers that convert but compute in float, and why
+      (`family_problems`).
   """
+  name: str
   quantized: bool
-  activation_bits: Dict[str, int]
-  widening: Dict[str, int]
+  activation_bits: Dict[str, int] = dataclasses.field(default_factory=dict)
+  widening: Dict[str, int] = dataclasses.field(default_factory=dict)
+  weights: Dict[str, List[Tuple[str, introspect.QuantizedWeight]]] = (
+      dataclasses.field(default_factory=dict))
+  layer_of: Dict[str, str] = dataclasses.field(default_factory=dict)
+  float_layers: List[str] = dataclasses.field(default_factory=list)
+  family_problems: List[str] = dataclasses.field(default_factory=list)
 
 
 def check_model(qat_model, *, allow_float: bool, allow_widening: bool
                 ) -> ModelCheck:
-  """Refuses a model `export_tflite` cannot export as trained.
+  """Refuses a model `export_tflite` cannot export as trained; reads the
+  rest of what the export needs of it.
 
   Raises:
     ExportError: not a tf_keras model; not quantized (and not
@@ -464,12 +478,21 @@ def check_model(qat_model, *, allow_float: bool, allow_widening: bool
 
   Example:
   >>> import tf_keras
-  >>> model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(2)])
-  >>> check_model(model, allow_float=True, allow_widening=False).quantized
-  False
+  >>> model = tf_keras.Sequential([tf_keras.Input((4,)),
+  ...                              tf_keras.layers.Dense(2, name="dense")])
+  >>> checked = check_model(model, allow_float=True, allow_widening=False)
+  >>> checked.quantized, checked.float_layers
+  (False, ['dense'])
   """
   if not _check_quantized(qat_model, allow_float):
-    return ModelCheck(False, {}, {})
-  _check_layers(qat_model)
+    return ModelCheck(qat_model.name, False,
+                      float_layers=float_layers(qat_model))
+  weights = introspect.quantized_weights(qat_model)
+  _check_layers(qat_model, weights)
   bits = activation_bits(qat_model)
-  return ModelCheck(True, bits, _check_activation_bits(bits, allow_widening))
+  return ModelCheck(
+      qat_model.name, True, bits, _check_activation_bits(bits, allow_widening),
+      weights=_by_wrapper(weights),
+      layer_of={w.name: w.layer.name for w in _wrappers(qat_model)},
+      float_layers=float_layers(qat_model),
+      family_problems=family_problems(qat_model))

@@ -41,11 +41,11 @@ LATENCY_BUDGET_S = 0.1
 (at least `latency.MIN_REPEATS` invokes)."""
 
 
-def _weight_rows(info: Dict[str, Any], model: tf_keras.Model,
+def _weight_rows(info: Dict[str, Any], checked: exportable.ModelCheck,
                  matched: Optional[Dict[int, Any]]) -> List[Dict[str, Any]]:
   roles = flatbuffer.roles(info)
   if matched is None:
-    matched = exportable.kernel_bits(info, model, roles)
+    matched = exportable.kernel_bits(info, checked, roles)
   rows = []
   for const in info["constants"]:
     if const["index"] not in matched:
@@ -75,28 +75,29 @@ def _float_ops(info: Dict[str, Any]) -> List[str]:
   return found
 
 
-def build_report(qat_model: tf_keras.Model, path: str, data: bytes,
-                 info: Dict[str, Any], quantized: bool,
-                 prepared: converter.Prepared, int_io: bool,
-                 float_data: Optional[bytes], float_note: str,
+def build_report(checked: exportable.ModelCheck, path: str, data: bytes,
+                 info: Dict[str, Any], prepared: converter.Prepared,
+                 int_io: bool, float_data: Optional[bytes], float_note: str,
                  matched: Optional[Dict[int, Any]] = None) -> Dict[str, Any]:
-  """The report of a written file, read back from its flatbuffer (`info`).
+  """The report of a written file, read back from its flatbuffer (`info`),
+  with what `exportable.check_model` read of the Keras model (`checked`).
 
   `matched`: its parameter tensors matched to their layers, when the writer
   already did (`exportable.kernel_bits`); else matched here.
   """
+  quantized = checked.quantized
   float_size = len(float_data) if float_data is not None else None
   report = {
       "path": path,
       "report_path": path + REPORT_SUFFIX,
-      "model": qat_model.name,
+      "model": checked.name,
       "size_bytes": len(data),
       "float_size_bytes": float_size,
       "float_size_note": float_note,
       "ratio_to_float": (len(data) / float_size) if float_size else None,
       "op_counts": info["op_counts"],
-      "weights": _weight_rows(info, qat_model, matched),
-      "float_layers": exportable.float_layers(qat_model),
+      "weights": _weight_rows(info, checked, matched),
+      "float_layers": checked.float_layers,
       "float_ops": _float_ops(info),
       "activation_widening": {},
       "int_io": bool(int_io),
@@ -110,7 +111,7 @@ def build_report(qat_model: tf_keras.Model, path: str, data: bytes,
     ops = sorted(set(report["float_ops"]))
     # Layers whose family runs in float whatever the ranges (LayerNorm,
     # attention, an unrolled LSTM) say so; else a range is missing.
-    families = exportable.family_problems(qat_model)
+    families = checked.family_problems
     report["float_note"] = (
         f"Ops {ops} compute in float: {'; '.join(families)}." if families
         else f"Ops {ops} compute in float: the model has no activation range "

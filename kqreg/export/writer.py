@@ -87,7 +87,7 @@ def _float_file(qat_model: tf_keras.Model) -> Tuple[Optional[bytes], str]:
     return None, f"float reference could not be built: {e}"
 
 
-def _store_exact_weights(data: bytes, qat_model: tf_keras.Model,
+def _store_exact_weights(data: bytes, checked: exportable.ModelCheck,
                          calibrated: bool
                          ) -> Tuple[bytes, Dict[str, float], Dict[int, Any]]:
   """The file with every kernel on its QAT grid, what moved (QAT steps), and
@@ -102,7 +102,7 @@ def _store_exact_weights(data: bytes, qat_model: tf_keras.Model,
   """
   info = flatbuffer.inspect_tflite(data)
   grids = {}
-  matched = exportable.kernel_bits(info, qat_model, flatbuffer.roles(info))
+  matched = exportable.kernel_bits(info, checked, flatbuffer.roles(info))
   for index, (_, bits, qw) in matched.items():
     if qw is not None:
       grids[index] = (bits, exportable.levels_used(qw) if calibrated else None)
@@ -205,7 +205,7 @@ def export_tflite(qat_model: tf_keras.Model,
     data = converter.convert(prepared.model, optimize=True,
                     representative=prepared.representative, int_io=int_io)
     data, moved, matched = _store_exact_weights(
-        data, qat_model, calibrated=prepared.representative is not None)
+        data, checked, calibrated=prepared.representative is not None)
     data, plan = storage_lib.apply_storage(data, storage)
   else:
     if int_io:
@@ -222,9 +222,8 @@ def export_tflite(qat_model: tf_keras.Model,
   else:
     float_data, float_note = None, "not measured (float_reference=False)"
   info = flatbuffer.inspect_tflite(data)
-  report = file_report.build_report(qat_model, path, data, info, quantized,
-                                    prepared, int_io, float_data, float_note,
-                                    matched)
+  report = file_report.build_report(checked, path, data, info, prepared,
+                                    int_io, float_data, float_note, matched)
   report["regridded"] = moved
   report.update(file_report.storage_fields(report, info, plan, storage))
   report.update(file_report.latency_fields(
