@@ -458,6 +458,29 @@ def test_float_reference_only_adds_the_size_ratio(tiny_trained, tmp_path):
           (tmp_path / "b.tflite").read_bytes())
 
 
+def test_an_export_reads_the_models_quantized_weights_once(tiny_trained,
+                                                           tmp_path,
+                                                           monkeypatch):
+  # exportable.check_model reads them; re-gridding and the report take its
+  # ModelCheck (they each read the model again before).
+  from kqreg.qat import introspect  # pylint: disable=g-import-not-at-top
+  reads = []
+  read = introspect.quantized_weights
+
+  def counted(model):
+    reads.append(model.name)
+    return read(model)
+
+  monkeypatch.setattr(introspect, "quantized_weights", counted)
+  qat = tiny_trained("w4a8")
+  report = export.export_tflite(qat, str(tmp_path / "m.tflite"),
+                                latency=False)
+  assert reads == [qat.name]
+  kernels = [w for w in report["weights"] if w["role"] == "weights"]
+  assert kernels and all(w["bits"] == 4 and w["layer"] for w in kernels)
+  assert report["model"] == qat.name and report["float_layers"] == []
+
+
 def test_regrid_refuses_a_kernel_off_the_grid_it_assumes(tiny_trained,
                                                          tmp_path):
   # An 8-bit kernel claimed to be 3-bit: its stored values are not within
