@@ -239,6 +239,35 @@ def test_a_peers_import_error_is_a_note_and_kqregs_rows_stay_whole():
   assert rows["kqreg"]["exported"] is True
 
 
+def test_a_peer_failing_before_its_first_step_is_a_note(monkeypatch):
+  # paired_training builds every model's optimizer slots before its first
+  # step; a third-party model that fails there is a row's note, as it would
+  # be at its first step.
+  import tf_keras
+  from kqreg.study.benchmark import peer_rows, peers
+  build_step_state = peer_rows._tfmot.build_step_state  # pylint: disable=protected-access
+
+  def refuse(model, y_true, y_pred=None):
+    if model.name == "refused":
+      raise ValueError("no slots for this optimizer")
+    return build_step_state(model, y_true, y_pred)
+
+  class Refused(peers.Peer):
+    name, module, distribution = "refused", "math", "refused"
+
+    def unsupported(self, model):
+      return []
+
+    def build(self, model, weight_bits, activation_bits=8):
+      return tf_keras.Model(model.inputs, model.outputs, name="refused")
+
+  monkeypatch.setattr(peer_rows._tfmot, "build_step_state", refuse)  # pylint: disable=protected-access
+  rows = {r["tool"]: r for r in _compare([Refused()])}
+  assert rows["refused"]["note"] == "ValueError: no slots for this optimizer"
+  assert rows["refused"]["accuracy"] is None
+  assert rows["kqreg"]["note"] == "" and 0 <= rows["kqreg"]["accuracy"] <= 1
+
+
 def test_kqregs_own_errors_propagate(monkeypatch):
   from kqreg.export import ExportError
   from kqreg.study.benchmark import peer_rows, peers

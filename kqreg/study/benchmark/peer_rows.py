@@ -17,6 +17,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras
 
+from kqreg import _tfmot
 from kqreg.qat.transform import quantize
 from kqreg.study.benchmark.measurements import _FULL_MODELS
 from kqreg.study.benchmark.step_timing import (build_variant, compile_for_timing,
@@ -77,10 +78,19 @@ def paired_training(models: Dict[str, tf_keras.Model],
   if baseline in may_fail:
     raise ValueError(f"`baseline` {baseline!r} cannot be in `may_fail`.")
   failed, train_functions = {}, {}
+  x, y = data["x_train"], data["y_train"]
   for name, model in models.items():
     compile_for_timing(model)
+    try:
+      # The optimizer's slots and the loss's accumulators now, so that the
+      # first step traces once (as `step_timing.training_step` does).
+      _tfmot.build_step_state(model, tf.constant(y[:1]))
+    except Exception as e:  # pylint: disable=broad-except
+      if name not in may_fail:
+        raise
+      failed[name] = _failure(e)
+      continue
     train_functions[name] = model.make_train_function()
-  x, y = data["x_train"], data["y_train"]
   order = np.random.default_rng(0)
   # Full batches only: a short last batch would trace every step again.
   batches = len(x) // batch_size
@@ -104,7 +114,7 @@ def paired_training(models: Dict[str, tf_keras.Model],
         except Exception as e:  # pylint: disable=broad-except
           if name not in may_fail:
             raise  # kqreg's own rows and the baseline fail loudly
-          failed[name] = {"error": f"{type(e).__name__}: {str(e)[:80]}"}
+          failed[name] = _failure(e)
           continue
         if round_index:
           times[name].append(time.perf_counter() - start)
@@ -120,6 +130,10 @@ def paired_training(models: Dict[str, tf_keras.Model],
                             data["y_val"][start:start + 256]))
     result["accuracy"] = correct / len(data["x_val"])
   return {name: results.get(name) or failed[name] for name in models}
+
+
+def _failure(error: Exception) -> Dict[str, str]:
+  return {"error": f"{type(error).__name__}: {str(error)[:80]}"}
 
 
 def peer_comparison(data: Dict[str, np.ndarray], models, *,
