@@ -31,11 +31,26 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path):
   # packed as before, so the file is larger than the packed one.
   assert sizes[2] < sizes[3] < sizes[0]
   assert [row["variant"] for row in data["memory"]] == ["float", "kqreg_w4a8"]
+  # The peers table: every tool on the same float model and batches. kqreg's
+  # own row must train and export (its errors propagate); a peer may only
+  # fail with a note. kqreg's file holds its kernels on the 4-bit grid.
+  peers = {row["tool"]: row for row in data["peers"]["rows"]}
+  assert list(peers) == ["float", "kqreg", "tfmot_nbit", "qkeras", "larq"]
+  assert peers["float"]["ratio"] == 1.0
+  kqreg_row = peers["kqreg"]
+  assert kqreg_row["note"] == "" and kqreg_row["bits"] == "w4a8"
+  assert 0.0 <= kqreg_row["accuracy"] <= 1.0 and kqreg_row["ratio"] > 0
+  assert kqreg_row["exported"] is True and kqreg_row["float_ops"] == 0
+  assert kqreg_row["kernels"].startswith("INT4 x")
+  assert 1 < kqreg_row["kernel_levels"] <= 15  # w4: 2^4 - 1 levels at most
+  for row in peers.values():
+    assert row["note"] or row["accuracy"] is not None, row
   text = (tmp_path / "benchmark.md").read_text()
   assert [row["workers"] for row in data["sweep"]] == [1, 2]
   assert all(row["runs"] == 2 and row["runs_per_minute"] > 0 for row in data["sweep"])
   for heading in ("Training step time", "NoiseAnalysisCallback", "Noise analysis cost",
-                  "TFLite", "Peak resident memory", "Targets", "Sweep throughput"):
+                  "TFLite", "Peers", "Peak resident memory", "Targets",
+                  "Sweep throughput"):
     assert heading in text
   assert text in result.stdout
   # The sign is timing noise in a quick run (CI once measured tfmot faster than float).
