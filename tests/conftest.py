@@ -80,6 +80,21 @@ def train_step_traces(monkeypatch):
 
 
 @pytest.fixture
+def zip_member_seeks(monkeypatch):
+  """Names of the zip members seeked in, in order (every `.keras` read)."""
+  import zipfile  # pylint: disable=g-import-not-at-top
+  seeks = []
+  seek = zipfile.ZipExtFile.seek
+
+  def counted(self, *args, **kwargs):
+    seeks.append(self.name)
+    return seek(self, *args, **kwargs)
+
+  monkeypatch.setattr(zipfile.ZipExtFile, "seek", counted)
+  return seeks
+
+
+@pytest.fixture
 def batch():
   rng = np.random.default_rng(0)
   x = rng.random((32, 8, 8, 1), dtype=np.float32)

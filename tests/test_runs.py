@@ -243,37 +243,21 @@ def test_load_run_restores_task_config_and_model(tmp_path):
   assert loss == pytest.approx(result["val_loss"], rel=1e-5)
 
 
-def test_a_runs_model_reads_its_weights_once_from_memory(tmp_path, monkeypatch):
-  # Keras hands HDF5 the weights as a zip member, and Python 3.11's zipfile
-  # serves each backward seek by reading the member again from its start: a
-  # detector's run took 30-38 s to load. kqreg reads the member once.
-  import zipfile  # pylint: disable=g-import-not-at-top
+def test_a_runs_model_reads_its_weights_once_from_memory(tmp_path,
+                                                         zip_member_seeks):
+  # load_run (kqreg-export, kqreg-sensitivity) and --init_from load inside
+  # kqreg.quantize_scope, which reads model.keras's weights from memory
+  # (test_quantize.py: Keras's own loader seeks in them).
   import kqreg  # pylint: disable=g-import-not-at-top
-  from tf_keras.src.saving import saving_lib  # pylint: disable=g-import-not-at-top
   from kqreg.runs import model_dir as model_dir_lib  # pylint: disable=g-import-not-at-top
   from conftest import small_cnn  # pylint: disable=g-import-not-at-top
   model = kqreg.quantize(small_cnn(), "w4a8")
   model(np.ones((2, 8, 8, 1), np.float32), training=True)  # ranges move
   model.save(str(tmp_path / "model.keras"))
-  seeks = []
-  seek = zipfile.ZipExtFile.seek
-
-  def counted(self, *args, **kwargs):
-    seeks.append(self.name)
-    return seek(self, *args, **kwargs)
-
-  monkeypatch.setattr(zipfile.ZipExtFile, "seek", counted)
-  stock = saving_lib.H5IOStore
   loaded = model_dir_lib._load_model(str(tmp_path))  # pylint: disable=protected-access
-  assert "model.weights.h5" not in seeks, seeks
-  assert saving_lib.H5IOStore is stock  # Keras's own store again
-  assert len(loaded.weights) == len(model.weights)
-  for a, b in zip(model.weights, loaded.weights):
+  assert "model.weights.h5" not in zip_member_seeks, zip_member_seeks
+  for a, b in zip(model.weights, loaded.weights, strict=True):
     np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.name)
-  # Keras's own loader, for comparison: it seeks in the member.
-  with kqreg.quantize_scope():
-    tf_keras.models.load_model(str(tmp_path / "model.keras"))
-  assert "model.weights.h5" in seeks
 
 
 def test_a_run_written_before_an_identity_field_still_matches(tmp_path):

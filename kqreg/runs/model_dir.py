@@ -19,7 +19,6 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import tf_keras
 
-from kqreg import _tfmot
 from kqreg.io_utils import atomic_write_json
 from kqreg.qat.layers import quantize_scope
 from kqreg.runs.config import ConfigError, RunConfig
@@ -235,7 +234,7 @@ def _load_model(model_dir: str) -> tf_keras.Model:
         "end first (kqreg-classify and kqreg-detect write it when they "
         "finish).")
   try:
-    with quantize_scope(), _tfmot.keras_archive_read_in_memory():
+    with quantize_scope():
       return tf_keras.models.load_model(path)
   except (OSError, ValueError) as e:
     raise ConfigError(f"{path!r} cannot be loaded: {e}") from e
