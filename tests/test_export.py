@@ -675,8 +675,15 @@ def test_transposed_conv_at_4_bits_or_per_channel_refused(tmp_path):
   qat = _train_briefly(kqreg.quantize(_every_family_model(), "w4a8",
                                       per_channel=False), x)
   with pytest.raises(export.ExportError,
-                     match=r"tconv: 4-bit Conv2DTranspose weights"):
+                     match=r"tconv: 4-bit Conv2DTranspose weights") as refused:
     export.export_tflite(qat, str(tmp_path / "m.tflite"))
+  # Its own fix, which works: 8 bits for that layer (or float).
+  assert ("(e.g. 'w4a8,tconv=w8a8'), or keep it float ('skip=tconv')"
+          in str(refused.value))
+  for policy in ("w4a8,tconv=w8a8", "w4a8,skip=tconv"):
+    fixed = kqreg.quantize(_every_family_model(), policy, per_channel=False)
+    assert not [p for p in export.export_problems(fixed)
+                if p.startswith("tconv")], policy
   with pytest.raises(export.ExportError, match="tconv: 4-bit"):
     export.check_exportable(qat)
   with pytest.raises(export.ExportError, match="tconv: per-channel"):

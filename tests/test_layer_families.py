@@ -445,6 +445,12 @@ def test_token_model_trains_and_export_names_what_it_refuses(tmp_path):
   assert not any(type(l).__name__ == "QuantizeLayer" for l in qat.layers)
   problems = export.export_problems(qat)
   assert [p.split(":")[0] for p in problems] == ["rnn", "emb"], problems
+  # Each with its own fix: a rolled loop fails at any bits; the table at 4.
+  rnn, emb = problems
+  assert rnn.endswith("build it with unroll=True, which converts (the cell "
+                      "runs in float)"), rnn
+  assert emb.endswith("give it 5..8 bits (e.g. 'w4a8,emb=w8a8'), or keep it "
+                      "float ('skip=emb')"), emb
   with pytest.raises(export.ExportError, match="unroll=True"):
     _export(qat, tmp_path, x)
 
@@ -498,9 +504,22 @@ def test_per_channel_1d_kernels_are_refused_with_the_reason(tmp_path):
   problems = export.export_problems(qat)
   assert [p.split(":")[0] for p in problems] == ["c1", "c2"]
   assert all("per-channel Conv1D" in p for p in problems)
+  assert problems[0].endswith("quantize per tensor (per_channel=False, "
+                              "--per_channel=false), or keep it float "
+                              "('skip=c1')"), problems[0]
   with pytest.raises(export.ExportError, match="per-channel Conv1D"):
     export.export_tflite(qat, str(tmp_path / "m.tflite"),
                          float_reference=False)
+  assert export.export_problems(_quantize(_cnn1d(), "w4a8,skip=c1+c2",
+                                          per_channel=True)) == []
+
+
+def test_3d_pooling_is_refused_with_what_converts_instead():
+  problems = export.export_problems(_quantize(_conv3d_families(), "w4a8"))
+  (pooling,) = [p for p in problems if p.startswith("max3d:")]
+  assert pooling.endswith("no 3-D pooling kernel (TF Select only); "
+                          "downsample with a strided Conv3D instead (CONV_3D "
+                          "converts)"), pooling
 
 
 def _attention_only(heads=2, key_dim=4):

@@ -202,10 +202,11 @@ _PER_CHANNEL_REFUSED = (tf_keras.layers.Conv1D, tf_keras.layers.DepthwiseConv1D,
 _UNCONVERTIBLE = (
     ((tf_keras.layers.LSTM, tf_keras.layers.GRU), False,
      "the recurrent loop does not convert, quantized or float (its "
-     "TensorList has no static element shape): build it with unroll=True, "
+     "TensorList has no static element shape); build it with unroll=True, "
      "which converts (the cell runs in float)"),
     ((tf_keras.layers.MaxPooling3D, tf_keras.layers.AveragePooling3D), False,
-     "TFLite has no 3-D pooling kernel (TF Select only)"),
+     "TFLite has no 3-D pooling kernel (TF Select only); downsample with "
+     "a strided Conv3D instead (CONV_3D converts)"),
 )
 
 
@@ -242,6 +243,10 @@ def family_problems(model: tf_keras.Model) -> List[str]:
   return problems
 
 
+def _or_float(layer_name: str) -> str:
+  return f", or keep it float ('skip={layer_name}')"
+
+
 def layer_problems(model: tf_keras.Model,
                    weights: List[introspect.QuantizedWeight]) -> List[str]:
   """Quantized layers TFLite's converter cannot take (TF 2.21), by name.
@@ -272,21 +277,29 @@ def layer_problems(model: tf_keras.Model,
       problems.append(
           f"{qw.layer_name}: per-channel {type(qw.wrapper.layer).__name__} "
           "weights (TFLite runs it as a 2-D convolution and refuses the "
-          "moved channel axis; quantize it per tensor)")
+          "moved channel axis); quantize per tensor (per_channel=False, "
+          "--per_channel=false)"
+          f"{_or_float(qw.layer_name)}")
     if isinstance(qw.wrapper.layer, tf_keras.layers.Embedding) and (
         qw.bits <= 4):
       problems.append(
           f"{qw.layer_name}: {qw.bits}-bit Embedding table (stored as INT4, "
-          "whose GATHER output LiteRT's QUANTIZE refuses to run; use 5..8 "
-          "bits)")
+          "whose GATHER output LiteRT's QUANTIZE refuses to run); give it "
+          f"5..8 bits (e.g. 'w4a8,{qw.layer_name}=w8a8')"
+          f"{_or_float(qw.layer_name)}")
     if not isinstance(qw.wrapper.layer, tf_keras.layers.Conv2DTranspose):
       continue
     if qw.bits <= 4:
       problems.append(f"{qw.layer_name}: {qw.bits}-bit Conv2DTranspose "
-                      "weights (TFLite's TRANSPOSE_CONV needs 5..8 bits)")
+                      "weights (TFLite's TRANSPOSE_CONV takes no INT4); give "
+                      f"it 5..8 bits (e.g. 'w4a8,{qw.layer_name}=w8a8')"
+                      f"{_or_float(qw.layer_name)}")
     if getattr(qw.quantizer, "per_axis", False):
       problems.append(f"{qw.layer_name}: per-channel Conv2DTranspose "
-                      "weights (TFLite converts per-tensor ones only)")
+                      "weights (TFLite converts per-tensor ones only); "
+                      "quantize per tensor (per_channel=False, "
+                      "--per_channel=false)"
+                      f"{_or_float(qw.layer_name)}")
   return problems
 
 
@@ -403,11 +416,7 @@ def _check_layers(qat_model: tf_keras.Model,
                   weights: List[introspect.QuantizedWeight]) -> None:
   problems = layer_problems(qat_model, weights)
   if problems:
-    raise ExportError(
-        f"TFLite cannot convert {'; '.join(problems)}: quantize those layers "
-        "at 5..8 bits with per-tensor ranges (e.g. 'w4a8,Conv2DTranspose="
-        "w8a8' with per_channel=False), or keep them float "
-        "('skip=<layer>').")
+    raise ExportError(f"TFLite cannot convert {'; '.join(problems)}.")
 
 
 def _check_activation_bits(bits_by_layer: Dict[str, int],
