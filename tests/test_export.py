@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import types
+import warnings
 
 import kqreg
 import kqreg.data
@@ -668,6 +669,62 @@ def test_tf_op_model_exports_integer_with_tflites_fixed_activation_grids(
     assert details[output]["quantization"] == pytest.approx(grid), op
   check = export.verify_tflite(report["path"], qat, x)
   assert check["top1_agreement"] is not None
+
+
+def _hard_swish_model():
+  """MobileNetV3's blocks as Keras builds them: hard swish from tf ops on
+  numbers, x * relu6(x + 3) * (1/6), and a squeeze-and-excite Multiply."""
+  inputs = tf_keras.Input((8, 8, 3))
+  x = tf_keras.layers.Conv2D(8, 3, padding="same", name="conv")(inputs)
+  gate = tf_keras.layers.ReLU(6.0, name="relu6")(x + 3.0) * (1.0 / 6.0)
+  x = tf_keras.layers.Multiply(name="hard_swish")([x, gate])
+  x = tf_keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+  squeezed = tf_keras.layers.GlobalAveragePooling2D(keepdims=True,
+                                                    name="squeeze")(x)
+  excite = tf_keras.layers.Dense(8, activation="sigmoid", name="excite")(
+      squeezed)
+  x = tf_keras.layers.Multiply(name="se")([x, excite])
+  # The other orders and operations, each its own ScalarOp.
+  x = 2.0 * (1.0 - (0.5 + (x - 0.25)))
+  pooled = tf_keras.layers.GlobalAveragePooling2D(name="gap")(x)
+  return tf_keras.Model(inputs, tf_keras.layers.Dense(3, name="head")(pooled))
+
+
+def test_hard_swish_and_squeeze_excite_export_in_integers(tmp_path):
+  tf_keras.utils.set_random_seed(0)
+  x = np.random.default_rng(0).random((16, 8, 8, 3), dtype=np.float32)
+  model = _hard_swish_model()
+  layered = kqreg.qat.tf_ops_as_layers(model)
+  # The same values, every tf op on a number now a ScalarOp.
+  np.testing.assert_array_equal(layered(x).numpy(), model(x).numpy())
+  ops = [l.op for l in layered.layers if isinstance(l, kqreg.qat.ScalarOp)]
+  assert ops == ["add", "multiply", "subtract", "add", "subtract_from",
+                 "multiply"], ops
+  assert "TFOpLambda" not in [type(l).__name__ for l in layered.layers]
+  # x / c stays a tf op: x * (1 / c) would round differently.
+  halved = tf_keras.Model(model.input, model.output / 2.0)
+  assert type(kqreg.qat.tf_ops_as_layers(halved).layers[-1]).__name__ == (
+      "TFOpLambda")
+
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # no layer left float
+    qat = kqreg.quantize(model, "w4a8")
+  wrapped = [l.layer.name for l in qat.layers if isinstance(
+      getattr(l, "layer", None), (kqreg.qat.ScalarOp, tf_keras.layers.Multiply))]
+  assert len(wrapped) == 8, wrapped  # 6 ScalarOps, 2 Multiply layers
+  qat = _train_briefly(qat, x)
+  path = str(tmp_path / "m.keras")
+  qat.save(path)
+  with kqreg.quantize_scope():
+    loaded = tf_keras.models.load_model(path)
+  np.testing.assert_array_equal(loaded.predict(x, verbose=0),
+                                qat.predict(x, verbose=0))
+  report = export.export_tflite(qat, str(tmp_path / "m.tflite"),
+                                float_reference=False, latency=False)
+  assert report["float_ops"] == [] and report["float_layers"] == []
+  assert {"ADD", "SUB", "MUL"} <= set(report["op_counts"]), report["op_counts"]
+  assert {w["type"] for w in report["weights"]
+          if w["role"] == "weights"} == {"INT4"}
 
 
 def test_transposed_conv_at_4_bits_or_per_channel_refused(tmp_path):

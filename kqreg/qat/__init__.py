@@ -5,6 +5,7 @@
   quantizers   weight, noise-twin, activation and fixed-range quantizers
   families     which layers quantize, and how (`LAYER_FAMILIES`)
   attention    MultiHeadAttention as TFLite's int8 kernels compute it
+  scalar_op    `x + c`, `x * c` (tf ops on a number) as a layer
   rewrites     graph rewrites before quantizing (nested models, TF ops)
   transform    `plan`, `annotate`, `quantize`: the one pass over the graph
   layers       kqreg's tfmot wrapper classes and `quantize_scope`
@@ -29,6 +30,7 @@ from kqreg.qat.quantizers import (ActivationQuantizer, FixedRangeQuantizer,
 from kqreg.qat.ranges import (FreezeActivationRanges, freeze_activation_ranges,
                               moving_average_quantizers)
 from kqreg.qat.rewrites import QuantizeError, flatten_nested, tf_ops_as_layers
+from kqreg.qat.scalar_op import ScalarOp
 from kqreg.qat.scheme import QuantizeScheme
 from kqreg.qat.profiles import LayerProfile, ModelProfile, profile, summary
 
@@ -41,7 +43,7 @@ __all__ = [
     # Quantizers and layer families
     "ActivationQuantizer", "BitQuantizeConfig", "FixedRangeQuantizer",
     "LAYER_FAMILIES", "LayerFamily", "QuantizableMultiHeadAttention",
-    "WeightNoiseQuantizer",
+    "ScalarOp", "WeightNoiseQuantizer",
     "WeightQuantizer", "config_for_layer", "family_of",
     # tfmot plumbing
     "QuantizeLayer", "QuantizeScheme", "QuantizeWrapperV2",

@@ -39,6 +39,7 @@ from kqreg.qat import attention
 from kqreg.qat import grid
 from kqreg.qat import policy as policy_lib
 from kqreg.qat import quantizers
+from kqreg.qat.scalar_op import ScalarOp
 
 __all__ = [
     "LayerFamily",
@@ -194,6 +195,8 @@ LAYER_FAMILIES: Tuple[LayerFamily, ...] = (
     _output_only(layers.Activation),
     _output_only(layers.ReLU),
     _output_only(layers.Add),
+    _output_only(layers.Multiply),
+    _output_only(ScalarOp),
     _output_only(layers.Concatenate),
     _output_only(layers.AveragePooling2D),
     _output_only(layers.GlobalAveragePooling2D),

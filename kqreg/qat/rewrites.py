@@ -11,8 +11,8 @@ the converter would keep float as the same function in a form it keeps in
 integers (`_integer_friendly`): a MultiHeadAttention as
 `attention.QuantizableMultiHeadAttention`, with range hooks where TFLite's
 int8 kernels need them, a Dense on a sequence as an EinsumDense. `tf_ops_as_layers` rebuilds
-concat, add and nearest-repeat tf ops as the Keras layers they compute, so
-activation policies reach them.
+concat, add and nearest-repeat tf ops, and arithmetic with a number, as the
+Keras layers they compute, so activation policies reach them.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import tf_keras
 
 from kqreg import _tfmot
 from kqreg.qat import attention
+from kqreg.qat.scalar_op import ScalarOp
 
 __all__ = ["QuantizeError", "flatten_nested", "graph_consumers",
            "inbound_layers", "tf_ops_as_layers"]
@@ -337,6 +338,41 @@ def _same_shape_tensors(args) -> bool:
           args[0].shape == args[1].shape)
 
 
+# tf op symbol -> (ScalarOp's op with the tensor first, with the number first).
+_SCALAR_SYMBOLS = {
+    "__operators__.add": ("add", "add"),
+    "math.add": ("add", "add"),
+    "math.subtract": ("subtract", "subtract_from"),
+    "math.multiply": ("multiply", "multiply"),
+}
+
+
+def _number(x) -> Optional[float]:
+  """`x` as a float if it is a Python number or a constant scalar tensor
+  (`3.0 + x` hands the tf op `tf.constant(3.0)`), else None."""
+  if isinstance(x, bool):
+    return None
+  if isinstance(x, (int, float)):
+    return float(x)
+  if (isinstance(x, tf.Tensor) and not _is_keras_tensor(x) and
+      x.shape.rank == 0 and (x.dtype.is_floating or x.dtype.is_integer)):
+    return float(x.numpy())
+  return None
+
+
+def _scalar_op(symbol: str, args) -> Optional[Tuple[str, float, int]]:
+  """(ScalarOp op, number, position of the tensor) of `x <op> c` or
+  `c <op> x` on a float tensor x, else None."""
+  if symbol not in _SCALAR_SYMBOLS or len(args) < 2:
+    return None
+  for position, (tensor, other) in enumerate((args[:2], args[1::-1])):
+    value = _number(other)
+    if (value is not None and _is_keras_tensor(tensor) and
+        tensor.dtype.is_floating):
+      return _SCALAR_SYMBOLS[symbol][position], value, position
+  return None
+
+
 def _passthrough(x, *args, **kwargs):
   del args, kwargs
   return x
@@ -346,7 +382,8 @@ def tf_ops_as_layers(model: tf_keras.Model,
                      keep: Optional[Callable[[tf_keras.layers.Layer, List],
                                              bool]] = None
                      ) -> tf_keras.Model:
-  """`model` with its concat, nearest-repeat and add tf ops as Keras layers.
+  """`model` with its concat, nearest-repeat and add tf ops, and arithmetic
+  with a number, as Keras layers.
 
   Models built from TensorFlow ops (`TFOpLambda` layers: `tf.concat`,
   `tf.repeat`, `x + y`; keras-cv's YOLOv8 CSP blocks and FPN, for one) hide
@@ -359,7 +396,9 @@ def tf_ops_as_layers(model: tf_keras.Model,
   * `tf.repeat(tf.repeat(x, a, axis=1), b, axis=2)` (nearest upsampling) ->
     `UpSampling2D((a, b), interpolation="nearest")`, whose values stay on
     their input's grid;
-  * `x + y` of two same-shaped tensors -> `Add()` (quantized at its output).
+  * `x + y` of two same-shaped tensors -> `Add()` (quantized at its output);
+  * `x + c`, `x - c`, `c - x`, `x * c` (c a number; MobileNetV3's hard
+    sigmoid) -> `ScalarOp` (quantized at its output), the same values.
 
   `tf.split` stays a tf op: its outputs are slices on its input's grid,
   which TFLite's int8 SPLIT takes. The function computed is unchanged.
@@ -372,8 +411,8 @@ def tf_ops_as_layers(model: tf_keras.Model,
   Returns:
     A new Functional model sharing every other layer (and its weights) with
     `model`; new layers are named `<op>_<i>` in graph order (`concat_0`,
-    `upsample_0`, `add_0`), so two builds of one architecture name them
-    alike. `model` itself if it holds none of those ops.
+    `upsample_0`, `add_0`, `scalar_multiply_0`), so two builds of one
+    architecture name them alike. `model` itself if it holds none of those ops.
 
   Example:
   >>> import kqreg, tf_keras, tensorflow as tf
@@ -408,10 +447,14 @@ def tf_ops_as_layers(model: tf_keras.Model,
     if symbol == "concat":
       axis = kwargs.get("axis", args[1] if len(args) > 1 else None)
       if isinstance(axis, int):
-        replace[layer.name] = _first(tf_keras.layers.Concatenate(
+        replace[layer.name] = _nth(0, tf_keras.layers.Concatenate(
             axis=axis, name=_name("concat")))
     elif symbol == "__operators__.add" and _same_shape_tensors(args[:2]):
       replace[layer.name] = _binary(tf_keras.layers.Add(name=_name("add")))
+    elif _scalar_op(symbol, args):
+      op, value, position = _scalar_op(symbol, args)
+      replace[layer.name] = _nth(position, ScalarOp(
+          op, value, name=_name(f"scalar_{op}")))
     elif symbol == "repeat":
       first = _repeat(args, kwargs)
       following = consumers.get(layer.name, [])
@@ -426,10 +469,10 @@ def tf_ops_as_layers(model: tf_keras.Model,
           # keras-cv's upsampling: one op for the pair.
           size[second[1] - 1] = second[0]
           replace[layer.name] = _passthrough
-          replace[following[0].name] = _first(tf_keras.layers.UpSampling2D(
+          replace[following[0].name] = _nth(0, tf_keras.layers.UpSampling2D(
               tuple(size), interpolation="nearest", name=_name("upsample")))
           continue
-      replace[layer.name] = _first(tf_keras.layers.UpSampling2D(
+      replace[layer.name] = _nth(0, tf_keras.layers.UpSampling2D(
           tuple(size), interpolation="nearest", name=_name("upsample")))
   if not replace:
     return model
@@ -445,8 +488,8 @@ def _binary(layer: tf_keras.layers.Layer) -> Callable:
   return call
 
 
-def _first(layer: tf_keras.layers.Layer) -> Callable:
-  def call(x, *args, **kwargs):
-    del args, kwargs  # the tf op's other arguments, now the layer's
-    return layer(x)
+def _nth(position: int, layer: tf_keras.layers.Layer) -> Callable:
+  def call(*args, **kwargs):
+    del kwargs  # the tf op's other arguments are now the layer's
+    return layer(args[position])
   return call

@@ -140,8 +140,9 @@ def plan(model: tf_keras.Model,
   """Resolves `policy` on `model` into one config per quantized layer.
 
   The policy is resolved on `model`'s own layers; `x + a` tf ops are then
-  rebuilt as Add layers (`tf_ops_as_layers`, new names `add_0`, ...) with
-  the default bits (or a class key's: `Add=w8a8`); a SeparableConv2D with
+  rebuilt as Add layers and arithmetic with a number (`x * c`) as ScalarOp
+  layers (`tf_ops_as_layers`, new names `add_0`, `scalar_multiply_0`, ...)
+  with the default bits (or a class key's: `Add=w8a8`); a SeparableConv2D with
   activation bits is then split into `<name>_depthwise` (DepthwiseConv2D,
   output quantized) and `<name>` (1x1 Conv2D), both with its bits, in the
   plan's model. With activation bits, a MultiHeadAttention becomes a
@@ -177,10 +178,11 @@ def plan(model: tf_keras.Model,
   layers = [l for l in flat.layers
             if not isinstance(l, tf_keras.layers.InputLayer)]
   policy.check_against(layers)
-  # `x + a` of two same-shaped tensors as an Add layer, so the policy
-  # reaches it (a residual attention block's add). Concats and repeats stay
-  # as the caller left them (`build_detector` keeps its head's concats).
-  rewritten = tf_ops_as_layers(flat, keep=_not_an_add)
+  # `x + a` of two same-shaped tensors as an Add layer and `x * c` as a
+  # ScalarOp, so the policy reaches them (a residual attention block's add,
+  # MobileNetV3's hard sigmoid). Concats and repeats stay as the caller left
+  # them (`build_detector` keeps its head's concats).
+  rewritten = tf_ops_as_layers(flat, keep=_concat_or_repeat)
   if rewritten is not flat:
     flat = rewritten
     layers = [l for l in flat.layers
@@ -250,9 +252,9 @@ def plan(model: tf_keras.Model,
   return QuantizationPlan(flat, configs, bits_by_name, left_float, input_bits)
 
 
-def _not_an_add(layer, input_layers) -> bool:
+def _concat_or_repeat(layer, input_layers) -> bool:
   del input_layers
-  return getattr(layer, "symbol", None) != "__operators__.add"
+  return getattr(layer, "symbol", None) in ("concat", "repeat")
 
 
 def _is_float_input(tensor) -> bool:
