@@ -60,6 +60,14 @@ def _sequence_families():
   return tf_keras.Model(inputs, L.Dense(3, name="head")(x), name="seq_m")
 
 
+def _bidirectional_families():
+  inputs = tf_keras.Input((5, 4))
+  x = L.Bidirectional(L.LSTM(3, return_sequences=True, name="lstm"),
+                      name="bi_lstm")(inputs)
+  x = L.Bidirectional(L.SimpleRNN(3, name="rnn"), name="bi_rnn")(x)
+  return tf_keras.Model(inputs, L.Dense(3, name="head")(x), name="bi_m")
+
+
 def _attention_families():
   inputs = tf_keras.Input((6, 8))
   x = L.EinsumDense("abc,cd->abd", output_shape=(None, 8), bias_axes="d",
@@ -139,6 +147,12 @@ _FAMILY_MODELS = {
     "sequence": (_sequence_families, {
         "emb/embeddings", "lstm/kernel", "lstm/recurrent_kernel",
         "gru/kernel", "gru/recurrent_kernel", "head/kernel"}),
+    # Each direction's kernels, named apart by their sub-layer.
+    "bidirectional": (_bidirectional_families, {
+        f"bi_{rnn}/{direction}_{rnn}/{cell}/{kernel}"
+        for rnn, cell in (("lstm", "lstm_cell"), ("rnn", "simple_rnn_cell"))
+        for direction in ("forward", "backward")
+        for kernel in ("kernel", "recurrent_kernel")} | {"head/kernel"}),
     "attention": (_attention_families, {
         "einsum/kernel", "mha/query/kernel", "mha/key/kernel",
         "mha/value/kernel", "mha/attention_output/kernel", "head/kernel"}),
@@ -236,6 +250,10 @@ def test_family_table_and_channel_choices():
                   False),
       L.GRU(2): ((("cell.kernel", "last"), ("cell.recurrent_kernel", "last")),
                  False),
+      L.Bidirectional(L.SimpleRNN(2)): (tuple(
+          (f"{direction}_layer.cell.{kernel}", "last")
+          for direction in ("forward", "backward")
+          for kernel in ("kernel", "recurrent_kernel")), False),
   }
   for layer, (weights, per_channel) in cases.items():
     config = configs.config_for_layer(layer, weight_bits=4, activation_bits=8)
@@ -257,7 +275,7 @@ _EXPORT_STATUS = {
     "Conv3D": "float",
     "Conv3DTranspose": "float", "LayerNormalization": "float",
     # Unrolled; a rolled loop is refused (layer_problems).
-    "LSTM": "float", "GRU": "float",
+    "LSTM": "float", "GRU": "float", "Bidirectional": "float",
 }
 
 
@@ -453,6 +471,10 @@ def test_token_model_trains_and_export_names_what_it_refuses(tmp_path):
                       "float ('skip=emb')"), emb
   with pytest.raises(export.ExportError, match="unroll=True"):
     _export(qat, tmp_path, x)
+  # Rolled inside a Bidirectional too.
+  (problem,) = export.export_problems(
+      _quantize(_token_lstm(_bidirectional_gru), "w4a8,emb=w8a8"))
+  assert problem.startswith("rnn: the recurrent loop does not convert")
 
 
 def test_integer_input_model_exports_with_its_ids_as_they_are(tmp_path):
@@ -475,7 +497,12 @@ def test_integer_input_model_exports_with_its_ids_as_they_are(tmp_path):
   assert check["max_abs_diff"] <= 1.001  # one output step
 
 
-@pytest.mark.parametrize("cell", [L.LSTM, L.GRU], ids=["lstm", "gru"])
+def _bidirectional_gru(units, unroll, name):
+  return L.Bidirectional(L.GRU(units, unroll=unroll), name=name)
+
+
+@pytest.mark.parametrize("cell", [L.LSTM, L.GRU, _bidirectional_gru],
+                         ids=["lstm", "gru", "bidirectional"])
 def test_unrolled_recurrence_exports_in_float_on_its_grid(cell, tmp_path):
   tf_keras.utils.set_random_seed(0)
   model = _token_lstm(cell, unroll=True)
@@ -488,9 +515,11 @@ def test_unrolled_recurrence_exports_in_float_on_its_grid(cell, tmp_path):
     report = _export(qat, tmp_path, x)
   assert {"LOGISTIC", "TANH"} <= set(report["float_ops"])
   # The cell's kernels are in the file as float32 holding exactly Q(w).
+  cells = {f"rnn/{qw.weight_name}": "FLOAT32"
+           for qw in introspect.quantized_weights(qat) if qw.layer_name == "rnn"}
+  assert len(cells) == (4 if cell is _bidirectional_gru else 2)
   assert _stored_types(report, qat) == {
-      "emb/embeddings": "INT8", "rnn/kernel": "FLOAT32",
-      "rnn/recurrent_kernel": "FLOAT32", "head/kernel": "INT4"}
+      "emb/embeddings": "INT8", "head/kernel": "INT4", **cells}
   check = export.verify_tflite(report["path"], qat, x)
   # The cell runs in float in both, in another op order: a last-bit
   # difference can flip a rounding at the cell's output quantizer, which the

@@ -200,7 +200,7 @@ _PER_CHANNEL_REFUSED = (tf_keras.layers.Conv1D, tf_keras.layers.DepthwiseConv1D,
 # Layers whose conversion fails whatever their bits (TF 2.21), and why:
 # (types, quantized ones only, reason).
 _UNCONVERTIBLE = (
-    ((tf_keras.layers.LSTM, tf_keras.layers.GRU), False,
+    ((tf_keras.layers.RNN, tf_keras.layers.Bidirectional), False,
      "the recurrent loop does not convert, quantized or float (its "
      "TensorList has no static element shape); build it with unroll=True, "
      "which converts (the cell runs in float)"),
@@ -210,8 +210,15 @@ _UNCONVERTIBLE = (
 )
 
 
+def _recurrent(layer) -> bool:
+  return isinstance(layer, (tf_keras.layers.RNN, tf_keras.layers.Bidirectional))
+
+
 def _rolled_recurrence(layer) -> bool:
-  """An LSTM/GRU loop; unrolled, it is `timesteps` copies of the cell."""
+  """A recurrent loop (an LSTM's, a Bidirectional's); unrolled, it is
+  `timesteps` copies of the cell."""
+  if isinstance(layer, tf_keras.layers.Bidirectional):
+    layer = layer.forward_layer
   return isinstance(layer, tf_keras.layers.RNN) and not layer.unroll
 
 
@@ -254,8 +261,9 @@ def layer_problems(model: tf_keras.Model,
   Its TRANSPOSE_CONV takes no INT4 weights (<= 4 bits are stored as INT4),
   and a per-channel Conv2DTranspose kernel fails to convert ("'tfl.transpose'
   op has mismatched quantized axes"); nor does a per-channel Conv1D,
-  DepthwiseConv1D or SeparableConv1D kernel, a rolled LSTM or GRU (one
-  with unroll=True converts), or 3-D pooling. A <= 4-bit Embedding table
+  DepthwiseConv1D or SeparableConv1D kernel, a rolled recurrent layer
+  (LSTM, GRU, SimpleRNN, Bidirectional: one with unroll=True converts), or
+  3-D pooling. A <= 4-bit Embedding table
   converts, but LiteRT refuses to run the file. `weights`: the model's
   `introspect.quantized_weights`.
   """
@@ -265,8 +273,7 @@ def layer_problems(model: tf_keras.Model,
     inner = layer.layer if wrapped else layer
     for types, quantized_only, reason in _UNCONVERTIBLE:
       if (isinstance(inner, types) and (wrapped or not quantized_only)
-          and (_rolled_recurrence(inner)
-               or not isinstance(inner, tf_keras.layers.RNN))):
+          and (_rolled_recurrence(inner) or not _recurrent(inner))):
         problems.append(f"{inner.name}: {reason}")
   reported = set()
   for qw in weights:

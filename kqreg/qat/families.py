@@ -257,6 +257,14 @@ LAYER_FAMILIES: Tuple[LayerFamily, ...] = (
                              ("cell.recurrent_kernel", "last")),
                 quantize_output=True, per_channel=False,
                 export=_EXPORT["GRU"]),
+    # Both directions' cell kernels (an LSTM, GRU or SimpleRNN each), one
+    # range per tensor; the joined sequence output is quantized.
+    LayerFamily(layers.Bidirectional, tuple(
+        (f"{direction}.cell.{kernel}", "last")
+        for direction in ("forward_layer", "backward_layer")
+        for kernel in ("kernel", "recurrent_kernel")),
+                quantize_output=True, per_channel=False,
+                export=_RECURRENT),
     _output_only(layers.LayerNormalization, _EXPORT["LayerNormalization"]),
     _output_only(layers.AveragePooling1D),
     _output_only(layers.AveragePooling3D),

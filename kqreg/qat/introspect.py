@@ -50,14 +50,16 @@ class QuantizedWeight:
   @property
   def weight_name(self) -> str:
     """The kernel's name in its layer: `kernel`, `recurrent_kernel`,
-    `embeddings`; with the sub-layer's name where the layer holds several of
-    one name (a MultiHeadAttention's `query/kernel`, `key/kernel`, ...)."""
+    `embeddings`; with as many sub-layer names as tell it from the layer's
+    other kernels (a MultiHeadAttention's `query/kernel`, `key/kernel`, ...;
+    a Bidirectional's `forward_lstm/lstm_cell/kernel`)."""
     parts = _name_parts(self.weight)
-    siblings = [_name_parts(w)[-1] for w, _, _ in
-                getattr(self.wrapper, "_weight_vars", [])]
-    if len(parts) >= 2 and siblings.count(parts[-1]) > 1:
-      return "/".join(parts[-2:])
-    return parts[-1]
+    others = [_name_parts(w) for w, _, _ in
+              getattr(self.wrapper, "_weight_vars", []) if w is not self.weight]
+    for n in range(1, len(parts)):
+      if all(other[-n:] != parts[-n:] for other in others):
+        return "/".join(parts[-n:])
+    return "/".join(parts)
 
   @property
   def bits(self) -> int:
