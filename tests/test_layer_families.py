@@ -271,6 +271,7 @@ _EXPORT_STATUS = {
     "Conv1D": "integer", "DepthwiseConv1D": "integer",
     "EinsumDense": "integer", "Embedding": "integer",
     "Conv1DTranspose": "hybrid", "SeparableConv1D": "hybrid",
+    "Normalization": "hybrid",
     "MultiHeadAttention": "hybrid", "QuantizableMultiHeadAttention": "integer",
     "Conv3D": "float",
     "Conv3DTranspose": "float", "LayerNormalization": "float",
@@ -541,6 +542,25 @@ def test_per_channel_1d_kernels_are_refused_with_the_reason(tmp_path):
                          float_reference=False)
   assert export.export_problems(_quantize(_cnn1d(), "w4a8,skip=c1+c2",
                                           per_channel=True)) == []
+
+
+def test_input_normalization_is_ranged_so_the_first_conv_runs_in_integers(
+    tmp_path):
+  # Keras's EfficientNets start with Rescaling and an adapted Normalization.
+  x = np.random.default_rng(0).random((16, 8, 8, 3), dtype=np.float32)
+  norm = L.Normalization(name="norm")
+  norm.adapt(x)
+  inputs = tf_keras.Input((8, 8, 3))
+  h = L.Conv2D(4, 3, name="conv")(norm(L.Rescaling(1.0, name="scale")(inputs)))
+  model = tf_keras.Model(
+      inputs, L.Dense(3, name="head")(L.GlobalAveragePooling2D()(h)))
+  qat = _train_step(_quantize(model, "w4a8"), x)  # no layer left float
+  (problem,) = export.export_problems(qat)
+  assert problem.startswith("norm: Normalization hybrid"), problem
+  with pytest.warns(UserWarning, match="norm: Normalization hybrid"):
+    report = _export(qat, tmp_path, x)
+  # Without its range the conv after it ran in float too.
+  assert sorted(report["float_ops"]) == ["MUL", "SUB"], report["float_ops"]
 
 
 def test_3d_pooling_is_refused_with_what_converts_instead():

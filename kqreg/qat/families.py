@@ -172,6 +172,9 @@ _EXPORT = {
                                      "a mask adds float ops",
     "LSTM": _RECURRENT,
     "GRU": _RECURRENT,
+    "Normalization": "hybrid: its (x - mean) / std runs as float SUB and "
+                     "MUL (no range between them); its output range keeps "
+                     "the layers after it in integers",
     "LayerNormalization": "float: TFLite decomposes it into MEAN, "
                           "SQUARED_DIFFERENCE, RSQRT, MUL, ADD and runs them "
                           "in float; its output range is kept",
@@ -204,6 +207,7 @@ LAYER_FAMILIES: Tuple[LayerFamily, ...] = (
     # Input scaling (keras-cv's include_rescaling): without a range after it
     # the converter keeps everything up to the next range float.
     _output_only(layers.Rescaling),
+    _output_only(layers.Normalization, _EXPORT["Normalization"]),
     # Conv3D per output channel, as Conv2D (a folded BatchNormalization
     # scales whole channels). 1-D convolutions run as 2-D ones on an
     # expanded kernel, whose moved channel axis the converter refuses per
