@@ -671,6 +671,25 @@ def test_tf_op_model_exports_integer_with_tflites_fixed_activation_grids(
   assert check["top1_agreement"] is not None
 
 
+def test_verify_refuses_a_model_giving_nan(tmp_path):
+  # A diverged model's NaN outputs: every argmax is 0, so "top-1 agreement"
+  # would read 1.0 against any file.
+  model = tf_keras.Sequential([tf_keras.Input((4,)),
+                               tf_keras.layers.Dense(3, name="head")])
+  qat = kqreg.quantize(model, "w8a8")
+  x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
+  qat.predict(x, verbose=0)
+  path = str(tmp_path / "m.tflite")
+  export.export_tflite(qat, path, representative_data=x,
+                       float_reference=False, latency=False)
+  assert export.verify_tflite(path, qat, x)["top1_agreement"] is not None
+  bias = qat.get_layer("quant_head").layer.bias
+  bias.assign([np.nan, 0.0, 0.0])
+  with pytest.raises(export.ExportError,
+                     match=r"the Keras model gives NaN or Inf on 8 of 24"):
+    export.verify_tflite(path, qat, x)
+
+
 def _hard_swish_model():
   """MobileNetV3's blocks as Keras builds them: hard swish from tf ops on
   numbers, x * relu6(x + 3) * (1/6), and a squeeze-and-excite Multiply."""

@@ -171,8 +171,9 @@ def verify_tflite(path: str, qat_model: tf_keras.Model, x, *,
     `labels` `tflite_accuracy` and `keras_accuracy`.
 
   Raises:
-    ExportError: `path` is missing or not a TFLite file, or the model has
-      other than one input and one output.
+    ExportError: `path` is missing or not a TFLite file, the model has
+      other than one input and one output, or either gives NaN or Inf on
+      `x` (a diverged model: nothing to compare, and argmax would agree).
 
   Example:
   >>> import kqreg, tf_keras, numpy as np, os, tempfile
@@ -198,6 +199,13 @@ def verify_tflite(path: str, qat_model: tf_keras.Model, x, *,
       np.asarray(qat_model(x[i:i + 256], training=False), np.float64)
       for i in range(0, n, 256)]).reshape(tfl.shape)
 
+  for name, out in (("the Keras model", keras_out), ("the file", tfl)):
+    if not np.isfinite(out).all():
+      raise ExportError(
+          f"{name} gives NaN or Inf on {int((~np.isfinite(out)).sum())} of "
+          f"{out.size} output values (path={path!r}): a model whose training "
+          "diverged cannot be checked; retrain it (lower learning rate, "
+          "gradient clipping) and export again.")
   step = (float(out_scale) if int_out and out_scale else
           _output_step(inspect_tflite(data), out_detail["index"]))
   diff = np.abs(tfl - keras_out)
