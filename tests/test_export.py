@@ -728,8 +728,9 @@ def test_hard_swish_and_squeeze_excite_export_in_integers(tmp_path):
   with warnings.catch_warnings():
     warnings.simplefilter("error")  # no layer left float
     qat = kqreg.quantize(model, "w4a8")
-  wrapped = [l.layer.name for l in qat.layers if isinstance(
-      getattr(l, "layer", None), (kqreg.qat.ScalarOp, tf_keras.layers.Multiply))]
+  ranged = (kqreg.qat.ScalarOp, tf_keras.layers.Multiply)
+  wrapped = [l.layer.name for l in qat.layers
+             if isinstance(getattr(l, "layer", None), ranged)]
   assert len(wrapped) == 8, wrapped  # 6 ScalarOps, 2 Multiply layers
   qat = _train_briefly(qat, x)
   path = str(tmp_path / "m.keras")

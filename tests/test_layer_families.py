@@ -517,7 +517,8 @@ def test_unrolled_recurrence_exports_in_float_on_its_grid(cell, tmp_path):
   assert {"LOGISTIC", "TANH"} <= set(report["float_ops"])
   # The cell's kernels are in the file as float32 holding exactly Q(w).
   cells = {f"rnn/{qw.weight_name}": "FLOAT32"
-           for qw in introspect.quantized_weights(qat) if qw.layer_name == "rnn"}
+           for qw in introspect.quantized_weights(qat)
+           if qw.layer_name == "rnn"}
   assert len(cells) == (4 if cell is _bidirectional_gru else 2)
   assert _stored_types(report, qat) == {
       "emb/embeddings": "INT8", "head/kernel": "INT4", **cells}

@@ -412,7 +412,8 @@ def tf_ops_as_layers(model: tf_keras.Model,
     A new Functional model sharing every other layer (and its weights) with
     `model`; new layers are named `<op>_<i>` in graph order (`concat_0`,
     `upsample_0`, `add_0`, `scalar_multiply_0`), so two builds of one
-    architecture name them alike. `model` itself if it holds none of those ops.
+    architecture name them alike. `model` itself if it holds none of those
+    ops.
 
   Example:
   >>> import kqreg, tf_keras, tensorflow as tf
@@ -451,8 +452,8 @@ def tf_ops_as_layers(model: tf_keras.Model,
             axis=axis, name=_name("concat")))
     elif symbol == "__operators__.add" and _same_shape_tensors(args[:2]):
       replace[layer.name] = _binary(tf_keras.layers.Add(name=_name("add")))
-    elif _scalar_op(symbol, args):
-      op, value, position = _scalar_op(symbol, args)
+    elif (scalar := _scalar_op(symbol, args)) is not None:
+      op, value, position = scalar
       replace[layer.name] = _nth(position, ScalarOp(
           op, value, name=_name(f"scalar_{op}")))
     elif symbol == "repeat":
