@@ -263,8 +263,8 @@ def layer_problems(model: tf_keras.Model,
   op has mismatched quantized axes"); nor does a per-channel Conv1D,
   DepthwiseConv1D or SeparableConv1D kernel, a rolled recurrent layer
   (LSTM, GRU, SimpleRNN, Bidirectional: one with unroll=True converts), or
-  3-D pooling. A <= 4-bit Embedding table
-  converts, but LiteRT refuses to run the file. `weights`: the model's
+  3-D pooling. A <= 4-bit Embedding table converts, but LiteRT refuses to
+  run the file. Each problem ends with what to do. `weights`: the model's
   `introspect.quantized_weights`.
   """
   problems = []
