@@ -564,6 +564,37 @@ def test_input_normalization_is_ranged_so_the_first_conv_runs_in_integers(
   assert sorted(report["float_ops"]) == ["MUL", "SUB"], report["float_ops"]
 
 
+def test_time_distributed_layers_quantize_as_the_layer_they_wrap(tmp_path):
+  tf_keras.utils.set_random_seed(0)
+  x = np.random.default_rng(0).random((16, 4, 8, 8, 3), dtype=np.float32)
+  inputs = tf_keras.Input((4, 8, 8, 3))
+  h = L.TimeDistributed(L.Conv2D(4, 3, activation="relu"), name="td_conv")(
+      inputs)
+  h = L.TimeDistributed(L.GlobalAveragePooling2D(), name="td_gap")(h)
+  h = L.TimeDistributed(L.Dense(5), name="td_dense")(h)
+  model = tf_keras.Model(inputs, L.Dense(3, name="head")(L.Flatten()(h)))
+  qat = _train_step(_quantize(model, "w4a8"), x)  # no layer left float
+  # Each kernel as its layer's family quantizes it: conv per channel.
+  assert [(qw.layer_name, qw.weight_name, bool(qw.quantizer.per_axis))
+          for qw in introspect.quantized_weights(qat)] == [
+              ("td_conv", "kernel", True), ("td_dense", "kernel", False),
+              ("head", "kernel", False)]
+  assert qat.get_layer("quant_td_gap")._output_quantizers  # pylint: disable=protected-access
+  path = str(tmp_path / "m.keras")
+  qat.save(path)
+  with kqreg.quantize_scope():
+    loaded = tf_keras.models.load_model(path)
+  np.testing.assert_array_equal(loaded(x, training=False).numpy(),
+                                qat(x, training=False).numpy())
+  report = _export(qat, tmp_path, x)
+  assert report["float_ops"] == []
+  assert _stored_types(report, qat) == {
+      "td_conv/kernel": "INT4", "td_dense/kernel": "INT4",
+      "head/kernel": "INT4"}
+  check = export.verify_tflite(report["path"], qat, x)
+  assert check["max_abs_diff"] <= 1.001  # one output step
+
+
 def test_3d_pooling_is_refused_with_what_converts_instead():
   problems = export.export_problems(_quantize(_conv3d_families(), "w4a8"))
   (pooling,) = [p for p in problems if p.startswith("max3d:")]

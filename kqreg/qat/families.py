@@ -294,7 +294,8 @@ def _bounded_activation(layer: tf_keras.layers.Layer) -> Optional[str]:
 
 
 def family_of(layer: tf_keras.layers.Layer) -> Optional[LayerFamily]:
-  """The `LayerFamily` of `layer`, by its class or nearest base class.
+  """The `LayerFamily` of `layer`, by its class or nearest base class; a
+  `TimeDistributed` layer takes the family of the layer it wraps.
 
   Example:
   >>> import kqreg, tf_keras
@@ -303,11 +304,23 @@ def family_of(layer: tf_keras.layers.Layer) -> Optional[LayerFamily]:
   >>> kqreg.qat.family_of(tf_keras.layers.Lambda(lambda x: x)) is None
   True
   """
+  if isinstance(layer, layers.TimeDistributed):
+    inner = family_of(layer.layer)
+    return None if inner is None else _time_distributed(inner)
   for cls in type(layer).__mro__:
     family = _FAMILY_BY_TYPE.get(cls)
     if family is not None:
       return family
   return None
+
+
+def _time_distributed(inner: LayerFamily) -> LayerFamily:
+  """The family of a `TimeDistributed(layer)`: `layer`'s, one level down."""
+  return dataclasses.replace(
+      inner, layer_type=layers.TimeDistributed,
+      weights=tuple((f"layer.{attr}", layout) for attr, layout in inner.weights),
+      activations=tuple(f"layer.{attr}" for attr in inner.activations),
+      bounded=tuple((f"layer.{attr}", kind) for attr, kind in inner.bounded))
 
 
 def _activation_name(activation) -> str:
