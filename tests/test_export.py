@@ -927,3 +927,187 @@ def test_cli(trained, digits, tmp_path):
   assert missing.returncode == 2
   lines = missing.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("kqreg-export: error:")
+
+
+def _one_op_of_the_file(path, op_name):
+  """(interpreter keeping every tensor, the file's one `op_name` op, tensors
+  by index)."""
+  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+  with warnings.catch_warnings():  # "intended for debugging": it is
+    warnings.filterwarnings("ignore", "Warning: Enabling `experimental_prese")
+    interpreter = Interpreter(model_path=path,
+                              experimental_preserve_all_tensors=True)
+  interpreter.allocate_tensors()
+  ops = interpreter._get_ops_details()  # pylint: disable=protected-access
+  (op,) = [o for o in ops if o["op_name"] == op_name]
+  return interpreter, op, {t["index"]: t for t in
+                           interpreter.get_tensor_details()}
+
+
+def _file_values(interpreter, tensor, x):
+  """`tensor` of the file (dequantized) on input `x`."""
+  interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+  interpreter.invoke()
+  scale, zero_point = tensor["quantization"]
+  return (interpreter.get_tensor(tensor["index"]).astype(np.float64) -
+          zero_point) * scale
+
+
+def _pooled_dense_block(preactivation=False):
+  """A DenseNet transition and the dense layer after it: the pool's output
+  feeds a conv (after a BatchNormalization and ReLU, as in DenseNet, with
+  `preactivation`) and a Concatenate that joins the two."""
+  L = tf_keras.layers
+  inputs = tf_keras.Input((8, 8, 3))
+  x = L.Conv2D(8, 1, name="transition")(inputs)
+  pooled = L.AveragePooling2D(2, name="pool")(x)
+  branch = pooled
+  if preactivation:
+    branch = L.ReLU(name="relu")(L.BatchNormalization(name="bn")(branch))
+  branch = L.Conv2D(4, 3, padding="same", activation="relu",
+                    name="branch")(branch)
+  x = L.Concatenate(name="cat")([pooled, branch])
+  x = L.GlobalAveragePooling2D(name="gap")(x)
+  return tf_keras.Model(inputs, L.Dense(3, name="head")(x))
+
+
+def test_average_pooling_stays_on_its_inputs_grid_and_exports_before_a_concat(
+    tmp_path):
+  """TFLite's int8 AVERAGE_POOL_2D keeps its input's scale; a pool with a
+  range of its own did not convert before a Concatenate (DenseNet's
+  transitions)."""
+  tf_keras.utils.set_random_seed(0)
+  x = np.random.default_rng(0).random((16, 8, 8, 3), dtype=np.float32)
+  qat = _train_briefly(kqreg.quantize(_pooled_dense_block(), "w4a8"), x)
+  transition = qat.get_layer("quant_transition")
+  (activation,) = transition._quantize_activations
+  quantizer = qat.get_layer("quant_pool")._output_quantizers[0]
+  assert type(quantizer).__name__ == "InputRangeQuantizer"
+  assert quantizer.source().variables is activation._post_activation_vars
+  ranges = {name: [float(v.numpy()) for v in (variables["min_var"],
+                                              variables["max_var"])]
+            for name, variables in (
+                ("transition", activation._post_activation_vars),
+                ("pool", qat.get_layer("quant_pool")._output_quantizer_vars))}
+  # Its own variables mirror the followed range (a load before the graph
+  # is connected needs them).
+  np.testing.assert_allclose(ranges["pool"], ranges["transition"], rtol=1e-6)
+  low, high, step = (float(t) for t in kqreg.qat.quantizers.nudged_grid(
+      *ranges["transition"], 8, False))
+  probe = tf_keras.Model(qat.input, [transition.output,
+                                     qat.get_layer("quant_pool").output])
+  made, pooled = (t.numpy() for t in probe(x))
+  for values in (made, pooled):  # both on the transition's grid
+    levels = (values - low) / step
+    np.testing.assert_allclose(levels, np.round(levels), atol=1e-3)
+  assert len(np.unique(pooled)) > 8
+
+  path = str(tmp_path / "m.keras")
+  qat.save(path)
+  with kqreg.quantize_scope():
+    loaded = tf_keras.models.load_model(path)
+  follows = loaded.get_layer("quant_pool")._output_quantizers[0].source()
+  (loaded_activation,) = loaded.get_layer(
+      "quant_transition")._quantize_activations
+  assert follows.variables is loaded_activation._post_activation_vars
+  np.testing.assert_array_equal(loaded.predict(x, verbose=0),
+                                qat.predict(x, verbose=0))
+
+  report = export.export_tflite(qat, str(tmp_path / "m.tflite"),
+                                float_reference=False, latency=False)
+  assert report["float_ops"] == [] and report["float_layers"] == []
+  interpreter, pool_op, tensors = _one_op_of_the_file(report["path"],
+                                                      "AVERAGE_POOL_2D")
+  into, out = tensors[pool_op["inputs"][0]], tensors[pool_op["outputs"][0]]
+  # The conv's output goes into the pool as it is, no requantize between.
+  (maker,) = [o for o in interpreter._get_ops_details()  # pylint: disable=protected-access
+              if into["index"] in o["outputs"]]
+  assert maker["op_name"] == "CONV_2D"
+  assert into["dtype"] == out["dtype"] == np.int8
+  assert into["quantization"] == out["quantization"]
+  np.testing.assert_allclose(out["quantization"][0], step, rtol=1e-5)
+  # The file's pooled values: each within one step of Keras's (the conv's
+  # requantization may round a tie the other way).
+  file_pooled = _file_values(interpreter, out, x[:1])
+  assert np.max(np.abs(file_pooled - pooled[:1])) <= step * (1 + 1e-4)
+
+
+def test_a_batch_norm_no_conv_folds_into_runs_as_an_int8_depthwise_conv(
+    tmp_path):
+  """DenseNet's and ResNetV2's pre-activation BatchNormalizations: the
+  converter folds none of them, and made float MUL and ADD of each."""
+  tf_keras.utils.set_random_seed(0)
+  x = np.random.default_rng(0).random((16, 8, 8, 3), dtype=np.float32)
+  L = tf_keras.layers
+  model = _pooled_dense_block(preactivation=True)
+  # A BN the converter folds into the conv before it stays Keras's layer.
+  inputs = tf_keras.Input((8, 8, 3))
+  folded = tf_keras.Model(inputs, L.BatchNormalization(name="bn")(
+      L.Conv2D(4, 1, name="conv")(inputs)))
+  assert type(kqreg.qat.plan(folded, "w4a8").model.get_layer("bn")) is (
+      L.BatchNormalization)
+  # Weight-only policies keep Keras's layer: the file is hybrid anyway.
+  assert type(kqreg.qat.plan(model, "w4").model.get_layer("bn")) is (
+      L.BatchNormalization)
+  swapped = kqreg.qat.plan(model, "w4a8").model
+  bn = swapped.get_layer("bn")
+  assert type(bn) is kqreg.qat.DepthwiseBatchNormalization
+  for a, b in zip(bn.get_weights(), model.get_layer("bn").get_weights()):
+    np.testing.assert_array_equal(a, b)
+  # Training: Keras's layer, to the bit. Inference: the same affine map,
+  # up to float rounding (its scale is on an 8-bit grid that holds it).
+  model.get_layer("bn").moving_variance.assign(
+      np.linspace(0.5, 2.0, 8, dtype=np.float32))
+  bn.set_weights(model.get_layer("bn").get_weights())
+  np.testing.assert_array_equal(swapped(x, training=True).numpy(),
+                                model(x, training=True).numpy())
+  np.testing.assert_allclose(swapped(x, training=False).numpy(),
+                             model(x, training=False).numpy(),
+                             rtol=1e-5, atol=1e-6)
+
+  qat = _train_briefly(kqreg.quantize(model, "w4a8"), x)
+  path = str(tmp_path / "m.keras")
+  qat.save(path)
+  with kqreg.quantize_scope():
+    loaded = tf_keras.models.load_model(path)
+  assert type(loaded.get_layer("quant_bn").layer).__name__ == (
+      "DepthwiseBatchNormalization")
+  np.testing.assert_array_equal(loaded.predict(x, verbose=0),
+                                qat.predict(x, verbose=0))
+  assert export.export_problems(qat) == []
+  report = export.export_tflite(qat, str(tmp_path / "m.tflite"),
+                                float_reference=False, latency=False)
+  assert report["float_ops"] == [] and report["float_layers"] == []
+  assert "MUL" not in report["op_counts"], report["op_counts"]
+  assert report["op_counts"]["DEPTHWISE_CONV_2D"] == 1
+  interpreter, depthwise, tensors = _one_op_of_the_file(report["path"],
+                                                        "DEPTHWISE_CONV_2D")
+  into, kernel, bias = (tensors[i] for i in depthwise["inputs"])
+  out = tensors[depthwise["outputs"][0]]
+  assert into["dtype"] == kernel["dtype"] == out["dtype"] == np.int8
+  assert bias["dtype"] == np.int32
+  # One scale per channel, each channel's kernel value at the top level.
+  params = kernel["quantization_parameters"]
+  assert len(params["scales"]) == 8
+  np.testing.assert_array_equal(
+      np.abs(interpreter.get_tensor(kernel["index"]).reshape(-1)), 127)
+  # The ReLU fused into it: the file's values within one step of Keras's
+  # (the requantization may round a tie the other way).
+  file_relu = _file_values(interpreter, out, x[:1])
+  keras_relu = tf_keras.Model(qat.input, qat.get_layer("quant_relu").output)
+  assert np.max(np.abs(file_relu - keras_relu(x[:1]).numpy())) <= (
+      out["quantization"][0] * (1 + 1e-4))
+
+
+def test_a_batch_norm_left_unfolded_is_named_with_its_reason():
+  L = tf_keras.layers
+  inputs = tf_keras.Input((6,))
+  x = L.BatchNormalization(name="after_relu")(
+      L.Dense(8, activation="relu", name="d1")(inputs))
+  x = L.BatchNormalization(name="folded")(L.Dense(4, name="d2")(x))
+  qat = kqreg.quantize(tf_keras.Model(inputs, x), "w4a8")
+  assert export.export_problems(qat) == [
+      "after_relu: BatchNormalization float: no conv or dense before it to "
+      "fold into, so TFLite runs it as MUL and ADD in float (over the "
+      "channels of images, kqreg.quantize makes it a "
+      "DepthwiseBatchNormalization, an int8 DEPTHWISE_CONV_2D)"]

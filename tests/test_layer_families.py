@@ -269,6 +269,7 @@ def test_family_table_and_channel_choices():
 
 _EXPORT_STATUS = {
     "Conv1D": "integer", "DepthwiseConv1D": "integer",
+    "AveragePooling1D": "integer", "AveragePooling2D": "integer",
     "EinsumDense": "integer", "Embedding": "integer",
     "Conv1DTranspose": "hybrid", "SeparableConv1D": "hybrid",
     "Normalization": "hybrid",

@@ -109,6 +109,39 @@ def test_every_layer_family_quantizes_and_trains():
     assert _max_levels(quantizer, kernel) <= 2**3 - 1, layer.name
 
 
+def test_average_pooling_follows_its_inputs_range_or_keeps_its_own():
+  L = tf_keras.layers
+  configs = kqreg.qat.families
+  assert configs.config_for_layer(L.AveragePooling2D()).output_on_input_range
+  assert configs.config_for_layer(L.AveragePooling1D()).output_on_input_range
+  assert not configs.config_for_layer(
+      L.GlobalAveragePooling2D()).output_on_input_range
+  inputs = tf_keras.Input((4, 4, 2))
+  ranged = L.AveragePooling2D(name="ranged")(L.ZeroPadding2D()(inputs))
+  # A layer kqreg leaves float gives the pool no range to follow.
+  scaled = L.Lambda(lambda t: t * 3.0, name="scale")(inputs)
+  unranged = L.AveragePooling2D(name="unranged")(scaled)
+  x = L.Concatenate()([L.Flatten()(ranged), L.Flatten()(unranged)])
+  model = tf_keras.Model(inputs, L.Dense(2)(x))
+  with pytest.warns(UserWarning, match=r"\['scale'\]; they stay float"):
+    qat = kqreg.quantize(model, "w4a8")
+  # Through the padding, to the input quantizer.
+  follows = qat.get_layer("quant_ranged")._output_quantizers[0].source()
+  (input_quantizer,) = [l for l in qat.layers
+                        if isinstance(l, kqreg.qat.QuantizeLayer)]
+  assert follows.variables is input_quantizer.quantizer_vars
+  own = qat.get_layer("quant_unranged")
+  assert own._output_quantizers[0].source() is None
+  qat.compile("sgd", "mse")
+  x = np.random.default_rng(0).random((8, 4, 4, 2), dtype=np.float32)
+  qat.fit(x, np.zeros((8, 2)), verbose=0)
+  # Its own moving-average range, moved off its initial [-6, 6] by the
+  # batch ([0, 3)).
+  low, high = (float(own._output_quantizer_vars[k]) for k in ("min_var",
+                                                                "max_var"))
+  assert -6.0 < low <= 0.0 and 3.0 * x.max() <= high < 6.0
+
+
 def test_gradients_reach_float_weights_and_training_lowers_loss(cnn, batch):
   qat = kqreg.quantize(cnn, "w4a8")
   loss_fn = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)

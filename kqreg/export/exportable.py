@@ -247,6 +247,28 @@ def family_problems(model: tf_keras.Model) -> List[str]:
       continue  # refused outright (`layer_problems`)
     if status.startswith(("hybrid", "float")):
       problems.append(f"{inner.name}: {type(inner).__name__} {status}")
+  return problems + _unfolded_batch_norms(model)
+
+
+def _unfolded_batch_norms(model: tf_keras.Model) -> List[str]:
+  """Keras BatchNormalizations no conv or dense folds into (`kqreg.quantize`
+  swaps those over image channels for an int8 depthwise conv)."""
+  from kqreg.qat import depthwise_bn, rewrites  # pylint: disable=g-import-not-at-top
+  problems = []
+  for layer in model.layers:
+    keras_bn = (isinstance(layer, _tfmot.QuantizeWrapper) and
+                type(layer.layer) is tf_keras.layers.BatchNormalization)  # pylint: disable=unidiomatic-typecheck
+    if not keras_bn:
+      continue
+    inbound = [l.layer if isinstance(l, _tfmot.QuantizeWrapper) else l
+               for l in rewrites.inbound_layers(model, layer)]
+    if len(inbound) == 1 and depthwise_bn.folds_into(inbound[0]):
+      continue
+    problems.append(
+        f"{layer.layer.name}: BatchNormalization float: no conv or dense "
+        "before it to fold into, so TFLite runs it as MUL and ADD in float "
+        "(over the channels of images, kqreg.quantize makes it a "
+        "DepthwiseBatchNormalization, an int8 DEPTHWISE_CONV_2D)")
   return problems
 
 

@@ -2,10 +2,11 @@
 
   policy       `BitPolicy`: "w4a8,first=w8a8" -> bits per layer (no Keras)
   grid         bit ranges, level counts and TensorFlow's nudged grid (no Keras)
-  quantizers   weight, noise-twin, activation and fixed-range quantizers
+  quantizers   weight, noise-twin, activation, input- and fixed-range quantizers
   families     which layers quantize, and how (`LAYER_FAMILIES`)
   attention    MultiHeadAttention as TFLite's int8 kernels compute it
   scalar_op    `x + c`, `x * c` (tf ops on a number) as a layer
+  depthwise_bn a BatchNormalization TFLite runs as an int8 depthwise conv
   rewrites     graph rewrites before quantizing (nested models, TF ops)
   transform    `plan`, `annotate`, `quantize`: the one pass over the graph
   layers       kqreg's tfmot wrapper classes and `quantize_scope`
@@ -26,10 +27,12 @@ from kqreg.qat.policy import FLOAT, BitPolicy, Bits, PolicyError
 from kqreg.qat.transform import (QuantizationPlan, annotate, plan, quantize,
                                 quantize_annotate_layer)
 from kqreg.qat.quantizers import (ActivationQuantizer, FixedRangeQuantizer,
-                                  WeightNoiseQuantizer, WeightQuantizer)
+                                  InputRangeQuantizer, WeightNoiseQuantizer,
+                                  WeightQuantizer)
 from kqreg.qat.ranges import (FreezeActivationRanges, freeze_activation_ranges,
                               moving_average_quantizers)
 from kqreg.qat.rewrites import QuantizeError, flatten_nested, tf_ops_as_layers
+from kqreg.qat.depthwise_bn import DepthwiseBatchNormalization
 from kqreg.qat.scalar_op import ScalarOp
 from kqreg.qat.scheme import QuantizeScheme
 from kqreg.qat.profiles import LayerProfile, ModelProfile, profile, summary
@@ -41,8 +44,10 @@ __all__ = [
     "QuantizationPlan", "QuantizeError", "annotate", "flatten_nested", "plan",
     "quantize", "tf_ops_as_layers",
     # Quantizers and layer families
-    "ActivationQuantizer", "BitQuantizeConfig", "FixedRangeQuantizer",
-    "LAYER_FAMILIES", "LayerFamily", "QuantizableMultiHeadAttention",
+    "ActivationQuantizer", "BitQuantizeConfig", "DepthwiseBatchNormalization",
+    "FixedRangeQuantizer",
+    "InputRangeQuantizer", "LAYER_FAMILIES", "LayerFamily",
+    "QuantizableMultiHeadAttention",
     "ScalarOp", "WeightNoiseQuantizer",
     "WeightQuantizer", "config_for_layer", "family_of",
     # tfmot plumbing

@@ -47,6 +47,7 @@ __all__ = [
     "BitQuantizeConfig",
     "family_of",
     "config_for_layer",
+    "GRID_PRESERVING",
 ]
 
 layers = tf_keras.layers
@@ -77,6 +78,9 @@ class LayerFamily:
     bounded: `(activation attribute, BOUNDED_ACTIVATIONS key)` for hooks
       whose output interval is fixed (attention probabilities: "softmax"),
       quantized on the grid TFLite fixes for it.
+    on_input_range: the output is quantized on its input's range
+      (`quantizers.InputRangeQuantizer`), as TFLite's int8 kernel of the op
+      keeps its input's scale (average pooling).
 
   A weight or activation attribute may be a dotted path into a sub-layer
   (`"cell.kernel"` of an LSTM, `"_query_dense.kernel"` of a
@@ -96,6 +100,7 @@ class LayerFamily:
   per_channel: bool = False
   export: str = ""
   bounded: Tuple[Tuple[str, str], ...] = ()
+  on_input_range: bool = False
 
   @property
   def weighted(self) -> bool:
@@ -104,6 +109,11 @@ class LayerFamily:
 
 def _output_only(layer_type: type, export: str = "") -> LayerFamily:
   return LayerFamily(layer_type, quantize_output=True, export=export)
+
+
+def _on_input_range(layer_type: type) -> LayerFamily:
+  return LayerFamily(layer_type, quantize_output=True, on_input_range=True,
+                     export=_EXPORT["AveragePooling"])
 
 
 def resolve(layer, attr: str):
@@ -175,6 +185,8 @@ _EXPORT = {
     "Normalization": "hybrid: its (x - mean) / std runs as float SUB and "
                      "MUL (no range between them); its output range keeps "
                      "the layers after it in integers",
+    "AveragePooling": "integer: AVERAGE_POOL_2D, which keeps its input's "
+                      "scale; the output is quantized on its input's range",
     "LayerNormalization": "float: TFLite decomposes it into MEAN, "
                           "SQUARED_DIFFERENCE, RSQRT, MUL, ADD and runs them "
                           "in float; its output range is kept",
@@ -201,7 +213,7 @@ LAYER_FAMILIES: Tuple[LayerFamily, ...] = (
     _output_only(layers.Multiply),
     _output_only(ScalarOp),
     _output_only(layers.Concatenate),
-    _output_only(layers.AveragePooling2D),
+    _on_input_range(layers.AveragePooling2D),
     _output_only(layers.GlobalAveragePooling2D),
     _output_only(layers.BatchNormalization),
     # Input scaling (keras-cv's include_rescaling): without a range after it
@@ -270,7 +282,7 @@ LAYER_FAMILIES: Tuple[LayerFamily, ...] = (
                 quantize_output=True, per_channel=False,
                 export=_RECURRENT),
     _output_only(layers.LayerNormalization, _EXPORT["LayerNormalization"]),
-    _output_only(layers.AveragePooling1D),
+    _on_input_range(layers.AveragePooling1D),
     _output_only(layers.AveragePooling3D),
     _output_only(layers.GlobalAveragePooling1D),
     _output_only(layers.GlobalAveragePooling3D),
@@ -278,6 +290,26 @@ LAYER_FAMILIES: Tuple[LayerFamily, ...] = (
 
 _FAMILY_BY_TYPE = {family.layer_type: family for family in LAYER_FAMILIES}
 
+# Layers that move, select or reshape values without computing new ones: the
+# values stay on their input's grid, so they need no quantizer of their own.
+GRID_PRESERVING = (
+    layers.InputLayer, layers.Flatten,
+    layers.Reshape, layers.Dropout,
+    layers.SpatialDropout2D, layers.ZeroPadding2D,
+    layers.Cropping2D, layers.UpSampling2D,
+    layers.Permute, layers.GaussianNoise,
+    layers.GaussianDropout, layers.ActivityRegularization,
+    # The max of grid values is a grid value on the same range (and TFLite's
+    # int8 max pooling requires its input's scale), so no second range.
+    layers.MaxPooling2D, layers.GlobalMaxPooling2D,
+    # Their 1-D and 3-D forms alike.
+    layers.MaxPooling1D, layers.MaxPooling3D,
+    layers.GlobalMaxPooling1D, layers.GlobalMaxPooling3D,
+    layers.SpatialDropout1D, layers.SpatialDropout3D,
+    layers.ZeroPadding1D, layers.ZeroPadding3D,
+    layers.Cropping1D, layers.Cropping3D,
+    layers.UpSampling1D, layers.UpSampling3D,
+)
 # Activations tfmot's QuantizeAwareActivation knows; others are left to an
 # output quantizer.
 _QUANTIZE_AWARE_ACTIVATIONS = frozenset(
@@ -346,6 +378,8 @@ class BitQuantizeConfig(QuantizeConfig):
       in training instead of quantizing them (`WeightNoiseQuantizer`).
     bounded_activations: `{activation attribute: BOUNDED_ACTIVATIONS key}`
       for activations quantized on a fixed interval (`FixedRangeQuantizer`).
+    output_on_input_range: quantize the output on the range of the layer's
+      input (`InputRangeQuantizer`), not a range of its own.
 
   Raises:
     ValueError: bits out of range or not integers, or `weight_noise` without
@@ -369,7 +403,8 @@ class BitQuantizeConfig(QuantizeConfig):
                symmetric: bool = True,
                narrow_range: bool = True,
                weight_noise: bool = False,
-               bounded_activations: Optional[Dict[str, str]] = None):
+               bounded_activations: Optional[Dict[str, str]] = None,
+               output_on_input_range: bool = False):
     self.weights = tuple((str(a), str(layout)) for a, layout in weights)
     self.activations = tuple(str(a) for a in activations)
     self.quantize_output = bool(quantize_output)
@@ -381,6 +416,7 @@ class BitQuantizeConfig(QuantizeConfig):
     self.symmetric = bool(symmetric)
     self.narrow_range = bool(narrow_range)
     self.weight_noise = bool(weight_noise)
+    self.output_on_input_range = bool(output_on_input_range)
     self.bounded_activations = {
         str(a): str(name) for a, name in (bounded_activations or {}).items()}
     unknown = set(self.bounded_activations.values()) - set(
@@ -454,6 +490,9 @@ class BitQuantizeConfig(QuantizeConfig):
   def get_output_quantizers(self, layer):
     if not self.quantize_output or self._activation_quantizer is None:
       return []
+    if self.output_on_input_range:
+      # One per wrapper: it follows the range its own wrapper found.
+      return [quantizers.InputRangeQuantizer(self.activation_bits)]
     bounded = _bounded_activation(layer)
     if bounded is not None:
       # The output interval is known: TFLite fixes its grid, and so does QAT.
@@ -474,6 +513,8 @@ class BitQuantizeConfig(QuantizeConfig):
         "weight_noise": self.weight_noise,
         **({"bounded_activations": dict(self.bounded_activations)}
            if self.bounded_activations else {}),
+        **({"output_on_input_range": True}
+           if self.output_on_input_range else {}),
     }
 
   @classmethod
@@ -553,4 +594,5 @@ def config_for_layer(layer: tf_keras.layers.Layer,
       narrow_range=narrow_range,
       weight_noise=weight_noise and family.weighted,
       bounded_activations={attr: name for attr, name in family.bounded
-                           if attr in activations})
+                           if attr in activations},
+      output_on_input_range=family.on_input_range and output)

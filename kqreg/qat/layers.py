@@ -8,6 +8,8 @@ when the wrapped layer needs it; its input quantizer never does.
 
 from __future__ import annotations
 
+from typing import Optional
+
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import tf_keras
 from tensorflow.python.util import tf_inspect  # pylint: disable=g-direct-tensorflow-import
@@ -18,7 +20,8 @@ from kqreg.qat import attention
 from kqreg.qat import families as configs_lib
 from kqreg.qat import quantizers
 
-__all__ = ["QuantizeLayer", "QuantizeWrapperV2", "quantize_scope"]
+__all__ = ["QuantizeLayer", "QuantizeWrapperV2", "input_range",
+           "quantize_scope"]
 
 _tfmot_keras = _tfmot.tfmot_keras
 
@@ -83,6 +86,14 @@ class QuantizeWrapperV2(_tfmot.QuantizeWrapperV2):
           tf_inspect.getfullargspec(inner.call))
       self._call_spec.expects_training_arg = True
 
+  def __call__(self, inputs, *args, **kwargs):
+    if (getattr(self.quantize_config, "output_on_input_range", False) and
+        hasattr(inputs, "_keras_history")):
+      # Called on the graph (built, cloned or loaded): the one time the
+      # layer that made the input is known. Its output quantizer reads it.
+      self.input_range = input_range(inputs)
+    return super().__call__(inputs, *args, **kwargs)
+
   def call(self, inputs, *args, **kwargs):
     # tfmot's `call(inputs, training=None)` would take a second positional
     # input (a MultiHeadAttention's `value`) for `training`: pass it on by
@@ -107,6 +118,58 @@ class QuantizeWrapperV2(_tfmot.QuantizeWrapperV2):
     # convert the wrapped layer (a subclassed one may branch on tensors),
     # not for Keras's own layers.
     return self.layer._should_use_autograph()  # pylint: disable=protected-access
+
+
+def input_range(tensor) -> Optional[quantizers.RangeSource]:
+  """The quantizer and range that put graph tensor `tensor` on its grid.
+
+  Looks through layers that keep their input's grid (padding, max pooling,
+  ...) to the input quantizer or wrapper that made it; None if the tensor
+  has no range of its own (a float layer, an unranged output).
+
+  Example:
+  >>> import kqreg, tf_keras
+  >>> model = tf_keras.Sequential([
+  ...     tf_keras.Input((4,)), tf_keras.layers.Dense(2, name="d"),
+  ...     tf_keras.layers.Dropout(0.5)])
+  >>> qat = kqreg.quantize(model, "w4a8")
+  >>> kqreg.qat.layers.input_range(qat.output).variables["max_var"].name
+  'quant_d/post_activation_max:0'
+  """
+  history = getattr(tensor, "_keras_history", None)
+  while history is not None:
+    layer = history.layer
+    if isinstance(layer, _tfmot.QuantizeLayer):
+      return (quantizers.RangeSource(layer.quantizer, layer.quantizer_vars)
+              if layer.quantizer is not None else None)
+    if isinstance(layer, _tfmot.QuantizeWrapper):
+      return _output_range(layer)
+    if (isinstance(layer, tf_keras.layers.InputLayer) or
+        not isinstance(layer, configs_lib.GRID_PRESERVING)):
+      return None
+    node = layer._inbound_nodes[history.node_index]  # pylint: disable=protected-access
+    inputs = node.keras_inputs
+    if len(inputs) != 1:
+      return None
+    history = getattr(inputs[0], "_keras_history", None)
+  return None
+
+
+def _output_range(wrapper) -> Optional[quantizers.RangeSource]:
+  """The range of `wrapper`'s output: its output quantizer's, or that of the
+  one activation it quantizes after."""
+  # pylint: disable=protected-access
+  if wrapper._output_quantizers:
+    quantizer = wrapper._output_quantizers[0]
+    if isinstance(quantizer, quantizers.InputRangeQuantizer):
+      return quantizer.source()
+    return quantizers.RangeSource(quantizer, wrapper._output_quantizer_vars)
+  post = [a for a in wrapper._quantize_activations
+          if getattr(a, "_post_activation_vars", None) is not None]
+  if len(post) != 1 or len(wrapper._quantize_activations) != 1:
+    return None
+  return quantizers.RangeSource(post[0].quantizer,
+                                post[0]._post_activation_vars)
 
 
 class _QuantizeScope(tf_keras.utils.CustomObjectScope):
@@ -152,6 +215,7 @@ def quantize_scope(*args) -> tf_keras.utils.CustomObjectScope:
       "WeightNoiseQuantizer": quantizers.WeightNoiseQuantizer,
       "ActivationQuantizer": quantizers.ActivationQuantizer,
       "FixedRangeQuantizer": quantizers.FixedRangeQuantizer,
+      "InputRangeQuantizer": quantizers.InputRangeQuantizer,
       "BitQuantizeConfig": configs_lib.BitQuantizeConfig,
       "QuantizableMultiHeadAttention":
           attention.QuantizableMultiHeadAttention,

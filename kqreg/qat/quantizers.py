@@ -25,7 +25,9 @@ statistics use exactly the grid the forward pass uses.
 
 from __future__ import annotations
 
-from typing import Tuple
+import dataclasses
+from typing import Dict, Optional, Tuple
+import weakref
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
@@ -43,6 +45,8 @@ __all__ = [
     "WeightNoiseQuantizer",
     "ActivationQuantizer",
     "PrefixedActivationQuantizer",
+    "RangeSource",
+    "InputRangeQuantizer",
     "BOUNDED_ACTIVATIONS",
     "FixedRangeQuantizer",
 ]
@@ -444,6 +448,70 @@ class PrefixedActivationQuantizer(ActivationQuantizer):
 
   def build(self, tensor_shape, name, layer):
     return super().build(tensor_shape, f"{self.prefix}_{name}", layer)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RangeSource:
+  """The quantizer and range variables that put a tensor on its grid.
+
+  A plain object, not a trackable one: a wrapper holding it must not count
+  the variables, which belong to the layer that made the tensor, as its own.
+  """
+  quantizer: object
+  variables: Dict[str, tf.Variable]
+
+  def quantize(self, inputs: tf.Tensor) -> tf.Tensor:
+    """`inputs` on this grid, the range left as it is."""
+    return self.quantizer(inputs, False, weights=self.variables)
+
+
+@tf_keras.utils.register_keras_serializable(package="kqreg")
+class InputRangeQuantizer(ActivationQuantizer):
+  """Quantizes a layer's output on its input's grid, as TFLite's same-scale
+  ops do.
+
+  TFLite's int8 AVERAGE_POOL_2D keeps its input's scale and zero point: it
+  rounds the average onto the input's grid. A range of the pool's own is a
+  second grid the file cannot hold: after it the converter adds a
+  requantize, and before a Concatenate it refuses the pool ("same scale
+  constraint"). This quantizer quantizes on the range of the layer that made
+  the input (the wrapper's `RangeSource`, found when kqreg's wrapper is
+  called on the graph) and never updates it.
+
+  Its own range variables stay, so that a saved model loads before its graph
+  is connected; in training they mirror the source's range. Without a
+  source (the input is not quantized) it is an `ActivationQuantizer`.
+
+  Example:
+  >>> import kqreg, tf_keras
+  >>> model = tf_keras.Sequential([
+  ...     tf_keras.Input((4, 4, 1)), tf_keras.layers.Conv2D(2, 1, name="conv"),
+  ...     tf_keras.layers.AveragePooling2D()])
+  >>> pool = kqreg.quantize(model, "w4a8").layers[-1]
+  >>> quantizer = pool._output_quantizers[0]
+  >>> type(quantizer).__name__, quantizer.source().variables["min_var"].name
+  ('InputRangeQuantizer', 'quant_conv/post_activation_min:0')
+  """
+
+  def build(self, tensor_shape, name, layer):
+    # A weak reference: the wrapper holds this quantizer.
+    self._layer = weakref.ref(layer)
+    return super().build(tensor_shape, name, layer)
+
+  def source(self) -> Optional[RangeSource]:
+    """The range this quantizer follows, None if it keeps its own."""
+    layer = self._layer() if hasattr(self, "_layer") else None
+    return getattr(layer, "input_range", None)
+
+  def __call__(self, inputs, training, weights, **kwargs):
+    source = self.source()
+    if source is None:
+      return super().__call__(inputs, training, weights, **kwargs)
+    if training:
+      assign = tf.__internal__.train.assign_moving_average
+      for key in ("min_var", "max_var"):
+        assign(weights[key], source.variables[key], 0.0, zero_debias=False)
+    return source.quantize(inputs)
 
 
 BOUNDED_ACTIVATIONS = {"sigmoid": (0.0, 1.0), "softmax": (0.0, 1.0),

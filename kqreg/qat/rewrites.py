@@ -10,7 +10,9 @@ weights, as tfmot's own 8-bit scheme does. `_swap_layers` rebuilds layers
 the converter would keep float as the same function in a form it keeps in
 integers (`_integer_friendly`): a MultiHeadAttention as
 `attention.QuantizableMultiHeadAttention`, with range hooks where TFLite's
-int8 kernels need them, a Dense on a sequence as an EinsumDense. `tf_ops_as_layers` rebuilds
+int8 kernels need them, a Dense on a sequence as an EinsumDense, a
+BatchNormalization no conv folds into as a
+`depthwise_bn.DepthwiseBatchNormalization`. `tf_ops_as_layers` rebuilds
 concat, add and nearest-repeat tf ops, and arithmetic with a number, as the
 Keras layers they compute, so activation policies reach them.
 """
@@ -25,6 +27,7 @@ import tf_keras
 
 from kqreg import _tfmot
 from kqreg.qat import attention
+from kqreg.qat import depthwise_bn
 from kqreg.qat.scalar_op import ScalarOp
 
 __all__ = ["QuantizeError", "flatten_nested", "graph_consumers",
@@ -197,13 +200,20 @@ def _dense_as_einsum(layer: tf_keras.layers.Layer, x
       trainable=layer.trainable, name=layer.name, dtype=layer.dtype_policy)
 
 
-def _integer_friendly(layer: tf_keras.layers.Layer,
+def _integer_friendly(model: tf_keras.Model, layer: tf_keras.layers.Layer,
                       attention_too: bool = True) -> Optional[Callable]:
-  """How to rebuild `layer` so that TFLite runs it in integers, if it needs
-  it: `(layer, first input) -> unbuilt layer`, else None. Attention only
-  with `attention_too`."""
+  """How to rebuild `layer` of `model` so that TFLite runs it in integers,
+  if it needs it: `(layer, first input) -> unbuilt layer`, else None.
+  Attention only with `attention_too`."""
   if attention_too and attention.swappable(layer):
     return lambda layer, x: attention.as_quantizable(layer)
+  if isinstance(layer, tf_keras.layers.BatchNormalization):
+    nodes = _tfmot.nodes_in_graph(model, layer)
+    if len(nodes) == 1 and depthwise_bn.swappable(
+        layer, tf.nest.flatten(nodes[0].inbound_layers),
+        nodes[0].input_shapes):
+      return lambda layer, x: depthwise_bn.DepthwiseBatchNormalization(
+          **layer.get_config())
   if (type(layer) is tf_keras.layers.Dense and  # pylint: disable=unidiomatic-typecheck
       len(_input_shape(layer) or ()) > 2):
     return _dense_as_einsum

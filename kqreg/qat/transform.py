@@ -59,26 +59,6 @@ def quantize_annotate_layer(layer: tf_keras.layers.Layer, quantize_config=None
   """
   return _tfmot_keras.quantize_annotate_layer(layer, quantize_config)
 
-# Layers that move, select or reshape values without computing new ones: the
-# values stay on their input's grid, so they need no quantizer of their own.
-_GRID_PRESERVING = (
-    tf_keras.layers.InputLayer, tf_keras.layers.Flatten,
-    tf_keras.layers.Reshape, tf_keras.layers.Dropout,
-    tf_keras.layers.SpatialDropout2D, tf_keras.layers.ZeroPadding2D,
-    tf_keras.layers.Cropping2D, tf_keras.layers.UpSampling2D,
-    tf_keras.layers.Permute, tf_keras.layers.GaussianNoise,
-    tf_keras.layers.GaussianDropout, tf_keras.layers.ActivityRegularization,
-    # The max of grid values is a grid value on the same range (and TFLite's
-    # int8 max pooling requires its input's scale), so no second range.
-    tf_keras.layers.MaxPooling2D, tf_keras.layers.GlobalMaxPooling2D,
-    # Their 1-D and 3-D forms alike.
-    tf_keras.layers.MaxPooling1D, tf_keras.layers.MaxPooling3D,
-    tf_keras.layers.GlobalMaxPooling1D, tf_keras.layers.GlobalMaxPooling3D,
-    tf_keras.layers.SpatialDropout1D, tf_keras.layers.SpatialDropout3D,
-    tf_keras.layers.ZeroPadding1D, tf_keras.layers.ZeroPadding3D,
-    tf_keras.layers.Cropping1D, tf_keras.layers.Cropping3D,
-    tf_keras.layers.UpSampling1D, tf_keras.layers.UpSampling3D,
-)
 # Ops TFLite fuses into the preceding Conv/Dense/BN: no quantizer in between.
 # Other activations (swish, sigmoid, ...) are ops of their own whose integer
 # kernels need a range on their input.
@@ -211,10 +191,11 @@ def plan(model: tf_keras.Model,
   # With quantized activations, layers the converter would keep float are
   # rebuilt as the same function in a form it runs in integers (attention
   # with ranges on its scores and probabilities, a Dense on a sequence as an
-  # EinsumDense), same names and weights.
+  # EinsumDense, a BatchNormalization no conv folds into as a depthwise
+  # conv at inference), same names and weights.
   swaps = {layer.name: make for layer in layers
            if resolved[layer.name].activation is not None
-           for make in [_integer_friendly(layer, integer_attention)]
+           for make in [_integer_friendly(flat, layer, integer_attention)]
            if make is not None}
   if swaps:
     flat = _swap_layers(flat, swaps)
@@ -226,7 +207,8 @@ def plan(model: tf_keras.Model,
     bits = resolved[layer.name]
     family = configs_lib.family_of(layer)
     if family is None:
-      if not bits.is_float and not isinstance(layer, _GRID_PRESERVING):
+      if not (bits.is_float or
+              isinstance(layer, configs_lib.GRID_PRESERVING)):
         left_float.append(layer.name)
       continue
     activation_bits = bits.activation
