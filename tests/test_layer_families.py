@@ -596,6 +596,19 @@ def test_time_distributed_layers_quantize_as_the_layer_they_wrap(tmp_path):
   assert check["max_abs_diff"] <= 1.001  # one output step
 
 
+def test_time_distributed_layers_are_refused_as_the_layer_they_wrap():
+  inputs = tf_keras.Input((3, 8, 2))
+  h = L.TimeDistributed(L.Conv1D(4, 3), name="td_conv1d")(inputs)
+  model = tf_keras.Model(inputs, L.Dense(2, name="head")(L.Flatten()(h)))
+  assert export.export_problems(_quantize(model, "w4a8")) == []
+  assert export.export_problems(_quantize(model, "w4a8",
+                                          per_channel=True)) == [
+      "td_conv1d: per-channel TimeDistributed(Conv1D) weights (TFLite runs "
+      "it as a 2-D convolution and refuses the moved channel axis); quantize "
+      "per tensor (per_channel=False, --per_channel=false), or keep it float "
+      "('skip=td_conv1d')"]
+
+
 def test_3d_pooling_is_refused_with_what_converts_instead():
   problems = export.export_problems(_quantize(_conv3d_families(), "w4a8"))
   (pooling,) = [p for p in problems if p.startswith("max3d:")]

@@ -283,7 +283,8 @@ def layer_problems(model: tf_keras.Model,
   Its TRANSPOSE_CONV takes no INT4 weights (<= 4 bits are stored as INT4),
   and a per-channel Conv2DTranspose kernel fails to convert ("'tfl.transpose'
   op has mismatched quantized axes"); nor does a per-channel Conv1D,
-  DepthwiseConv1D or SeparableConv1D kernel, a rolled recurrent layer
+  DepthwiseConv1D or SeparableConv1D kernel (alone or in a
+  TimeDistributed), a rolled recurrent layer
   (LSTM, GRU, SimpleRNN, Bidirectional: one with unroll=True converts), or
   3-D pooling. A <= 4-bit Embedding table converts, but LiteRT refuses to
   run the file. Each problem ends with what to do. `weights`: the model's
@@ -299,24 +300,25 @@ def layer_problems(model: tf_keras.Model,
         problems.append(f"{inner.name}: {reason}")
   reported = set()
   for qw in weights:
-    if (isinstance(qw.wrapper.layer, _PER_CHANNEL_REFUSED) and
+    # A TimeDistributed layer converts as the layer it wraps.
+    kind = _time_distributed_inner(qw.wrapper.layer)
+    if (isinstance(kind, _PER_CHANNEL_REFUSED) and
         getattr(qw.quantizer, "per_axis", False) and
         qw.layer_name not in reported):
       reported.add(qw.layer_name)
       problems.append(
-          f"{qw.layer_name}: per-channel {type(qw.wrapper.layer).__name__} "
+          f"{qw.layer_name}: per-channel {_kind_name(qw.wrapper.layer)} "
           "weights (TFLite runs it as a 2-D convolution and refuses the "
           "moved channel axis); quantize per tensor (per_channel=False, "
           "--per_channel=false)"
           f"{_or_float(qw.layer_name)}")
-    if isinstance(qw.wrapper.layer, tf_keras.layers.Embedding) and (
-        qw.bits <= 4):
+    if isinstance(kind, tf_keras.layers.Embedding) and qw.bits <= 4:
       problems.append(
           f"{qw.layer_name}: {qw.bits}-bit Embedding table (stored as INT4, "
           "whose GATHER output LiteRT's QUANTIZE refuses to run); give it "
           f"5..8 bits (e.g. 'w4a8,{qw.layer_name}=w8a8')"
           f"{_or_float(qw.layer_name)}")
-    if not isinstance(qw.wrapper.layer, tf_keras.layers.Conv2DTranspose):
+    if not isinstance(kind, tf_keras.layers.Conv2DTranspose):
       continue
     if qw.bits <= 4:
       problems.append(f"{qw.layer_name}: {qw.bits}-bit Conv2DTranspose "
@@ -330,6 +332,19 @@ def layer_problems(model: tf_keras.Model,
                       "--per_channel=false)"
                       f"{_or_float(qw.layer_name)}")
   return problems
+
+
+def _time_distributed_inner(layer):
+  while isinstance(layer, tf_keras.layers.TimeDistributed):
+    layer = layer.layer
+  return layer
+
+
+def _kind_name(layer) -> str:
+  """`Conv1D`, or `TimeDistributed(Conv1D)` for one wrapped."""
+  if isinstance(layer, tf_keras.layers.TimeDistributed):
+    return f"TimeDistributed({_kind_name(layer.layer)})"
+  return type(layer).__name__
 
 
 def export_problems(policy_or_model: Union[str, policy_lib.BitPolicy,
