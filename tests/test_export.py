@@ -747,6 +747,65 @@ def test_hard_swish_and_squeeze_excite_export_in_integers(tmp_path):
           if w["role"] == "weights"} == {"INT4"}
 
 
+def _swish_excite_model():
+  """EfficientNet's blocks as Keras builds them: swish activation layers,
+  and a squeeze-and-excite whose convs hold their swish and sigmoid."""
+  L = tf_keras.layers
+  inputs = tf_keras.Input((8, 8, 3))
+  x = L.Conv2D(8, 3, padding="same", name="stem")(inputs)
+  x = L.Activation("swish", name="stem_swish")(x)
+  squeezed = L.GlobalAveragePooling2D(keepdims=True, name="squeeze")(x)
+  squeezed = L.Conv2D(2, 1, activation="swish", name="reduce")(squeezed)
+  gate = L.Conv2D(8, 1, activation="sigmoid", name="expand")(squeezed)
+  x = L.Multiply(name="excite")([x, gate])
+  pooled = L.GlobalAveragePooling2D(name="gap")(x)
+  return tf_keras.Model(inputs, L.Dense(3, name="head")(pooled))
+
+
+def test_a_convs_swish_or_sigmoid_becomes_an_activation_layer_in_integers(
+    tmp_path):
+  """TFLite runs a swish or sigmoid as ops of its own after the conv; a
+  conv holding it had no range on its output, so the conv, LOGISTIC and
+  MUL ran in float (EfficientNet's squeeze-and-excite)."""
+  tf_keras.utils.set_random_seed(0)
+  x = np.random.default_rng(0).random((16, 8, 8, 3), dtype=np.float32)
+  model = _swish_excite_model()
+  the_plan = kqreg.qat.plan(model, "w4a8,reduce=w8a6")
+  split = the_plan.model
+  for name, activation in (("reduce", "swish"), ("expand", "sigmoid")):
+    assert split.get_layer(name).activation.__name__ == "linear"
+    assert split.get_layer(f"{name}_activation").activation.__name__ == (
+        activation)
+    # The activation has the bits the policy gave its conv.
+    assert the_plan.bits[f"{name}_activation"] == the_plan.bits[name]
+  assert str(the_plan.bits["reduce_activation"]) == "w8a6"
+  np.testing.assert_array_equal(split(x).numpy(), model(x).numpy())
+  # Weight-only policies leave the conv whole: no range to give it.
+  assert "reduce_activation" not in [
+      l.name for l in kqreg.qat.plan(model, "w4").model.layers]
+
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # no layer left float
+    qat = _train_briefly(kqreg.quantize(model, "w4a8"), x)
+  # The sigmoid on TFLite's fixed LOGISTIC grid, the convs ranged.
+  gate = qat.get_layer("quant_expand_activation")._output_quantizers[0]
+  assert type(gate).__name__ == "FixedRangeQuantizer"
+  for conv in ("quant_reduce", "quant_expand"):
+    assert kqreg.qat.layers.input_range(qat.get_layer(conv).output), conv
+  path = str(tmp_path / "m.keras")
+  qat.save(path)
+  with kqreg.quantize_scope():
+    loaded = tf_keras.models.load_model(path)
+  np.testing.assert_array_equal(loaded.predict(x, verbose=0),
+                                qat.predict(x, verbose=0))
+  report = export.export_tflite(qat, str(tmp_path / "m.tflite"),
+                                float_reference=False, latency=False)
+  assert report["float_ops"] == [] and report["float_layers"] == []
+  assert {"LOGISTIC", "MUL"} <= set(report["op_counts"]), report["op_counts"]
+  assert {w["type"] for w in report["weights"]
+          if w["role"] == "weights"} == {"INT4"}
+
+
 def test_transposed_conv_at_4_bits_or_per_channel_refused(tmp_path):
   x = np.random.default_rng(0).random((8, 8, 8, 3), dtype=np.float32)
   qat = _train_briefly(kqreg.quantize(_every_family_model(), "w4a8",

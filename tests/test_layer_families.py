@@ -630,7 +630,7 @@ def test_dense_on_a_sequence_is_rebuilt_as_the_same_einsum(shape):
   inputs = tf_keras.Input(shape)
   model = tf_keras.Model(inputs, L.Dense(6, activation="relu",
                                          name="mlp")(inputs))
-  make = kqreg.qat.rewrites._integer_friendly(model.get_layer("mlp"))
+  make = kqreg.qat.rewrites._integer_friendly(model, model.get_layer("mlp"))
   swapped = kqreg.qat.rewrites._swap_layers(model, {"mlp": make})
   layer = swapped.get_layer("mlp")
   assert type(layer) is L.EinsumDense and layer.activation.__name__ == "relu"
@@ -642,11 +642,13 @@ def test_dense_on_a_sequence_is_rebuilt_as_the_same_einsum(shape):
   # A Dense on vectors or on a ragged sequence is left as it is, and
   # weight-only policies swap none.
   vectors = tf_keras.Sequential([tf_keras.Input((8,)), L.Dense(2)])
-  assert kqreg.qat.rewrites._integer_friendly(vectors.layers[0]) is None
+  assert kqreg.qat.rewrites._integer_friendly(vectors,
+                                              vectors.layers[0]) is None
   ragged = tf_keras.Input((None, 8), ragged=True)
   ragged_dense = L.Dense(2)
-  tf_keras.Model(ragged, ragged_dense(ragged))
-  assert kqreg.qat.rewrites._integer_friendly(ragged_dense) is None
+  ragged_model = tf_keras.Model(ragged, ragged_dense(ragged))
+  assert kqreg.qat.rewrites._integer_friendly(ragged_model,
+                                              ragged_dense) is None
   qat = _quantize(model, "w4")
   assert type(qat.get_layer("quant_mlp").layer) is L.Dense
 

@@ -250,10 +250,14 @@ def family_problems(model: tf_keras.Model) -> List[str]:
   return problems + _unfolded_batch_norms(model)
 
 
+def _as_list(layers) -> list:
+  return list(layers) if isinstance(layers, (list, tuple)) else [layers]
+
+
 def _unfolded_batch_norms(model: tf_keras.Model) -> List[str]:
   """Keras BatchNormalizations no conv or dense folds into (`kqreg.quantize`
   swaps those over image channels for an int8 depthwise conv)."""
-  from kqreg.qat import depthwise_bn, rewrites  # pylint: disable=g-import-not-at-top
+  from kqreg.qat import families  # pylint: disable=g-import-not-at-top
   problems = []
   for layer in model.layers:
     keras_bn = (isinstance(layer, _tfmot.QuantizeWrapper) and
@@ -261,8 +265,9 @@ def _unfolded_batch_norms(model: tf_keras.Model) -> List[str]:
     if not keras_bn:
       continue
     inbound = [l.layer if isinstance(l, _tfmot.QuantizeWrapper) else l
-               for l in rewrites.inbound_layers(model, layer)]
-    if len(inbound) == 1 and depthwise_bn.folds_into(inbound[0]):
+               for node in _tfmot.nodes_in_graph(model, layer)
+               for l in _as_list(node.inbound_layers)]
+    if len(inbound) == 1 and families.folds_batch_norm(inbound[0]):
       continue
     problems.append(
         f"{layer.layer.name}: BatchNormalization float: no conv or dense "

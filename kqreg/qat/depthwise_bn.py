@@ -21,14 +21,11 @@ import tensorflow as tf
 import tf_keras
 from tf_keras.src.utils import control_flow_util  # pylint: disable=g-direct-tensorflow-import
 
-__all__ = ["DepthwiseBatchNormalization", "folds_into", "swappable"]
+from kqreg.qat import families
+
+__all__ = ["DepthwiseBatchNormalization", "swappable"]
 
 layers = tf_keras.layers
-
-# Layers the converter folds a BatchNormalization after them into: kept as
-# Keras's layer behind these (Conv2DTranspose and SeparableConv2D are
-# subclasses of Conv2D).
-_FOLDS_INTO = (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense)
 
 
 @tf_keras.utils.register_keras_serializable(package="kqreg")
@@ -110,11 +107,4 @@ def swappable(layer: tf_keras.layers.Layer,
     return False
   if list(layer.axis) not in ([3], [-1]):
     return False
-  return not folds_into(inbound[0])
-
-
-def folds_into(layer: tf_keras.layers.Layer) -> bool:
-  """True if the converter folds a BatchNormalization after `layer` into it:
-  a conv or dense without activation."""
-  return (isinstance(layer, _FOLDS_INTO) and
-          getattr(layer.activation, "__name__", "") == "linear")
+  return not families.folds_batch_norm(inbound[0])

@@ -48,6 +48,7 @@ __all__ = [
     "family_of",
     "config_for_layer",
     "GRID_PRESERVING",
+    "folds_batch_norm",
 ]
 
 layers = tf_keras.layers
@@ -310,6 +311,26 @@ GRID_PRESERVING = (
     layers.Cropping1D, layers.Cropping3D,
     layers.UpSampling1D, layers.UpSampling3D,
 )
+# Layers the converter folds a BatchNormalization after them into
+# (Conv2DTranspose and SeparableConv2D are subclasses of Conv2D).
+_FOLDS_BATCH_NORM = (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense)
+
+
+def folds_batch_norm(layer: tf_keras.layers.Layer) -> bool:
+  """True if TFLite's converter folds a BatchNormalization after `layer`
+  into it: a conv or dense without activation.
+
+  Example:
+  >>> import kqreg, tf_keras
+  >>> kqreg.qat.families.folds_batch_norm(tf_keras.layers.Conv2D(2, 1))
+  True
+  >>> kqreg.qat.families.folds_batch_norm(tf_keras.layers.Conv2D(2, 1, activation="relu"))
+  False
+  """
+  return (isinstance(layer, _FOLDS_BATCH_NORM) and
+          getattr(layer.activation, "__name__", "") == "linear")
+
+
 # Activations tfmot's QuantizeAwareActivation knows; others are left to an
 # output quantizer.
 _QUANTIZE_AWARE_ACTIVATIONS = frozenset(

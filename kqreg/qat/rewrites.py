@@ -6,7 +6,10 @@ tfmot's `quantize_apply` takes one flat Sequential or Functional graph:
 detector). TFLite needs a range between the two halves of a SeparableConv2D
 to run it in integers: `_split_separable` rebuilds such layers as a
 DepthwiseConv2D `<name>_depthwise` and a 1x1 Conv2D `<name>` with the same
-weights, as tfmot's own 8-bit scheme does. `_swap_layers` rebuilds layers
+weights, as tfmot's own 8-bit scheme does; `_split_activations` takes an
+activation TFLite does not fuse (swish, sigmoid) out of a convolution into
+an Activation layer after it, so that the conv's output gets a range.
+`_swap_layers` rebuilds layers
 the converter would keep float as the same function in a form it keeps in
 integers (`_integer_friendly`): a MultiHeadAttention as
 `attention.QuantizableMultiHeadAttention`, with range hooks where TFLite's
@@ -30,8 +33,9 @@ from kqreg.qat import attention
 from kqreg.qat import depthwise_bn
 from kqreg.qat.scalar_op import ScalarOp
 
-__all__ = ["QuantizeError", "flatten_nested", "graph_consumers",
-           "inbound_layers", "tf_ops_as_layers"]
+__all__ = ["FUSED_ACTIVATIONS", "QuantizeError", "flatten_nested",
+           "graph_consumers",
+           "inbound_layers", "tf_ops_as_layers", "unfused_activation"]
 
 
 class QuantizeError(ValueError):
@@ -168,6 +172,55 @@ def _chain(first, second) -> Callable:
   def call(inputs, **kwargs):
     return second(first(inputs, **kwargs), **kwargs)
   return call
+
+
+# Activations TFLite fuses into a conv: any other is an op of its own.
+FUSED_ACTIVATIONS = frozenset({"linear", "relu", "relu6"})
+# Layers whose activation argument `_split_activations` takes out.
+_CONVOLUTIONS = (tf_keras.layers.Conv1D, tf_keras.layers.Conv2D,
+                 tf_keras.layers.Conv3D, tf_keras.layers.DepthwiseConv1D,
+                 tf_keras.layers.DepthwiseConv2D)
+
+
+def unfused_activation(layer: tf_keras.layers.Layer) -> Optional[str]:
+  """The name of a convolution's activation that TFLite does not fuse into
+  it (swish, sigmoid, ...), else None."""
+  if not isinstance(layer, _CONVOLUTIONS):
+    return None
+  name = getattr(layer.activation, "__name__", None)
+  return None if name in FUSED_ACTIVATIONS else name
+
+
+def _split_activations(model: tf_keras.Model, names) -> tf_keras.Model:
+  """`model` with each convolution in `names` as the same convolution
+  without activation (same name and weights) and an Activation layer
+  `<name>_activation` after it.
+
+  TFLite runs an unfused activation (an EfficientNet's swish, a
+  squeeze-excite's sigmoid) as ops of its own after the conv: their int8
+  kernels need a range on the conv's output, which a conv holding its
+  activation does not have, so the conv, LOGISTIC and MUL ran in float.
+  """
+  def _split(layer):
+    copies = []
+
+    def call(*args, **kwargs):
+      if not copies:  # built by its first call, then given the weights
+        config = {**layer.get_config(), "activation": "linear"}
+        copies.append(type(layer).from_config(config))
+        outputs = copies[0](*args, **kwargs)
+        copies[0].set_weights(layer.get_weights())
+        copies.append(tf_keras.layers.Activation(
+            layer.activation, name=f"{layer.name}_activation"))
+      else:
+        outputs = copies[0](*args, **kwargs)
+      return copies[1](outputs)
+    return call
+
+  replace = {name: _split(model.get_layer(name)) for name in names}
+  inputs = _fresh_inputs(model)
+  return tf_keras.Model(inputs, _run_graph(model, inputs, replace),
+                        name=model.name)
 
 
 def _split_separable(model: tf_keras.Model, names) -> tf_keras.Model:

@@ -26,10 +26,11 @@ import tf_keras
 
 from kqreg import _tfmot
 from kqreg.qat import families as configs_lib
-from kqreg.qat.rewrites import (_fresh_inputs, _integer_friendly,
-                                _run_graph, _split_separable, _swap_layers,
-                                flatten_nested, graph_consumers,
-                                tf_ops_as_layers)
+from kqreg.qat.rewrites import (FUSED_ACTIVATIONS, _fresh_inputs,
+                                _integer_friendly, _run_graph,
+                                _split_activations, _split_separable,
+                                _swap_layers, flatten_nested, graph_consumers,
+                                tf_ops_as_layers, unfused_activation)
 from kqreg.qat import policy as policy_lib
 from kqreg.qat.layers import QuantizeLayer, QuantizeWrapperV2, quantize_scope
 from kqreg.qat import quantizers
@@ -64,7 +65,6 @@ def quantize_annotate_layer(layer: tf_keras.layers.Layer, quantize_config=None
 # kernels need a range on their input.
 _FUSABLE = (tf_keras.layers.BatchNormalization, tf_keras.layers.ReLU,
             tf_keras.layers.Activation)
-_FUSED_ACTIVATIONS = frozenset({"linear", "relu", "relu6"})
 
 
 def _fuses_into_next(layer, consumers) -> bool:
@@ -74,7 +74,7 @@ def _fuses_into_next(layer, consumers) -> bool:
     return False
   if isinstance(following[0], tf_keras.layers.Activation):
     name = getattr(following[0].activation, "__name__", "")
-    if name not in _FUSED_ACTIVATIONS:
+    if name not in FUSED_ACTIVATIONS:
       return False
   if isinstance(layer, tf_keras.layers.BatchNormalization):
     return not isinstance(following[0], tf_keras.layers.BatchNormalization)
@@ -188,6 +188,17 @@ def plan(model: tf_keras.Model,
     layers = [l for l in flat.layers
               if not isinstance(l, tf_keras.layers.InputLayer)]
     resolved.update({f"{name}_depthwise": resolved[name] for name in split})
+  # So is a convolution with an activation TFLite does not fuse into it:
+  # the conv, then an Activation layer with its bits.
+  unfused = [layer.name for layer in layers
+             if unfused_activation(layer) is not None and
+             resolved[layer.name].activation is not None]
+  if unfused:
+    flat = _split_activations(flat, unfused)
+    layers = [l for l in flat.layers
+              if not isinstance(l, tf_keras.layers.InputLayer)]
+    resolved.update({f"{name}_activation": resolved[name]
+                     for name in unfused})
   # With quantized activations, layers the converter would keep float are
   # rebuilt as the same function in a form it runs in integers (attention
   # with ranges on its scores and probabilities, a Dense on a sequence as an
