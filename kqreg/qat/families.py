@@ -322,9 +322,10 @@ def folds_batch_norm(layer: tf_keras.layers.Layer) -> bool:
 
   Example:
   >>> import kqreg, tf_keras
-  >>> kqreg.qat.families.folds_batch_norm(tf_keras.layers.Conv2D(2, 1))
+  >>> from kqreg.qat.families import folds_batch_norm
+  >>> folds_batch_norm(tf_keras.layers.Conv2D(2, 1))
   True
-  >>> kqreg.qat.families.folds_batch_norm(tf_keras.layers.Conv2D(2, 1, activation="relu"))
+  >>> folds_batch_norm(tf_keras.layers.Conv2D(2, 1, activation="relu"))
   False
   """
   return (isinstance(layer, _FOLDS_BATCH_NORM) and
