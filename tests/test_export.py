@@ -690,6 +690,22 @@ def test_verify_refuses_a_model_giving_nan(tmp_path):
     export.verify_tflite(path, qat, x)
 
 
+def _loads_back_and_exports_in_integers(qat, x, tmp_path):
+  """(`qat` loaded back from its `.keras` file, its export report), after
+  checking that the loaded model predicts the same and that no op of the
+  file is float."""
+  path = str(tmp_path / "m.keras")
+  qat.save(path)
+  with kqreg.quantize_scope():
+    loaded = tf_keras.models.load_model(path)
+  np.testing.assert_array_equal(loaded.predict(x, verbose=0),
+                                qat.predict(x, verbose=0))
+  report = export.export_tflite(qat, str(tmp_path / "m.tflite"),
+                                float_reference=False, latency=False)
+  assert report["float_ops"] == [] and report["float_layers"] == []
+  return loaded, report
+
+
 def _hard_swish_model():
   """MobileNetV3's blocks as Keras builds them: hard swish from tf ops on
   numbers, x * relu6(x + 3) * (1/6), and a squeeze-and-excite Multiply."""
@@ -733,15 +749,7 @@ def test_hard_swish_and_squeeze_excite_export_in_integers(tmp_path):
              if isinstance(getattr(l, "layer", None), ranged)]
   assert len(wrapped) == 8, wrapped  # 6 ScalarOps, 2 Multiply layers
   qat = _train_briefly(qat, x)
-  path = str(tmp_path / "m.keras")
-  qat.save(path)
-  with kqreg.quantize_scope():
-    loaded = tf_keras.models.load_model(path)
-  np.testing.assert_array_equal(loaded.predict(x, verbose=0),
-                                qat.predict(x, verbose=0))
-  report = export.export_tflite(qat, str(tmp_path / "m.tflite"),
-                                float_reference=False, latency=False)
-  assert report["float_ops"] == [] and report["float_layers"] == []
+  _, report = _loads_back_and_exports_in_integers(qat, x, tmp_path)
   assert {"ADD", "SUB", "MUL"} <= set(report["op_counts"]), report["op_counts"]
   assert {w["type"] for w in report["weights"]
           if w["role"] == "weights"} == {"INT4"}
@@ -792,15 +800,7 @@ def test_a_convs_swish_or_sigmoid_becomes_an_activation_layer_in_integers(
   assert type(gate).__name__ == "FixedRangeQuantizer"
   for conv in ("quant_reduce", "quant_expand"):
     assert kqreg.qat.layers.input_range(qat.get_layer(conv).output), conv
-  path = str(tmp_path / "m.keras")
-  qat.save(path)
-  with kqreg.quantize_scope():
-    loaded = tf_keras.models.load_model(path)
-  np.testing.assert_array_equal(loaded.predict(x, verbose=0),
-                                qat.predict(x, verbose=0))
-  report = export.export_tflite(qat, str(tmp_path / "m.tflite"),
-                                float_reference=False, latency=False)
-  assert report["float_ops"] == [] and report["float_layers"] == []
+  _, report = _loads_back_and_exports_in_integers(qat, x, tmp_path)
   assert {"LOGISTIC", "MUL"} <= set(report["op_counts"]), report["op_counts"]
   assert {w["type"] for w in report["weights"]
           if w["role"] == "weights"} == {"INT4"}
@@ -1061,20 +1061,11 @@ def test_average_pooling_stays_on_its_inputs_grid_and_exports_before_a_concat(
     np.testing.assert_allclose(levels, np.round(levels), atol=1e-3)
   assert len(np.unique(pooled)) > 8
 
-  path = str(tmp_path / "m.keras")
-  qat.save(path)
-  with kqreg.quantize_scope():
-    loaded = tf_keras.models.load_model(path)
+  loaded, report = _loads_back_and_exports_in_integers(qat, x, tmp_path)
   follows = loaded.get_layer("quant_pool")._output_quantizers[0].source()
   (loaded_activation,) = loaded.get_layer(
       "quant_transition")._quantize_activations
   assert follows.variables is loaded_activation._post_activation_vars
-  np.testing.assert_array_equal(loaded.predict(x, verbose=0),
-                                qat.predict(x, verbose=0))
-
-  report = export.export_tflite(qat, str(tmp_path / "m.tflite"),
-                                float_reference=False, latency=False)
-  assert report["float_ops"] == [] and report["float_layers"] == []
   interpreter, pool_op, tensors = _one_op_of_the_file(report["path"],
                                                       "AVERAGE_POOL_2D")
   into, out = tensors[pool_op["inputs"][0]], tensors[pool_op["outputs"][0]]
@@ -1125,18 +1116,10 @@ def test_a_batch_norm_no_conv_folds_into_runs_as_an_int8_depthwise_conv(
                              rtol=1e-5, atol=1e-6)
 
   qat = _train_briefly(kqreg.quantize(model, "w4a8"), x)
-  path = str(tmp_path / "m.keras")
-  qat.save(path)
-  with kqreg.quantize_scope():
-    loaded = tf_keras.models.load_model(path)
+  assert export.export_problems(qat) == []
+  loaded, report = _loads_back_and_exports_in_integers(qat, x, tmp_path)
   assert type(loaded.get_layer("quant_bn").layer).__name__ == (
       "DepthwiseBatchNormalization")
-  np.testing.assert_array_equal(loaded.predict(x, verbose=0),
-                                qat.predict(x, verbose=0))
-  assert export.export_problems(qat) == []
-  report = export.export_tflite(qat, str(tmp_path / "m.tflite"),
-                                float_reference=False, latency=False)
-  assert report["float_ops"] == [] and report["float_layers"] == []
   assert "MUL" not in report["op_counts"], report["op_counts"]
   assert report["op_counts"]["DEPTHWISE_CONV_2D"] == 1
   interpreter, depthwise, tensors = _one_op_of_the_file(report["path"],
