@@ -761,7 +761,8 @@ def _swish_excite_model():
   L = tf_keras.layers
   inputs = tf_keras.Input((8, 8, 3))
   x = L.Conv2D(8, 3, padding="same", name="stem")(inputs)
-  x = L.Activation("swish", name="stem_swish")(x)
+  # A name the split would give the reduce conv's activation is taken.
+  x = L.Activation("swish", name="reduce_activation")(x)
   squeezed = L.GlobalAveragePooling2D(keepdims=True, name="squeeze")(x)
   squeezed = L.Conv2D(2, 1, activation="swish", name="reduce")(squeezed)
   gate = L.Conv2D(8, 1, activation="sigmoid", name="expand")(squeezed)
@@ -782,15 +783,17 @@ def test_a_convs_swish_or_sigmoid_becomes_an_activation_layer_in_integers(
   split = the_plan.model
   for name, activation in (("reduce", "swish"), ("expand", "sigmoid")):
     assert split.get_layer(name).activation.__name__ == "linear"
-    assert split.get_layer(f"{name}_activation").activation.__name__ == (
-        activation)
+    split_name = {"reduce": "reduce_activation_"}.get(name,
+                                                      f"{name}_activation")
+    assert split.get_layer(split_name).activation.__name__ == activation
     # The activation has the bits the policy gave its conv.
-    assert the_plan.bits[f"{name}_activation"] == the_plan.bits[name]
-  assert str(the_plan.bits["reduce_activation"]) == "w8a6"
+    assert the_plan.bits[split_name] == the_plan.bits[name]
+  assert str(the_plan.bits["reduce_activation_"]) == "w8a6"
   np.testing.assert_array_equal(split(x).numpy(), model(x).numpy())
   # Weight-only policies leave the conv whole: no range to give it.
-  assert "reduce_activation" not in [
-      l.name for l in kqreg.qat.plan(model, "w4").model.layers]
+  whole = kqreg.qat.plan(model, "w4").model
+  assert whole.get_layer("reduce").activation.__name__ == "swish"
+  assert "reduce_activation_" not in [l.name for l in whole.layers]
 
   with warnings.catch_warnings():
     warnings.simplefilter("error")  # no layer left float

@@ -42,9 +42,11 @@ class DepthwiseBatchNormalization(layers.BatchNormalization):
   Example:
   >>> import numpy as np, kqreg, tf_keras
   >>> layer = kqreg.qat.DepthwiseBatchNormalization(
-  ...     moving_mean_initializer="ones", gamma_initializer=tf_keras.initializers.Constant(2.0))
+  ...     moving_mean_initializer="ones",
+  ...     gamma_initializer=tf_keras.initializers.Constant(2.0))
   >>> x = np.full((1, 2, 2, 3), 4.0, np.float32)
-  >>> float(layer(x, training=False)[0, 0, 0, 0])  # (4 - 1) * 2 / sqrt(1 + 0.001)
+  >>> # (4 - 1) * 2 / sqrt(1 + 0.001), its epsilon
+  >>> float(layer(x, training=False)[0, 0, 0, 0])
   5.997...
   """
 
@@ -95,7 +97,8 @@ def swappable(layer: tf_keras.layers.Layer,
   TensorShape([None, 2, 2, 2])
   >>> depthwise_bn.swappable(bn, [pool], (None, 2, 2, 2))
   True
-  >>> depthwise_bn.swappable(bn, [tf_keras.layers.Conv2D(2, 1)], (None, 2, 2, 2))
+  >>> conv = tf_keras.layers.Conv2D(2, 1)
+  >>> depthwise_bn.swappable(bn, [conv], (None, 2, 2, 2))
   False
   """
   if type(layer) is not layers.BatchNormalization:  # pylint: disable=unidiomatic-typecheck

@@ -9,12 +9,11 @@ DepthwiseConv2D `<name>_depthwise` and a 1x1 Conv2D `<name>` with the same
 weights, as tfmot's own 8-bit scheme does; `_split_activations` takes an
 activation TFLite does not fuse (swish, sigmoid) out of a convolution into
 an Activation layer after it, so that the conv's output gets a range.
-`_swap_layers` rebuilds layers
-the converter would keep float as the same function in a form it keeps in
-integers (`_integer_friendly`): a MultiHeadAttention as
-`attention.QuantizableMultiHeadAttention`, with range hooks where TFLite's
-int8 kernels need them, a Dense on a sequence as an EinsumDense, a
-BatchNormalization no conv folds into as a
+`_swap_layers` rebuilds layers the converter would keep float as the same
+function in a form it keeps in integers (`_integer_friendly`): a
+MultiHeadAttention as `attention.QuantizableMultiHeadAttention`, with range
+hooks where TFLite's int8 kernels need them, a Dense on a sequence as an
+EinsumDense, a BatchNormalization no conv folds into as a
 `depthwise_bn.DepthwiseBatchNormalization`. `tf_ops_as_layers` rebuilds
 concat, add and nearest-repeat tf ops, and arithmetic with a number, as the
 Keras layers they compute, so activation policies reach them.
@@ -34,8 +33,8 @@ from kqreg.qat import depthwise_bn
 from kqreg.qat.scalar_op import ScalarOp
 
 __all__ = ["FUSED_ACTIVATIONS", "QuantizeError", "flatten_nested",
-           "graph_consumers",
-           "inbound_layers", "tf_ops_as_layers", "unfused_activation"]
+           "graph_consumers", "inbound_layers", "tf_ops_as_layers",
+           "unfused_activation"]
 
 
 class QuantizeError(ValueError):
@@ -191,16 +190,26 @@ def unfused_activation(layer: tf_keras.layers.Layer) -> Optional[str]:
   return None if name in FUSED_ACTIVATIONS else name
 
 
-def _split_activations(model: tf_keras.Model, names) -> tf_keras.Model:
+def _split_activations(model: tf_keras.Model, names
+                       ) -> Tuple[tf_keras.Model, Dict[str, str]]:
   """`model` with each convolution in `names` as the same convolution
   without activation (same name and weights) and an Activation layer
-  `<name>_activation` after it.
+  `<name>_activation` after it (`_` appended while the name is taken), and
+  {conv name: its activation layer's name}.
 
   TFLite runs an unfused activation (an EfficientNet's swish, a
   squeeze-excite's sigmoid) as ops of its own after the conv: their int8
   kernels need a range on the conv's output, which a conv holding its
   activation does not have, so the conv, LOGISTIC and MUL ran in float.
   """
+  taken = {layer.name for layer in model.layers}
+  activations = {}
+  for name in names:
+    activations[name] = f"{name}_activation"
+    while activations[name] in taken:
+      activations[name] += "_"
+    taken.add(activations[name])
+
   def _split(layer):
     copies = []
 
@@ -211,7 +220,7 @@ def _split_activations(model: tf_keras.Model, names) -> tf_keras.Model:
         outputs = copies[0](*args, **kwargs)
         copies[0].set_weights(layer.get_weights())
         copies.append(tf_keras.layers.Activation(
-            layer.activation, name=f"{layer.name}_activation"))
+            layer.activation, name=activations[layer.name]))
       else:
         outputs = copies[0](*args, **kwargs)
       return copies[1](outputs)
@@ -220,7 +229,7 @@ def _split_activations(model: tf_keras.Model, names) -> tf_keras.Model:
   replace = {name: _split(model.get_layer(name)) for name in names}
   inputs = _fresh_inputs(model)
   return tf_keras.Model(inputs, _run_graph(model, inputs, replace),
-                        name=model.name)
+                        name=model.name), activations
 
 
 def _split_separable(model: tf_keras.Model, names) -> tf_keras.Model:

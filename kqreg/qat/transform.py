@@ -194,11 +194,10 @@ def plan(model: tf_keras.Model,
              if unfused_activation(layer) is not None and
              resolved[layer.name].activation is not None]
   if unfused:
-    flat = _split_activations(flat, unfused)
+    flat, activations = _split_activations(flat, unfused)
     layers = [l for l in flat.layers
               if not isinstance(l, tf_keras.layers.InputLayer)]
-    resolved.update({f"{name}_activation": resolved[name]
-                     for name in unfused})
+    resolved.update({activations[name]: resolved[name] for name in unfused})
   # With quantized activations, layers the converter would keep float are
   # rebuilt as the same function in a form it runs in integers (attention
   # with ranges on its scores and probabilities, a Dense on a sequence as an
