@@ -250,14 +250,10 @@ def family_problems(model: tf_keras.Model) -> List[str]:
   return problems + _unfolded_batch_norms(model)
 
 
-def _as_list(layers) -> list:
-  return list(layers) if isinstance(layers, (list, tuple)) else [layers]
-
-
 def _unfolded_batch_norms(model: tf_keras.Model) -> List[str]:
   """Keras BatchNormalizations no conv or dense folds into (`kqreg.quantize`
   swaps those over image channels for an int8 depthwise conv)."""
-  from kqreg.qat import families  # pylint: disable=g-import-not-at-top
+  from kqreg.qat import families, rewrites  # pylint: disable=g-import-not-at-top
   problems = []
   for layer in model.layers:
     keras_bn = (isinstance(layer, _tfmot.QuantizeWrapper) and
@@ -265,8 +261,7 @@ def _unfolded_batch_norms(model: tf_keras.Model) -> List[str]:
     if not keras_bn:
       continue
     inbound = [l.layer if isinstance(l, _tfmot.QuantizeWrapper) else l
-               for node in _tfmot.nodes_in_graph(model, layer)
-               for l in _as_list(node.inbound_layers)]
+               for l in rewrites.inbound_layers(model, layer)]
     if len(inbound) == 1 and families.folds_batch_norm(inbound[0]):
       continue
     problems.append(

@@ -167,6 +167,21 @@ def _separable_halves(layer: tf_keras.layers.SeparableConv2D
   return depthwise, pointwise
 
 
+def _rebuilt(layer, make) -> Callable:
+  """Calls `make(layer, first input)`'s layer in `layer`'s place, made and
+  given `layer`'s weights on its first call (shared layers stay shared)."""
+  copies = []
+
+  def call(*args, **kwargs):
+    if not copies:  # built by its first call, so named as `layer` is
+      copies.append(make(layer, tf.nest.flatten(args or kwargs)[0]))
+      outputs = copies[0](*args, **kwargs)
+      copies[0].set_weights(layer.get_weights())
+      return outputs
+    return copies[0](*args, **kwargs)
+  return call
+
+
 def _chain(first, second) -> Callable:
   def call(inputs, **kwargs):
     return second(first(inputs, **kwargs), **kwargs)
@@ -210,23 +225,16 @@ def _split_activations(model: tf_keras.Model, names
       activations[name] += "_"
     taken.add(activations[name])
 
-  def _split(layer):
-    copies = []
+  def _without_activation(layer, x):
+    return type(layer).from_config({**layer.get_config(),
+                                    "activation": "linear"})
 
-    def call(*args, **kwargs):
-      if not copies:  # built by its first call, then given the weights
-        config = {**layer.get_config(), "activation": "linear"}
-        copies.append(type(layer).from_config(config))
-        outputs = copies[0](*args, **kwargs)
-        copies[0].set_weights(layer.get_weights())
-        copies.append(tf_keras.layers.Activation(
-            layer.activation, name=activations[layer.name]))
-      else:
-        outputs = copies[0](*args, **kwargs)
-      return copies[1](outputs)
-    return call
-
-  replace = {name: _split(model.get_layer(name)) for name in names}
+  replace = {}
+  for name in names:
+    layer = model.get_layer(name)
+    replace[name] = _chain(_rebuilt(layer, _without_activation),
+                           tf_keras.layers.Activation(
+                               layer.activation, name=activations[name]))
   inputs = _fresh_inputs(model)
   return tf_keras.Model(inputs, _run_graph(model, inputs, replace),
                         name=model.name), activations
@@ -298,19 +306,7 @@ def _swap_layers(model: tf_keras.Model, swaps: Dict[str, Callable]
                  ) -> tf_keras.Model:
   """`model` with each layer named in `swaps` rebuilt by its function (see
   `_integer_friendly`), same name and weights."""
-  def _swapped(layer, make):
-    copies = []
-
-    def call(*args, **kwargs):
-      if not copies:  # built by its first call, so named as `layer` is
-        copies.append(make(layer, tf.nest.flatten(args or kwargs)[0]))
-        outputs = copies[0](*args, **kwargs)
-        copies[0].set_weights(layer.get_weights())
-        return outputs
-      return copies[0](*args, **kwargs)
-    return call
-
-  replace = {name: _swapped(model.get_layer(name), make)
+  replace = {name: _rebuilt(model.get_layer(name), make)
              for name, make in swaps.items()}
   inputs = _fresh_inputs(model)
   return tf_keras.Model(inputs, _run_graph(model, inputs, replace),
