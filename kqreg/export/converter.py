@@ -1,5 +1,6 @@
-"""The TFLite converter call: the model it sees, data for calibration, ranges,
-error messages."""
+"""The TFLite converter call: the model it sees (the QAT model, or its float
+counterpart for the reference file), data for calibration, ranges, error
+messages."""
 
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ from tensorflow.lite.python.convert_phase import ConverterError
 from kqreg import _tfmot
 from kqreg.qat import quantizers
 from kqreg.export.errors import ExportError
+from kqreg.qat import introspect
 from kqreg.qat.layers import QuantizeLayer
 
-__all__ = ["Prepared", "prepare", "representative", "first_batch", "convert",
-           "with_input_quantizer"]
+__all__ = ["Prepared", "convert", "first_batch", "float_reference", "prepare",
+           "representative", "with_input_quantizer"]
 
 
 def representative(data, model: tf_keras.Model):
@@ -202,6 +204,19 @@ def with_input_quantizer(model: tf_keras.Model, x: np.ndarray
     elif variable.name.endswith("_max:0"):
       variable.assign(high)
   return tf_keras.Model(inputs, outputs, name=model.name), [low, high]
+
+
+def float_reference(qat_model: tf_keras.Model) -> Tuple[Optional[bytes], str]:
+  """The float32 reference file (for `ratio_to_float` and its latency)."""
+  try:
+    float_model = introspect.float_counterpart(qat_model)
+    return convert(float_model, optimize=False), (
+        "float32 TFLite of the same architecture holding the QAT model's "
+        "float shadow weights, converted without optimizations")
+  except (ExportError, ValueError, KeyError, TypeError) as e:
+    # The size ratio is a nicety: a model whose layers cannot be rebuilt
+    # from config still exports.
+    return None, f"float reference could not be built: {e}"
 
 
 @dataclasses.dataclass

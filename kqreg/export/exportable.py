@@ -12,13 +12,11 @@ import dataclasses
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
-import numpy as np
 import tf_keras
 
 from kqreg import _tfmot
 from kqreg.qat import policy as policy_lib
 from kqreg.export.errors import ExportError, KERNEL_ACTIVATION_BITS
-from kqreg.qat.layers import quantize_scope
 from kqreg.qat import introspect
 
 __all__ = ["ModelCheck", "check_exportable", "check_model", "export_problems",
@@ -56,19 +54,6 @@ def _by_wrapper(weights: List[introspect.QuantizedWeight]
   for qw in weights:
     found[qw.wrapper.name].append((_short_name(qw.weight), qw))
   return dict(found)
-
-
-def levels_used(qw: introspect.QuantizedWeight) -> np.ndarray:
-  """max |Q(w)| / Δ per output channel, even for a per-tensor range.
-
-  A calibrating converter stores every kernel per output channel, and a
-  folded BatchNormalization scales a channel's values and step alike, so
-  this count is what the file's channels hold.
-  """
-  q = qw.channels_last(qw.quantized()).numpy()
-  step = qw.grid()[2].numpy()
-  peak = np.max(np.abs(q).reshape(-1, q.shape[-1]), axis=0)
-  return np.round(peak / np.maximum(step, 1e-30)).astype(np.int64).reshape(-1)
 
 
 def match_layer(tensor_name: str, wrapper_names: Iterable[str]
@@ -114,60 +99,8 @@ def float_layers(model: tf_keras.Model) -> List[str]:
   return names
 
 
-def float_counterpart(qat_model: tf_keras.Model) -> tf_keras.Model:
-  """The QAT model with every quantizer removed and its float weights.
-
-  Wrappers become their inner layer (rebuilt from config, with the original
-  activation in place of tfmot's quantize-aware one) holding the float shadow
-  weights; the input `QuantizeLayer` becomes a linear Activation, which the
-  converter drops.
-  """
-  made = {}
-
-  def _strip(layer):
-    if isinstance(layer, _tfmot.QuantizeLayer):
-      new = tf_keras.layers.Activation("linear", name=layer.name)
-    else:
-      inner = layer.layer if isinstance(
-          layer, _tfmot.QuantizeWrapper) else layer
-      config = inner.get_config()
-      activation = config.get("activation")
-      if (isinstance(activation, dict) and
-          activation.get("class_name") == "QuantizeAwareActivation"):
-        config["activation"] = activation["config"]["activation"]
-      new = type(inner).from_config(config)
-    made[layer.name] = new
-    return new
-
-  with quantize_scope():
-    clone = tf_keras.models.clone_model(qat_model, clone_function=_strip)
-  for layer in qat_model.layers:
-    new = made.get(layer.name)
-    if new is None or not new.weights:
-      continue
-    # A wrapper owns its inner layer's kernel (the inner layer then holds a
-    # quantized tensor in its place) next to its own quantizer variables,
-    # which are named after the wrapper.
-    wrapped = isinstance(layer, _tfmot.QuantizeWrapper)
-    # Matched by the name below the layer's own: a composite layer holds
-    # several `kernel`s (a MultiHeadAttention's `query/kernel`, ...).
-    values = {_name_in_layer(w, new.name): w for w in layer.weights
-              if not (wrapped and w.name.startswith(f"{layer.name}/"))}
-    new.set_weights([values[_name_in_layer(w, new.name)].numpy()
-                     for w in new.weights])
-  return clone
-
-
 def _short_name(variable) -> str:
   return variable.name.split("/")[-1].split(":")[0]
-
-
-def _name_in_layer(variable, layer_name: str) -> str:
-  """`variable`'s name below its layer's: `kernel`, `query/kernel`."""
-  parts = variable.name.split(":")[0].split("/")
-  if layer_name in parts[:-1]:
-    return "/".join(parts[len(parts) - 1 - parts[::-1].index(layer_name):])
-  return parts[-1]
 
 
 def _activation_problem(where: str, bits: int) -> Optional[str]:

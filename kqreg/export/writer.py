@@ -74,19 +74,6 @@ def _write(path: str, write_fn, what) -> None:
         "a writable folder.") from e
 
 
-def _float_file(qat_model: tf_keras.Model) -> Tuple[Optional[bytes], str]:
-  """The float32 reference file (for `ratio_to_float` and its latency)."""
-  try:
-    float_model = exportable.float_counterpart(qat_model)
-    return converter.convert(float_model, optimize=False), (
-        "float32 TFLite of the same architecture holding the QAT model's "
-        "float shadow weights, converted without optimizations")
-  except (ExportError, ValueError, KeyError, TypeError) as e:
-    # The size ratio is a nicety: a model whose layers cannot be rebuilt
-    # from config still exports.
-    return None, f"float reference could not be built: {e}"
-
-
 def _store_exact_weights(data: bytes, checked: exportable.ModelCheck,
                          calibrated: bool
                          ) -> Tuple[bytes, Dict[str, float], Dict[int, Any]]:
@@ -105,7 +92,7 @@ def _store_exact_weights(data: bytes, checked: exportable.ModelCheck,
   matched = exportable.kernel_bits(info, checked, flatbuffer.roles(info))
   for index, (_, bits, qw) in matched.items():
     if qw is not None:
-      grids[index] = (bits, exportable.levels_used(qw) if calibrated else None)
+      grids[index] = (bits, qw.levels_used() if calibrated else None)
   data, moved = flatbuffer.regrid_weights(data, grids)
   names = {t_index: info["tensors"][t_index]["name"] for t_index in moved}
   return data, {names[i]: distance for i, distance in moved.items()}, matched
@@ -218,7 +205,7 @@ def export_tflite(qat_model: tf_keras.Model,
   if not quantized:
     float_data, float_note = data, "the file itself is float32"
   elif float_reference:
-    float_data, float_note = _float_file(qat_model)
+    float_data, float_note = converter.float_reference(qat_model)
   else:
     float_data, float_note = None, "not measured (float_reference=False)"
   info = flatbuffer.inspect_tflite(data)

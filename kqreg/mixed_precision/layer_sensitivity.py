@@ -149,13 +149,12 @@ def _float_model(model: tf_keras.Model
   """
   if not is_quantized(model):
     return flatten_nested(model), {}
-  from kqreg.export import exportable as model_info
   trained, counts = {}, {}
   for qw in introspect.quantized_weights(model):
     # A wrapper's kernels come in its config's order, the family's.
     index = counts[qw.layer_name] = counts.get(qw.layer_name, -1) + 1
     trained[(qw.layer_name, index)] = qw
-  return model_info.float_counterpart(model), trained
+  return introspect.float_counterpart(model), trained
 
 
 def _targets(flat: tf_keras.Model, names, trained) -> List[_Target]:

@@ -11,7 +11,8 @@
   transform    `plan`, `annotate`, `quantize`: the one pass over the graph
   layers       kqreg's tfmot wrapper classes and `quantize_scope`
   scheme       `QuantizeScheme` for tfmot's own `quantize_apply`
-  introspect   `QuantizedWeight`: a QAT model's kernels and their grids
+  introspect   `QuantizedWeight`: a QAT model's kernels and their grids; its
+               float counterpart
   ranges       freezing activation ranges
   profiles     bits and bytes per layer, `summary`
 """
@@ -21,7 +22,8 @@ from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 from kqreg.qat.attention import QuantizableMultiHeadAttention
 from kqreg.qat.families import (LAYER_FAMILIES, BitQuantizeConfig, LayerFamily,
                                 config_for_layer, family_of)
-from kqreg.qat.introspect import QuantizedWeight, is_quantized, quantized_weights
+from kqreg.qat.introspect import (QuantizedWeight, float_counterpart,
+                                  is_quantized, quantized_weights)
 from kqreg.qat.layers import QuantizeLayer, QuantizeWrapperV2, quantize_scope
 from kqreg.qat.policy import FLOAT, BitPolicy, Bits, PolicyError
 from kqreg.qat.transform import (QuantizationPlan, annotate, plan, quantize,
@@ -54,8 +56,8 @@ __all__ = [
     "QuantizeLayer", "QuantizeScheme", "QuantizeWrapperV2",
     "quantize_annotate_layer", "quantize_scope",
     # Reading a QAT model
-    "LayerProfile", "ModelProfile", "QuantizedWeight", "is_quantized",
-    "profile", "quantized_weights", "summary",
+    "LayerProfile", "ModelProfile", "QuantizedWeight", "float_counterpart",
+    "is_quantized", "profile", "quantized_weights", "summary",
     # Ranges
     "FreezeActivationRanges", "freeze_activation_ranges",
     "moving_average_quantizers",

@@ -1,4 +1,5 @@
-"""What a QAT model holds: its quantized weights and whether it is quantized.
+"""What a QAT model holds: its quantized weights, whether it is quantized, and
+the float model beneath it.
 
 `QuantizedWeight` is one kernel with the very quantizer and range variables
 the forward pass uses, so Q(w) read here is bit for bit what the layer
@@ -11,13 +12,16 @@ from __future__ import annotations
 from typing import Iterator, List, Tuple
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
+import numpy as np
 import tensorflow as tf
 import tf_keras
 
 from kqreg import _tfmot
 from kqreg.qat import quantizers
+from kqreg.qat.layers import quantize_scope
 
-__all__ = ["QuantizedWeight", "is_quantized", "quantized_weights"]
+__all__ = ["QuantizedWeight", "float_counterpart", "is_quantized",
+           "quantized_weights"]
 
 
 class QuantizedWeight:
@@ -101,6 +105,18 @@ class QuantizedWeight:
                                   bool(getattr(self.quantizer, "narrow_range",
                                                False)))
 
+  def levels_used(self) -> np.ndarray:
+    """max |Q(w)| / Δ per output channel, even for a per-tensor range.
+
+    A calibrating converter stores every kernel per output channel, and a
+    folded BatchNormalization scales a channel's values and step alike, so
+    this count is what a converted file's channels hold.
+    """
+    q = self.channels_last(self.quantized()).numpy()
+    step = self.grid()[2].numpy()
+    peak = np.max(np.abs(q).reshape(-1, q.shape[-1]), axis=0)
+    return np.round(peak / np.maximum(step, 1e-30)).astype(np.int64).reshape(-1)
+
 
 def _name_parts(variable) -> List[str]:
   return variable.name.split(":")[0].split("/")
@@ -138,3 +154,63 @@ def is_quantized(model: tf_keras.Model) -> bool:
   """
   return (any(True for _ in _tfmot.iter_wrappers(model)) or
           any(True for _ in _tfmot.iter_quantize_layers(model)))
+
+
+def float_counterpart(qat_model: tf_keras.Model) -> tf_keras.Model:
+  """The QAT model with every quantizer removed and its float weights.
+
+  Wrappers become their inner layer (rebuilt from config, with the original
+  activation in place of tfmot's quantize-aware one) holding the float shadow
+  weights; the input `QuantizeLayer` becomes a linear Activation, which the
+  converter drops. Export converts it for its float reference file, and
+  sensitivity runs it to perturb one kernel at a time.
+
+  Example:
+  >>> import kqreg, tf_keras
+  >>> model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(2)])
+  >>> float_model = kqreg.qat.float_counterpart(kqreg.quantize(model, "w4a8"))
+  >>> kqreg.qat.is_quantized(float_model), [w.shape for w in float_model.weights]
+  (False, [TensorShape([4, 2]), TensorShape([2])])
+  """
+  made = {}
+
+  def _strip(layer):
+    if isinstance(layer, _tfmot.QuantizeLayer):
+      new = tf_keras.layers.Activation("linear", name=layer.name)
+    else:
+      inner = layer.layer if isinstance(
+          layer, _tfmot.QuantizeWrapper) else layer
+      config = inner.get_config()
+      activation = config.get("activation")
+      if (isinstance(activation, dict) and
+          activation.get("class_name") == "QuantizeAwareActivation"):
+        config["activation"] = activation["config"]["activation"]
+      new = type(inner).from_config(config)
+    made[layer.name] = new
+    return new
+
+  with quantize_scope():
+    clone = tf_keras.models.clone_model(qat_model, clone_function=_strip)
+  for layer in qat_model.layers:
+    new = made.get(layer.name)
+    if new is None or not new.weights:
+      continue
+    # A wrapper owns its inner layer's kernel (the inner layer then holds a
+    # quantized tensor in its place) next to its own quantizer variables,
+    # which are named after the wrapper.
+    wrapped = isinstance(layer, _tfmot.QuantizeWrapper)
+    # Matched by the name below the layer's own: a composite layer holds
+    # several `kernel`s (a MultiHeadAttention's `query/kernel`, ...).
+    values = {_name_in_layer(w, new.name): w for w in layer.weights
+              if not (wrapped and w.name.startswith(f"{layer.name}/"))}
+    new.set_weights([values[_name_in_layer(w, new.name)].numpy()
+                     for w in new.weights])
+  return clone
+
+
+def _name_in_layer(variable, layer_name: str) -> str:
+  """`variable`'s name below its layer's: `kernel`, `query/kernel`."""
+  parts = variable.name.split(":")[0].split("/")
+  if layer_name in parts[:-1]:
+    return "/".join(parts[len(parts) - 1 - parts[::-1].index(layer_name):])
+  return parts[-1]
