@@ -102,14 +102,14 @@ def test_preregistered_studies_parse_and_no_two_share_a_seed():
 
 
 # What each exported w4a8 file runs in float, and what it runs in integers
-# (kqreg.qat.LAYER_FAMILIES): the LSTM cell in float; the ViT's attention and
-# MLP in int8, its LayerNorms in float. The cnn1d's integer Conv1D export is
+# (kqreg.qat.LAYER_FAMILIES): the LSTM cell in float; the ViT's attention,
+# MLP and LayerNorms in int8. The cnn1d's integer Conv1D export is
 # tested in test_layer_families.py and its training in test_zoo_learns.py:
 # its flagfile is only parsed here.
 _SEQUENCE_CONFIGS = {
     "mnist_lstm.cfg": ({"FULLY_CONNECTED", "LOGISTIC", "TANH"}, set()),
-    "mnist_vit.cfg": ({"MEAN", "RSQRT"},
-                      {"BATCH_MATMUL", "SOFTMAX", "FULLY_CONNECTED"}),
+    "mnist_vit.cfg": (set(), {"BATCH_MATMUL", "SOFTMAX", "FULLY_CONNECTED",
+                              "MEAN", "SQUARED_DIFFERENCE", "RSQRT"}),
 }
 
 
@@ -134,6 +134,8 @@ def test_sequence_and_attention_configs_run_shrunk_and_export(name, tmp_path):
   in_float, in_integers = _SEQUENCE_CONFIGS[name]
   assert in_float <= set(tflite["float_ops"])
   assert not in_integers & set(tflite["float_ops"])
+  if not in_float:  # integers throughout
+    assert tflite["float_ops"] == []
 
 
 def test_detect_flagfile_parses_for_a_detection_sweep(tmp_path):

@@ -276,6 +276,7 @@ _EXPORT_STATUS = {
     "MultiHeadAttention": "hybrid", "QuantizableMultiHeadAttention": "integer",
     "Conv3D": "float",
     "Conv3DTranspose": "float", "LayerNormalization": "float",
+    "QuantizableLayerNormalization": "integer",
     # Unrolled; a rolled loop is refused (layer_problems).
     "LSTM": "float", "GRU": "float", "Bidirectional": "float",
 }
@@ -364,11 +365,11 @@ def _clip():
   return tf_keras.Model(inputs, L.Dense(3, name="head")(x), name="clip")
 
 
-def _transformer_block():
+def _transformer_block(ln_axis=-1):
   inputs = tf_keras.Input((6, 8))
   x = L.Dense(8, name="embed")(inputs)
   a = L.MultiHeadAttention(2, 4, name="mha")(x, x)
-  x = L.LayerNormalization(name="ln")(x + a)
+  x = L.LayerNormalization(axis=ln_axis, name="ln")(x + a)
   x = L.GlobalAveragePooling1D(name="gap")(x)
   return tf_keras.Model(inputs, L.Dense(3, name="head")(x), name="block")
 
@@ -441,18 +442,25 @@ def test_issue_models_quantize_train_and_export(name, tmp_path):
     assert stored == {"c3/kernel": "FLOAT32", "head/kernel": "INT4"}
   else:
     # The attention runs in integers (test_attention_runs_in_int8_in_the_file),
-    # and so does the Dense on the sequence, rebuilt as an EinsumDense;
-    # LayerNorm's decomposition runs in float, and export_problems says so.
+    # and so does the Dense on the sequence, rebuilt as an EinsumDense, and
+    # the LayerNorm, computed op by op with a range between any two.
     assert type(qat.get_layer("quant_embed").layer) is L.EinsumDense
-    assert {"MEAN", "RSQRT"} <= set(report["float_ops"])
-    assert not {"FULLY_CONNECTED", "BATCH_MATMUL", "SOFTMAX"} & set(
-        report["float_ops"])
+    assert (type(qat.get_layer("quant_ln").layer) is
+            kqreg.qat.QuantizableLayerNormalization)
+    assert problems == [] and report["float_ops"] == []
     assert stored["embed/kernel"] == "INT4"
-    assert [p.split(":")[0] for p in problems] == ["ln"]
-    assert "float" in problems[0]
     assert all(stored[f"mha/{p}/kernel"] == "INT4" for p in (
         "query", "key", "value", "attention_output"))
     assert stored["head/kernel"] == "INT4"
+    export.check_exportable(qat)
+    # A LayerNorm over another axis keeps Keras's layer: float in the file,
+    # and export_problems says so.
+    other = _transformer_block(ln_axis=1)
+    qat = _train_step(_quantize(other, "w4a8"), x)
+    assert type(qat.get_layer("quant_ln").layer) is L.LayerNormalization
+    problems = export.export_problems(qat)
+    assert [p.split(":")[0] for p in problems] == ["ln"]
+    assert "float" in problems[0]
     with pytest.raises(export.ExportError, match="ln"):
       export.check_exportable(qat)
 
@@ -773,8 +781,138 @@ def test_weight_only_or_opted_out_attention_keeps_keras_layer(tmp_path):
   assert {"BATCH_MATMUL", "SOFTMAX"} <= set(report["float_ops"])
 
 
+# LayerNormalization -----------------------------------------------------------
+
+_LN_CASES = {  # case: (LayerNormalization arguments, hooks called, input shape)
+    "default": ({}, None, (5, 8)),
+    "no_center": ({"center": False}, ("_beta_activation", "_scaled_activation"),
+                  (5, 8)),
+    "no_scale": ({"scale": False}, ("_gamma_activation", "_scaled_activation"),
+                 (5, 8)),
+    "neither": ({"center": False, "scale": False},
+                ("_normalized_activation", "_gamma_activation",
+                 "_scaled_activation", "_beta_activation"), (5, 8)),
+    "vectors": ({}, None, (8,)),
+    "images": ({"epsilon": 1e-6}, None, (3, 4, 8)),
+    "axis1": ({"axis": 1}, (), (5, 8)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_LN_CASES))
+def test_quantizable_layer_norm_computes_layer_normalization(case):
+  # Same weights, same function as Keras's layer, op by op with every hook
+  # called once (those of the ops it has) where it normalizes the last axis;
+  # over another axis Keras's own computation, which kqreg.quantize does not
+  # swap.
+  from kqreg.qat import layer_norm  # pylint: disable=g-import-not-at-top
+  tf_keras.utils.set_random_seed(0)
+  arguments, skipped, shape = _LN_CASES[case]
+  layer = L.LayerNormalization(
+      name="ln", beta_initializer="random_normal",
+      gamma_initializer="random_normal", **arguments)
+  inputs = tf_keras.Input(shape)
+  model = tf_keras.Model(inputs, layer(inputs))
+  assert layer_norm.swappable(layer, (None, *shape)) is (case != "axis1")
+  swapped = kqreg.qat.rewrites._swap_layers(model, {
+      "ln": lambda layer, x: layer_norm.QuantizableLayerNormalization(
+          **layer.get_config())})
+  copy = swapped.get_layer("ln")
+  assert type(copy) is kqreg.qat.QuantizableLayerNormalization
+  assert [w.name for w in swapped.weights] == [w.name for w in model.weights]
+  calls = []
+  for hook in layer_norm.HOOKS:
+    setattr(copy, hook, lambda t, hook=hook: calls.append(hook) or t)
+  x = np.random.default_rng(0).normal(3.0, 2.0, (4, *shape)).astype(np.float32)
+  np.testing.assert_allclose(swapped(x).numpy(), model(x).numpy(), rtol=1e-5,
+                             atol=1e-5)
+  expected = [h for h in layer_norm.HOOKS if h not in (skipped or ())]
+  assert calls == ([] if skipped == () else expected)
+
+
+def _normalized_tokens(epsilon=1e-6):
+  inputs = tf_keras.Input((6, 8))
+  x = L.LayerNormalization(epsilon=epsilon, name="ln")(inputs)
+  x = L.GlobalAveragePooling1D(name="gap")(x)
+  return tf_keras.Model(inputs, L.Dense(3, name="head")(x), name="tokens")
+
+
+def test_layer_norm_runs_in_int8_in_the_file(tmp_path):
+  # With activation bits every tensor between two of the LayerNorm's ops
+  # has a range, so the file runs MEAN, SQUARED_DIFFERENCE, RSQRT, SUB, MUL
+  # and ADD in int8 and computes Keras's fake-quant graph. A constant token
+  # (variance 0: epsilon 1e-6 rounds to 0 on the shifted variance's grid)
+  # saturates int8 RSQRT at the top of its range; Keras does the same, with
+  # finite ranges and gradients (rsqrt(0) is infinite: the moving average
+  # became inf and the outputs NaN).
+  tf_keras.utils.set_random_seed(0)
+  model = _normalized_tokens()
+  x = _inputs_for(model, n=64)
+  x[::4, 2] = 0.5  # every fourth example holds a constant token
+  qat = _train_step(_quantize(model, "w8a8"), x)
+  wrapper = qat.get_layer("quant_ln")
+  assert type(wrapper.layer) is kqreg.qat.QuantizableLayerNormalization
+  ranges = {w.name.split("/")[-1].split(":")[0]: w.numpy()
+            for w in wrapper.weights}
+  assert {"variance_post_activation_max", "inverse_std_post_activation_max",
+          "gamma_post_activation_min", "output_max"} <= set(ranges)
+  assert all(np.isfinite(v).all() for v in ranges.values()), ranges
+  keras_y = qat.predict(x, verbose=0)
+  assert np.isfinite(keras_y).all()
+  assert export.export_problems(qat) == []
+  report = _export(qat, tmp_path, x)
+  assert report["float_ops"] == []
+  assert {"MEAN", "SQUARED_DIFFERENCE", "RSQRT"} <= set(report["op_counts"])
+  with open(report["path"], "rb") as f:
+    info = export.inspect_tflite(f.read())
+  tensors = info["tensors"]
+  for op in info["ops"]:
+    if op["op"] in ("MEAN", "SQUARED_DIFFERENCE", "RSQRT", "SUB", "MUL"):
+      types = {tensors[i]["type"] for i in op["inputs"] + op["outputs"]
+               if i >= 0 and not tensors[i]["constant"]}
+      assert types == {"INT8"}, (op["op"], types)
+  # The same output grid: LiteRT and Keras differ by whole output steps,
+  # mostly not at all (an int8 kernel's rounding, carried on, can flip one).
+  dequantize, = [op for op in info["ops"]
+                 if op["outputs"] == [info["outputs"][0]]]
+  step = float(tensors[dequantize["inputs"][0]]["scale"][0])
+  file_y, _ = export.tflite_predict(report["path"], x)
+  diff = np.abs(file_y - keras_y) / step
+  np.testing.assert_allclose(diff, np.round(diff), atol=0.01)
+  assert np.median(diff) == 0 and diff.mean() < 1.0, (diff.mean(), diff.max())
+  # A .keras file restores the layer, its ranges and its outputs.
+  qat.save(tmp_path / "ln.keras")
+  with kqreg.quantize_scope():
+    loaded = tf_keras.models.load_model(tmp_path / "ln.keras")
+  assert (type(loaded.get_layer("quant_ln").layer) is
+          kqreg.qat.QuantizableLayerNormalization)
+  np.testing.assert_array_equal(loaded.predict(x, verbose=0), keras_y)
+
+
+@pytest.mark.parametrize("policy", ["w4", "w8a8,LayerNormalization=float"])
+def test_layer_norm_without_activation_bits_keeps_keras_layer(policy):
+  # Without activation bits there is no range to train: Keras's layer stays.
+  qat = _quantize(_normalized_tokens(), policy)
+  assert type(qat.get_layer("ln")) is L.LayerNormalization
+
+
+def test_opted_out_layer_norm_keeps_keras_layer_float_in_the_file(tmp_path):
+  # integer_layer_norm=False keeps Keras's layer, its output ranged: the
+  # file runs its decomposition in float and export_problems says so.
+  tf_keras.utils.set_random_seed(0)
+  model = _normalized_tokens()
+  x = _inputs_for(model, n=16)
+  qat = _train_step(_quantize(model, "w8a8", integer_layer_norm=False), x)
+  assert type(qat.get_layer("quant_ln").layer) is L.LayerNormalization
+  problems = export.export_problems(qat)
+  assert [p.split(":")[0] for p in problems] == ["ln"]
+  report = _export(qat, tmp_path, x)
+  assert {"MEAN", "RSQRT"} <= set(report["float_ops"])
+
+
 @pytest.mark.parametrize("flag", [True, False])
-def test_classify_config_hands_integer_attention_to_quantize(flag, monkeypatch):
+@pytest.mark.parametrize("field", ["integer_attention", "integer_layer_norm"])
+def test_classify_config_hands_integer_options_to_quantize(field, flag,
+                                                           monkeypatch):
   import types
   from kqreg.classification import task
   seen = {}
@@ -784,9 +922,9 @@ def test_classify_config_hands_integer_attention_to_quantize(flag, monkeypatch):
     return model
   monkeypatch.setattr(task, "quantize", quantize)
   config = task.ClassifyConfig(model_dir="unused", model="mlp", bits="w4a8",
-                               integer_attention=flag)
+                               **{field: flag})
   data = types.SimpleNamespace(info=types.SimpleNamespace(
       image_shape=(8, 8, 1), num_classes=3))
   task.ClassificationTask().build(config, data, steps_per_epoch=1)
-  assert seen["integer_attention"] is flag
-  assert "integer_attention" in task.ClassifyConfig.IDENTITY
+  assert seen[field] is flag
+  assert field in task.ClassifyConfig.IDENTITY

@@ -260,23 +260,24 @@ def test_a_runs_model_reads_its_weights_once_from_memory(tmp_path,
     np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.name)
 
 
-def test_a_run_written_before_an_identity_field_still_matches(tmp_path):
-  # integer_attention joined the identity after runs were written: their
-  # params.json lacks it and reads as the default, True; a recorded False
-  # still differs from True.
+@pytest.mark.parametrize("field", ["integer_attention", "integer_layer_norm"])
+def test_a_run_written_before_an_identity_field_still_matches(field, tmp_path):
+  # integer_attention and integer_layer_norm joined the identity after runs
+  # were written: their params.json lacks the field, which reads as the
+  # default, True; a recorded False still differs from True.
   from kqreg.runs import model_dir as model_dir_lib
   config = classify.ClassifyConfig(model_dir=str(tmp_path), bits="w4a8")
   identity = config.identity()
-  old = {k: v for k, v in identity.items() if k != "integer_attention"}
+  old = {k: v for k, v in identity.items() if k != field}
   (tmp_path / "params.json").write_text(json.dumps({"identity": old}))
   (tmp_path / "result.json").write_text(json.dumps({"val_loss": 1.0}))
   assert model_dir_lib.finished_result(config)["skipped"]
-  with pytest.raises(runs.ConfigError, match="integer_attention"):
+  with pytest.raises(runs.ConfigError, match=field):
     model_dir_lib.check_model_dir(str(tmp_path), identity)  # no fallback
   (tmp_path / "params.json").write_text(json.dumps(
-      {"identity": {**old, "integer_attention": False}}))
+      {"identity": {**old, field: False}}))
   with pytest.raises(runs.ConfigError,
-                     match="--integer_attention=False there, True now"):
+                     match=f"--{field}=False there, True now"):
     model_dir_lib.check_model_dir(str(tmp_path), identity,
                                   config.IDENTITY_IF_MISSING)
 

@@ -183,6 +183,7 @@ def _define_classify() -> Dict[str, flags.FlagHolder]:
   field(flags.DEFINE_float, "label_noise", lower_bound=0.0, upper_bound=0.99)
   field(flags.DEFINE_bool, "jit_compile")
   field(flags.DEFINE_bool, "integer_attention")
+  field(flags.DEFINE_bool, "integer_layer_norm")
   return h
 
 

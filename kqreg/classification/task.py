@@ -57,6 +57,9 @@ class ClassifyConfig(run_config.RunConfig):
     integer_attention: with activation bits, compute MultiHeadAttention as
       TFLite's int8 kernels do (`kqreg.qat.QuantizableMultiHeadAttention`);
       False keeps Keras's layer, whose scores run in float in the file.
+    integer_layer_norm: with activation bits, compute LayerNormalization op
+      by op with ranges (`kqreg.qat.QuantizableLayerNormalization`), so the
+      file runs it in int8; False keeps Keras's layer, float in the file.
   """
   model: str = run_config.option("cnn", help="Model from the kqreg zoo.")
   model_kwargs: Dict[str, Any] = run_config.option(
@@ -80,14 +83,22 @@ class ClassifyConfig(run_config.RunConfig):
       "(BATCH_MATMUL, SOFTMAX: for integer-only devices). false keeps "
       "Keras's layer: the file runs its scores and softmax in float, which "
       "XNNPACK ran faster on a 2-core VM (docs/guides/export.md).")
+  integer_layer_norm: bool = run_config.option(
+      True,
+      help="With activation bits, train LayerNormalization op by op with a "
+      "range between any two ops, so the .tflite file runs it in int8 "
+      "(MEAN, RSQRT, ...: for integer-only devices). false keeps Keras's "
+      "layer: float in the file, which ran faster on a 2-core VM "
+      "(docs/guides/export.md).")
 
   TASK: ClassVar[str] = "classify"
   IDENTITY: ClassVar[Tuple[str, ...]] = run_config.RunConfig.IDENTITY + (
       "model", "model_kwargs", "optimizer", "weight_decay", "label_noise",
-      "integer_attention")
-  # Runs written before the field: as the default (for an attention-free
-  # model it changes nothing).
-  IDENTITY_IF_MISSING: ClassVar[Dict[str, Any]] = {"integer_attention": True}
+      "integer_attention", "integer_layer_norm")
+  # Runs written before the fields: as the defaults (for a model without
+  # attention or LayerNormalization they change nothing).
+  IDENTITY_IF_MISSING: ClassVar[Dict[str, Any]] = {
+      "integer_attention": True, "integer_layer_norm": True}
 
   def validate(self) -> "ClassifyConfig":
     super().validate()
@@ -199,7 +210,8 @@ class ClassificationTask(task_lib.Task):
     if initial is not None:
       initial.apply(float_model)
     model = quantize(float_model, config.bits, per_channel=config.per_channel,
-                     integer_attention=config.integer_attention)
+                     integer_attention=config.integer_attention,
+                     integer_layer_norm=config.integer_layer_norm)
     model.compile(
         optimizer=_optimizer(config, steps_per_epoch),
         loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),

@@ -7,6 +7,7 @@
   attention    MultiHeadAttention as TFLite's int8 kernels compute it
   scalar_op    `x + c`, `x * c` (tf ops on a number) as a layer
   depthwise_bn a BatchNormalization TFLite runs as an int8 depthwise conv
+  layer_norm   a LayerNormalization whose every op TFLite runs in int8
   rewrites     graph rewrites before quantizing (nested models, TF ops)
   transform    `plan`, `annotate`, `quantize`: the one pass over the graph
   layers       kqreg's tfmot wrapper classes and `quantize_scope`
@@ -35,6 +36,7 @@ from kqreg.qat.ranges import (FreezeActivationRanges, freeze_activation_ranges,
                               moving_average_quantizers)
 from kqreg.qat.rewrites import QuantizeError, flatten_nested, tf_ops_as_layers
 from kqreg.qat.depthwise_bn import DepthwiseBatchNormalization
+from kqreg.qat.layer_norm import QuantizableLayerNormalization
 from kqreg.qat.scalar_op import ScalarOp
 from kqreg.qat.scheme import QuantizeScheme
 from kqreg.qat.profiles import LayerProfile, ModelProfile, profile, summary
@@ -49,7 +51,7 @@ __all__ = [
     "ActivationQuantizer", "BitQuantizeConfig", "DepthwiseBatchNormalization",
     "FixedRangeQuantizer",
     "InputRangeQuantizer", "LAYER_FAMILIES", "LayerFamily",
-    "QuantizableMultiHeadAttention",
+    "QuantizableLayerNormalization", "QuantizableMultiHeadAttention",
     "ScalarOp", "WeightNoiseQuantizer",
     "WeightQuantizer", "config_for_layer", "family_of",
     # tfmot plumbing

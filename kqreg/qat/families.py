@@ -37,6 +37,7 @@ import tf_keras
 
 from kqreg.qat import attention
 from kqreg.qat import grid
+from kqreg.qat import layer_norm
 from kqreg.qat import policy as policy_lib
 from kqreg.qat import quantizers
 from kqreg.qat.scalar_op import ScalarOp
@@ -190,7 +191,15 @@ _EXPORT = {
                       "scale; the output is quantized on its input's range",
     "LayerNormalization": "float: TFLite decomposes it into MEAN, "
                           "SQUARED_DIFFERENCE, RSQRT, MUL, ADD and runs them "
-                          "in float; its output range is kept",
+                          "in float; its output range is kept; with "
+                          "activation bits kqreg.quantize swaps it for "
+                          "QuantizableLayerNormalization unless "
+                          "integer_layer_norm=False or it normalizes over "
+                          "other axes than the last",
+    "QuantizableLayerNormalization": "integer: MEAN, SQUARED_DIFFERENCE, "
+                                     "SUB, ADD, RSQRT and MUL in int8, "
+                                     "gamma and beta int8 constants on "
+                                     "their trained ranges",
 }
 
 # Order matters only between a class and its subclasses: `family_of` walks
@@ -283,6 +292,11 @@ LAYER_FAMILIES: Tuple[LayerFamily, ...] = (
                 quantize_output=True, per_channel=False,
                 export=_RECURRENT),
     _output_only(layers.LayerNormalization, _EXPORT["LayerNormalization"]),
+    # A range on every tensor between two of TFLite's ops, gamma and beta
+    # included, and on the output.
+    LayerFamily(layer_norm.QuantizableLayerNormalization,
+                activations=layer_norm.HOOKS, quantize_output=True,
+                export=_EXPORT["QuantizableLayerNormalization"]),
     _on_input_range(layers.AveragePooling1D),
     _output_only(layers.AveragePooling3D),
     _output_only(layers.GlobalAveragePooling1D),

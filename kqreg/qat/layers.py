@@ -18,6 +18,7 @@ from tf_keras.src.utils import layer_utils  # pylint: disable=g-direct-tensorflo
 from kqreg import _tfmot
 from kqreg.qat import attention
 from kqreg.qat import families as configs_lib
+from kqreg.qat import layer_norm
 from kqreg.qat import quantizers
 
 __all__ = ["QuantizeLayer", "QuantizeWrapperV2", "input_range",
@@ -219,6 +220,8 @@ def quantize_scope(*args) -> tf_keras.utils.CustomObjectScope:
       "BitQuantizeConfig": configs_lib.BitQuantizeConfig,
       "QuantizableMultiHeadAttention":
           attention.QuantizableMultiHeadAttention,
+      "QuantizableLayerNormalization":
+          layer_norm.QuantizableLayerNormalization,
   }
   # After tfmot's objects, so it overrides tfmot's QuantizeLayer.
   kqreg_objects = {"QuantizeLayer": QuantizeLayer,

@@ -14,7 +14,8 @@ function in a form it keeps in integers (`_integer_friendly`): a
 MultiHeadAttention as `attention.QuantizableMultiHeadAttention`, with range
 hooks where TFLite's int8 kernels need them, a Dense on a sequence as an
 EinsumDense, a BatchNormalization no conv folds into as a
-`depthwise_bn.DepthwiseBatchNormalization`. `tf_ops_as_layers` rebuilds
+`depthwise_bn.DepthwiseBatchNormalization`, a LayerNormalization as a
+`layer_norm.QuantizableLayerNormalization`. `tf_ops_as_layers` rebuilds
 concat, add and nearest-repeat tf ops, and arithmetic with a number, as the
 Keras layers they compute, so activation policies reach them.
 """
@@ -30,6 +31,7 @@ import tf_keras
 from kqreg import _tfmot
 from kqreg.qat import attention
 from kqreg.qat import depthwise_bn
+from kqreg.qat import layer_norm
 from kqreg.qat.scalar_op import ScalarOp
 
 __all__ = ["FUSED_ACTIVATIONS", "QuantizeError", "flatten_nested",
@@ -271,10 +273,12 @@ def _dense_as_einsum(layer: tf_keras.layers.Layer, x
 
 
 def _integer_friendly(model: tf_keras.Model, layer: tf_keras.layers.Layer,
-                      attention_too: bool = True) -> Optional[Callable]:
+                      attention_too: bool = True,
+                      layer_norm_too: bool = True) -> Optional[Callable]:
   """How to rebuild `layer` of `model` so that TFLite runs it in integers,
   if it needs it: `(layer, first input) -> unbuilt layer`, else None.
-  Attention only with `attention_too`."""
+  Attention only with `attention_too`, LayerNormalization only with
+  `layer_norm_too`."""
   if attention_too and attention.swappable(layer):
     return lambda layer, x: attention.as_quantizable(layer)
   if isinstance(layer, tf_keras.layers.BatchNormalization):
@@ -284,6 +288,9 @@ def _integer_friendly(model: tf_keras.Model, layer: tf_keras.layers.Layer,
         nodes[0].input_shapes):
       return lambda layer, x: depthwise_bn.DepthwiseBatchNormalization(
           **layer.get_config())
+  if layer_norm_too and layer_norm.swappable(layer, _input_shape(layer)):
+    return lambda layer, x: layer_norm.QuantizableLayerNormalization(
+        **layer.get_config())
   if (type(layer) is tf_keras.layers.Dense and  # pylint: disable=unidiomatic-typecheck
       len(_input_shape(layer) or ()) > 2):
     return _dense_as_einsum

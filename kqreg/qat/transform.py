@@ -116,7 +116,8 @@ def plan(model: tf_keras.Model,
          per_channel: Optional[bool] = None,
          symmetric: bool = True,
          narrow_range: bool = True,
-         integer_attention: bool = True) -> QuantizationPlan:
+         integer_attention: bool = True,
+         integer_layer_norm: bool = True) -> QuantizationPlan:
   """Resolves `policy` on `model` into one config per quantized layer.
 
   The policy is resolved on `model`'s own layers; `x + a` tf ops are then
@@ -126,7 +127,8 @@ def plan(model: tf_keras.Model,
   activation bits is then split into `<name>_depthwise` (DepthwiseConv2D,
   output quantized) and `<name>` (1x1 Conv2D), both with its bits, in the
   plan's model. With activation bits, a MultiHeadAttention becomes a
-  `QuantizableMultiHeadAttention` and a Dense on a sequence an EinsumDense,
+  `QuantizableMultiHeadAttention`, a LayerNormalization over the last axis a
+  `QuantizableLayerNormalization` and a Dense on a sequence an EinsumDense,
   of the same names and weights (the same functions, which TFLite runs in
   integers).
 
@@ -141,6 +143,10 @@ def plan(model: tf_keras.Model,
       the file runs it in int8); False keeps Keras's layer (its scores and
       softmax run in float in the file, which XNNPACK ran faster on a
       2-core VM).
+    integer_layer_norm: with activation bits, swap a LayerNormalization
+      over the last axis for `QuantizableLayerNormalization` (the file runs
+      it in int8); False keeps Keras's layer (float in the file, which ran
+      faster on the same VM, with XNNPACK and without).
 
   Raises:
     QuantizeError: the model is subclassed or unbuilt.
@@ -200,12 +206,14 @@ def plan(model: tf_keras.Model,
     resolved.update({activations[name]: resolved[name] for name in unfused})
   # With quantized activations, layers the converter would keep float are
   # rebuilt as the same function in a form it runs in integers (attention
-  # with ranges on its scores and probabilities, a Dense on a sequence as an
+  # with ranges on its scores and probabilities, a LayerNormalization op by
+  # op with a range between any two, a Dense on a sequence as an
   # EinsumDense, a BatchNormalization no conv folds into as a depthwise
   # conv at inference), same names and weights.
   swaps = {layer.name: make for layer in layers
            if resolved[layer.name].activation is not None
-           for make in [_integer_friendly(flat, layer, integer_attention)]
+           for make in [_integer_friendly(flat, layer, integer_attention,
+                                          integer_layer_norm)]
            if make is not None}
   if swaps:
     flat = _swap_layers(flat, swaps)
@@ -270,7 +278,7 @@ def annotate(model: tf_keras.Model,
     model: Sequential or Functional model, nested sub-models allowed.
     policy: `BitPolicy` or its string.
     **plan_kwargs: `per_channel`, `symmetric`, `narrow_range`,
-      `integer_attention` (see `plan`).
+      `integer_attention`, `integer_layer_norm` (see `plan`).
 
   Returns:
     An annotated model for `tfmot.quantization.keras.quantize_apply` with
@@ -322,7 +330,7 @@ def quantize(model: tf_keras.Model,
     model: Sequential or Functional model (nested sub-models allowed).
     policy: `BitPolicy` or its string. `"fp"` returns `model` unchanged.
     **plan_kwargs: `per_channel`, `symmetric`, `narrow_range`,
-      `integer_attention` (see `plan`).
+      `integer_attention`, `integer_layer_norm` (see `plan`).
 
   Returns:
     The QAT model (tfmot `QuantizeWrapperV2` layers, weights copied), or
