@@ -769,16 +769,28 @@ def test_weight_only_or_opted_out_attention_keeps_keras_layer(tmp_path):
   # it too (its scores then run in float in the file).
   qat = _quantize(_attention_only(), "w4")
   assert type(qat.get_layer("quant_mha").layer) is L.MultiHeadAttention
+  problem = _kept_as_keras_layer_and_float_in_the_file(
+      _attention_only, "w4a8", {"integer_attention": False}, "mha",
+      L.MultiHeadAttention, {"BATCH_MATMUL", "SOFTMAX"}, tmp_path)
+  assert "hybrid" in problem
+
+
+def _kept_as_keras_layer_and_float_in_the_file(build, policy, options, name,
+                                               keras_class, float_ops,
+                                               tmp_path):
+  """Trains `build()` quantized with `options` opting layer `name` out of
+  its integer form; checks it stayed `keras_class` and that the file runs
+  `float_ops` in float; returns what export_problems says of it."""
   tf_keras.utils.set_random_seed(0)
-  model = _attention_only()
+  model = build()
   x = _inputs_for(model, n=16)
-  qat = _train_step(_quantize(model, "w4a8", integer_attention=False), x)
-  assert type(qat.get_layer("quant_mha").layer) is L.MultiHeadAttention
+  qat = _train_step(_quantize(model, policy, **options), x)
+  assert type(qat.get_layer(f"quant_{name}").layer) is keras_class
   problems = export.export_problems(qat)
-  assert [p.split(":")[0] for p in problems] == ["mha"]
-  assert "hybrid" in problems[0]
+  assert [p.split(":")[0] for p in problems] == [name]
   report = _export(qat, tmp_path, x)
-  assert {"BATCH_MATMUL", "SOFTMAX"} <= set(report["float_ops"])
+  assert float_ops <= set(report["float_ops"])
+  return problems[0]
 
 
 # LayerNormalization -----------------------------------------------------------
@@ -898,15 +910,10 @@ def test_layer_norm_without_activation_bits_keeps_keras_layer(policy):
 def test_opted_out_layer_norm_keeps_keras_layer_float_in_the_file(tmp_path):
   # integer_layer_norm=False keeps Keras's layer, its output ranged: the
   # file runs its decomposition in float and export_problems says so.
-  tf_keras.utils.set_random_seed(0)
-  model = _normalized_tokens()
-  x = _inputs_for(model, n=16)
-  qat = _train_step(_quantize(model, "w8a8", integer_layer_norm=False), x)
-  assert type(qat.get_layer("quant_ln").layer) is L.LayerNormalization
-  problems = export.export_problems(qat)
-  assert [p.split(":")[0] for p in problems] == ["ln"]
-  report = _export(qat, tmp_path, x)
-  assert {"MEAN", "RSQRT"} <= set(report["float_ops"])
+  problem = _kept_as_keras_layer_and_float_in_the_file(
+      _normalized_tokens, "w8a8", {"integer_layer_norm": False}, "ln",
+      L.LayerNormalization, {"MEAN", "RSQRT"}, tmp_path)
+  assert "float" in problem
 
 
 @pytest.mark.parametrize("flag", [True, False])
