@@ -83,6 +83,11 @@ class LayerFamily:
     on_input_range: the output is quantized on its input's range
       (`quantizers.InputRangeQuantizer`), as TFLite's int8 kernel of the op
       keeps its input's scale (average pooling).
+    hooks_from_first_batch: the ranges of hook activations (attributes
+      without a dot, other than `activation`) start at the first training
+      batch's instead of moving there from ±6: a LayerNorm's variance and
+      its inverse square root lie far from it, and a chain of ten ranges
+      warming up held a short run back.
 
   A weight or activation attribute may be a dotted path into a sub-layer
   (`"cell.kernel"` of an LSTM, `"_query_dense.kernel"` of a
@@ -103,6 +108,7 @@ class LayerFamily:
   export: str = ""
   bounded: Tuple[Tuple[str, str], ...] = ()
   on_input_range: bool = False
+  hooks_from_first_batch: bool = False
 
   @property
   def weighted(self) -> bool:
@@ -296,7 +302,8 @@ LAYER_FAMILIES: Tuple[LayerFamily, ...] = (
     # included, and on the output.
     LayerFamily(layer_norm.QuantizableLayerNormalization,
                 activations=layer_norm.HOOKS, quantize_output=True,
-                export=_EXPORT["QuantizableLayerNormalization"]),
+                export=_EXPORT["QuantizableLayerNormalization"],
+                hooks_from_first_batch=True),
     _on_input_range(layers.AveragePooling1D),
     _output_only(layers.AveragePooling3D),
     _output_only(layers.GlobalAveragePooling1D),
@@ -416,6 +423,8 @@ class BitQuantizeConfig(QuantizeConfig):
       for activations quantized on a fixed interval (`FixedRangeQuantizer`).
     output_on_input_range: quantize the output on the range of the layer's
       input (`InputRangeQuantizer`), not a range of its own.
+    hooks_from_first_batch: hook activations' ranges start at the first
+      training batch's (`LayerFamily.hooks_from_first_batch`).
 
   Raises:
     ValueError: bits out of range or not integers, or `weight_noise` without
@@ -440,7 +449,8 @@ class BitQuantizeConfig(QuantizeConfig):
                narrow_range: bool = True,
                weight_noise: bool = False,
                bounded_activations: Optional[Dict[str, str]] = None,
-               output_on_input_range: bool = False):
+               output_on_input_range: bool = False,
+               hooks_from_first_batch: bool = False):
     self.weights = tuple((str(a), str(layout)) for a, layout in weights)
     self.activations = tuple(str(a) for a in activations)
     self.quantize_output = bool(quantize_output)
@@ -453,6 +463,7 @@ class BitQuantizeConfig(QuantizeConfig):
     self.narrow_range = bool(narrow_range)
     self.weight_noise = bool(weight_noise)
     self.output_on_input_range = bool(output_on_input_range)
+    self.hooks_from_first_batch = bool(hooks_from_first_batch)
     self.bounded_activations = {
         str(a): str(name) for a, name in (bounded_activations or {}).items()}
     unknown = set(self.bounded_activations.values()) - set(
@@ -505,6 +516,9 @@ class BitQuantizeConfig(QuantizeConfig):
       prefix = "_".join(attr.split(".")[:-1]).strip("_")
     else:  # `_score_activation` -> `score`
       prefix = attr.strip("_").removesuffix("_activation")
+      return quantizers.PrefixedActivationQuantizer(
+          self.activation_bits, prefix,
+          from_first_batch=self.hooks_from_first_batch)
     return quantizers.PrefixedActivationQuantizer(self.activation_bits,
                                                   prefix)
 
@@ -551,6 +565,8 @@ class BitQuantizeConfig(QuantizeConfig):
            if self.bounded_activations else {}),
         **({"output_on_input_range": True}
            if self.output_on_input_range else {}),
+        **({"hooks_from_first_batch": True}
+           if self.hooks_from_first_batch else {}),
     }
 
   @classmethod
@@ -631,4 +647,5 @@ def config_for_layer(layer: tf_keras.layers.Layer,
       weight_noise=weight_noise and family.weighted,
       bounded_activations={attr: name for attr, name in family.bounded
                            if attr in activations},
-      output_on_input_range=family.on_input_range and output)
+      output_on_input_range=family.on_input_range and output,
+      hooks_from_first_batch=family.hooks_from_first_batch)

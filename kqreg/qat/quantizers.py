@@ -371,6 +371,10 @@ class ActivationQuantizer(_BitsEquality,
   """
 
   frozen = False
+  # Set by `PrefixedActivationQuantizer` for hooks whose values lie far from
+  # the initial ±6 (a LayerNorm's variance): their first training batch sets
+  # the range.
+  from_first_batch = False
 
   def __init__(self, num_bits: int, per_axis: bool = False,
                symmetric: bool = False, narrow_range: bool = False):
@@ -411,11 +415,17 @@ class ActivationQuantizer(_BitsEquality,
       batch_max = tf.maximum(tf.reduce_max(inputs.op.inputs[0]), 0.0)
       if relu6:
         batch_max = tf.minimum(batch_max, 6.0)
+    decay = ACTIVATION_RANGE_DECAY
+    if self.from_first_batch:
+      # A range still at tfmot's initial ±6 has seen no batch: it jumps to
+      # this one's (decay 0), then moves as any other.
+      fresh = tf.logical_and(
+          tf.equal(weights["min_var"], INITIAL_RANGE[0]),
+          tf.equal(weights["max_var"], INITIAL_RANGE[1]))
+      decay = tf.where(fresh, 0.0, decay)
     assign = tf.__internal__.train.assign_moving_average
-    min_var = assign(weights["min_var"], batch_min, ACTIVATION_RANGE_DECAY,
-                     zero_debias=False)
-    max_var = assign(weights["max_var"], batch_max, ACTIVATION_RANGE_DECAY,
-                     zero_debias=False)
+    min_var = assign(weights["min_var"], batch_min, decay, zero_debias=False)
+    max_var = assign(weights["max_var"], batch_max, decay, zero_debias=False)
     return self._quantize(inputs, relu6, min_var, max_var)
 
   def _quantize(self, inputs, relu6, min_value, max_value):
@@ -440,11 +450,15 @@ class PrefixedActivationQuantizer(ActivationQuantizer):
   MultiHeadAttention's projections): tfmot names every activation's range
   `post_activation_min`/`_max`, which would repeat within one wrapper. Made
   by `BitQuantizeConfig` from the attribute path, never serialized itself.
+  With `from_first_batch` its range starts at the first training batch's
+  instead of moving there from ±6.
   """
 
-  def __init__(self, num_bits: int, prefix: str):
+  def __init__(self, num_bits: int, prefix: str,
+               from_first_batch: bool = False):
     super().__init__(num_bits)
     self.prefix = prefix
+    self.from_first_batch = bool(from_first_batch)
 
   def build(self, tensor_shape, name, layer):
     return super().build(tensor_shape, f"{self.prefix}_{name}", layer)
@@ -587,3 +601,5 @@ class FixedRangeQuantizer(_BitsEquality, _tfmot_quantizers.Quantizer):
 # validation accuracy, w4 (float activations) 0.84, fp 0.92; w8a8 at 0.9
 # (half-life ~7 steps) 0.90. tests/test_zoo_learns.py checks short runs.
 ACTIVATION_RANGE_DECAY = 0.9
+INITIAL_RANGE = (-6.0, 6.0)
+"""The range tfmot's moving-average quantizers start from."""
