@@ -512,15 +512,14 @@ class BitQuantizeConfig(QuantizeConfig):
           self.activation_bits, self.bounded_activations[attr])
     if attr == "activation":
       return self._activation_quantizer
-    if "." in attr:
-      prefix = "_".join(attr.split(".")[:-1]).strip("_")
-    else:  # `_score_activation` -> `score`
+    hook = "." not in attr
+    if hook:  # `_score_activation` -> `score`
       prefix = attr.strip("_").removesuffix("_activation")
-      return quantizers.PrefixedActivationQuantizer(
-          self.activation_bits, prefix,
-          from_first_batch=self.hooks_from_first_batch)
-    return quantizers.PrefixedActivationQuantizer(self.activation_bits,
-                                                  prefix)
+    else:
+      prefix = "_".join(attr.split(".")[:-1]).strip("_")
+    return quantizers.PrefixedActivationQuantizer(
+        self.activation_bits, prefix,
+        from_first_batch=hook and self.hooks_from_first_batch)
 
   def set_quantize_weights(self, layer, quantize_weights):
     if len(quantize_weights) != len(self._weight_quantizers):
