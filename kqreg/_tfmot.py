@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import threading
-from typing import Iterator, List
+from typing import Dict, Iterator, List
 
 from kqreg import _keras2  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
@@ -57,6 +57,8 @@ __all__ = [
     "iter_quantize_layers",
     "iter_activation_quantizers",
     "nodes_in_graph",
+    "inbound_layers",
+    "graph_consumers",
     "build_step_state",
     "keras_archive_read_in_memory",
 ]
@@ -130,6 +132,21 @@ def nodes_in_graph(model: tf_keras.Model, layer: tf_keras.layers.Layer
   network_nodes = model._network_nodes  # pylint: disable=protected-access
   return [node for index, node in enumerate(layer._inbound_nodes)  # pylint: disable=protected-access
           if f"{layer.name}_ib-{index}" in network_nodes]
+
+
+def inbound_layers(model: tf_keras.Model, layer) -> List:
+  """The layers whose outputs `layer` takes in `model`'s graph."""
+  return [inbound for node in nodes_in_graph(model, layer)
+          for inbound in tf.nest.flatten(node.inbound_layers)]
+
+
+def graph_consumers(model: tf_keras.Model) -> Dict[str, List]:
+  """Maps each layer name to the layers that consume its outputs in `model`."""
+  consumers: Dict[str, List] = {layer.name: [] for layer in model.layers}
+  for layer in model.layers:
+    for inbound in inbound_layers(model, layer):
+      consumers.setdefault(inbound.name, []).append(layer)
+  return consumers
 
 
 def build_step_state(model: tf_keras.Model, y_true, y_pred=None) -> None:

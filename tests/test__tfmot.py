@@ -43,6 +43,21 @@ def test_nodes_in_graph_skips_other_models_nodes():
   assert node_a.outputs is model_a.outputs[0]
 
 
+def test_inbound_layers_and_consumers_read_one_models_graph():
+  shared = tf_keras.layers.Dense(2, name="shared")
+  a_in = tf_keras.Input((3,), name="a_in")
+  b_in = tf_keras.Input((3,), name="b_in")
+  relu = tf_keras.layers.ReLU(name="relu")
+  model_a = tf_keras.Model(a_in, relu(shared(a_in)))
+  model_b = tf_keras.Model(b_in, shared(b_in))
+  assert [l.name for l in _tfmot.inbound_layers(model_a, shared)] == ["a_in"]
+  assert [l.name for l in _tfmot.inbound_layers(model_b, shared)] == ["b_in"]
+  consumers = _tfmot.graph_consumers(model_a)
+  assert {k: [l.name for l in v] for k, v in consumers.items()} == {
+      "a_in": ["shared"], "shared": ["relu"], "relu": []}
+  assert [l.name for l in _tfmot.graph_consumers(model_b)["shared"]] == []
+
+
 def test_freeze_variables_keeps_values_and_functional_control_flow():
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   scale = tf.Variable(3.0)

@@ -186,7 +186,7 @@ def family_problems(model: tf_keras.Model) -> List[str]:
 def _unfolded_batch_norms(model: tf_keras.Model) -> List[str]:
   """Keras BatchNormalizations no conv or dense folds into (`kqreg.quantize`
   swaps those over image channels for an int8 depthwise conv)."""
-  from kqreg.qat import families, rewrites  # pylint: disable=g-import-not-at-top
+  from kqreg.qat import families  # pylint: disable=g-import-not-at-top
   problems = []
   for layer in model.layers:
     keras_bn = (isinstance(layer, _tfmot.QuantizeWrapper) and
@@ -194,7 +194,7 @@ def _unfolded_batch_norms(model: tf_keras.Model) -> List[str]:
     if not keras_bn:
       continue
     inbound = [l.layer if isinstance(l, _tfmot.QuantizeWrapper) else l
-               for l in rewrites.inbound_layers(model, layer)]
+               for l in _tfmot.inbound_layers(model, layer)]
     if len(inbound) == 1 and families.folds_batch_norm(inbound[0]):
       continue
     problems.append(

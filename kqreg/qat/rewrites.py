@@ -35,8 +35,7 @@ from kqreg.qat import layer_norm
 from kqreg.qat.scalar_op import ScalarOp
 
 __all__ = ["FUSED_ACTIVATIONS", "QuantizeError", "flatten_nested",
-           "graph_consumers", "inbound_layers", "tf_ops_as_layers",
-           "unfused_activation"]
+           "tf_ops_as_layers", "unfused_activation"]
 
 
 class QuantizeError(ValueError):
@@ -362,21 +361,6 @@ def _iter_leaf_layers(model):
       yield layer
 
 
-def inbound_layers(model: tf_keras.Model, layer) -> List:
-  """The layers whose outputs `layer` takes in `model`'s graph."""
-  return [inbound for node in _tfmot.nodes_in_graph(model, layer)
-          for inbound in tf.nest.flatten(node.inbound_layers)]
-
-
-def graph_consumers(model: tf_keras.Model) -> Dict[str, List]:
-  """Maps each layer name to the layers that consume its outputs in `model`."""
-  consumers: Dict[str, List] = {layer.name: [] for layer in model.layers}
-  for layer in model.layers:
-    for inbound in inbound_layers(model, layer):
-      consumers.setdefault(inbound.name, []).append(layer)
-  return consumers
-
-
 _TF_OP_LAMBDA = "TFOpLambda"
 
 
@@ -499,7 +483,7 @@ def tf_ops_as_layers(model: tf_keras.Model,
   ['InputLayer', 'Concatenate']
   """
   flat = flatten_nested(model)
-  consumers = graph_consumers(flat)
+  consumers = _tfmot.graph_consumers(flat)
   taken = {layer.name for layer in flat.layers}
   counts: Dict[str, int] = {}
 
@@ -511,7 +495,7 @@ def tf_ops_as_layers(model: tf_keras.Model,
         return f"{op}_{index}"
 
   def _kept(layer) -> bool:
-    return bool(keep and keep(layer, inbound_layers(flat, layer)))
+    return bool(keep and keep(layer, _tfmot.inbound_layers(flat, layer)))
 
   replace: Dict[str, Callable] = {}
   # Graph order: layers are listed topologically.

@@ -29,7 +29,7 @@ from kqreg.qat import families as configs_lib
 from kqreg.qat.rewrites import (FUSED_ACTIVATIONS, _fresh_inputs,
                                 _integer_friendly, _run_graph,
                                 _split_activations, _split_separable,
-                                _swap_layers, flatten_nested, graph_consumers,
+                                _swap_layers, flatten_nested,
                                 tf_ops_as_layers, unfused_activation)
 from kqreg.qat import policy as policy_lib
 from kqreg.qat.layers import QuantizeLayer, QuantizeWrapperV2, quantize_scope
@@ -219,7 +219,7 @@ def plan(model: tf_keras.Model,
     flat = _swap_layers(flat, swaps)
     layers = [l for l in flat.layers
               if not isinstance(l, tf_keras.layers.InputLayer)]
-  consumers = graph_consumers(flat)
+  consumers = _tfmot.graph_consumers(flat)
   configs, bits_by_name, left_float = {}, {}, []
   for layer in layers:
     bits = resolved[layer.name]
