@@ -855,11 +855,13 @@ def test_layer_norm_runs_in_int8_in_the_file(tmp_path):
   # (variance 0: epsilon 1e-6 rounds to 0 on the shifted variance's grid)
   # saturates int8 RSQRT at the top of its range; Keras does the same, with
   # finite ranges and gradients (rsqrt(0) is infinite: the moving average
-  # became inf and the outputs NaN).
+  # became inf and the outputs NaN). Features vary little (variance ~4e-4),
+  # so a range of RSQRT's input that also covers 1 rounds them all to 0 (a
+  # guard `where(x > 0, x, 1)` did: the file was ~10 output steps off).
   tf_keras.utils.set_random_seed(0)
   model = _normalized_tokens()
-  x = _inputs_for(model, n=64)
-  x[::4, 2] = 0.5  # every fourth example holds a constant token
+  x = _inputs_for(model, n=64) * 0.05
+  x[::4, 2] = 0.025  # every fourth example holds a constant token
   qat = _train_step(_quantize(model, "w8a8"), x)
   wrapper = qat.get_layer("quant_ln")
   assert type(wrapper.layer) is kqreg.qat.QuantizableLayerNormalization
@@ -874,6 +876,8 @@ def test_layer_norm_runs_in_int8_in_the_file(tmp_path):
   report = _export(qat, tmp_path, x)
   assert report["float_ops"] == []
   assert {"MEAN", "SQUARED_DIFFERENCE", "RSQRT"} <= set(report["op_counts"])
+  # The saturation is the hook's clip of rsqrt(0) = inf, not ops of its own.
+  assert not {"GREATER", "SELECT_V2"} & set(report["op_counts"])
   with open(report["path"], "rb") as f:
     info = export.inspect_tflite(f.read())
   tensors = info["tensors"]
@@ -898,6 +902,48 @@ def test_layer_norm_runs_in_int8_in_the_file(tmp_path):
   assert (type(loaded.get_layer("quant_ln").layer) is
           kqreg.qat.QuantizableLayerNormalization)
   np.testing.assert_array_equal(loaded.predict(x, verbose=0), keras_y)
+
+
+def test_a_layer_norm_before_a_relu_keeps_its_hook_ranges(tmp_path):
+  # TFLite fuses the ReLU into the LayerNorm's last ADD: only the layer's
+  # output range goes; the ranges between its ops stay, so the file still
+  # runs every op in int8 (with all ten dropped it ran them in float).
+  from kqreg.qat import layer_norm  # pylint: disable=g-import-not-at-top
+  tf_keras.utils.set_random_seed(0)
+  inputs = tf_keras.Input((6, 8))
+  x = L.Dense(8, name="dense")(inputs)
+  x = L.ReLU(name="relu")(L.LayerNormalization(name="ln")(x))
+  x = L.GlobalAveragePooling1D(name="gap")(x)
+  model = tf_keras.Model(inputs, L.Dense(3, name="head")(x))
+  x = _inputs_for(model, n=32)
+  qat = _train_step(_quantize(model, "w8a8"), x)
+  config = qat.get_layer("quant_ln").quantize_config
+  assert config.activations == layer_norm.HOOKS
+  assert not config.quantize_output
+  report = _export(qat, tmp_path, x)
+  assert report["float_ops"] == []
+  assert "RELU" not in report["op_counts"]  # fused into the ADD
+
+
+def test_a_fused_output_drops_only_the_output_range():
+  # quantize_output=False (the layer feeds an op TFLite fuses into its last
+  # one) drops the range of the layer's output and keeps those inside it.
+  from kqreg.qat import attention  # pylint: disable=g-import-not-at-top
+  dense = kqreg.qat.config_for_layer(L.Dense(2), weight_bits=8,
+                                     activation_bits=8, quantize_output=False)
+  assert dense.activations == () and not dense.quantize_output
+  layer = attention.QuantizableMultiHeadAttention(num_heads=2, key_dim=4)
+  tokens = np.zeros((1, 3, 4), np.float32)
+  layer(tokens, tokens)  # builds the projections the config looks into
+  mha = kqreg.qat.config_for_layer(layer, weight_bits=8, activation_bits=8,
+                                   quantize_output=False)
+  assert "_output_dense.activation" not in mha.activations
+  assert {"_query_dense.activation", "_key_dense.activation",
+          "_value_dense.activation", *attention.HOOKS} <= set(mha.activations)
+  wrapped = kqreg.qat.config_for_layer(
+      L.TimeDistributed(L.Dense(2)), weight_bits=8, activation_bits=8,
+      quantize_output=False)
+  assert wrapped.activations == ()
 
 
 def test_layer_norm_ranges_start_at_the_first_batch():

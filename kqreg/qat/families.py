@@ -402,6 +402,15 @@ def _activation_name(activation) -> str:
   return getattr(activation, "__name__", type(activation).__name__)
 
 
+def _is_output_activation(attr: str) -> bool:
+  """True for the activation attribute whose range is the layer's output's:
+  its own `activation`, or a MultiHeadAttention's output projection's (one
+  level down in a TimeDistributed)."""
+  while attr.startswith("layer."):
+    attr = attr[len("layer."):]
+  return attr in ("activation", "_output_dense.activation")
+
+
 @tf_keras.utils.register_keras_serializable(package="kqreg")
 class BitQuantizeConfig(QuantizeConfig):
   """Quantizes a layer's weights at `weight_bits` and outputs at `activation_bits`.
@@ -602,7 +611,8 @@ def config_for_layer(layer: tf_keras.layers.Layer,
     symmetric: symmetric weight range.
     narrow_range: weight grid without its lowest level.
     quantize_output: None takes the family's default; False drops the output
-      quantizer (the layer feeds a BatchNormalization).
+      quantizer (the layer feeds an op TFLite fuses into its last one, such
+      as a BatchNormalization or ReLU); ranges inside the layer stay.
     weight_noise: the noise twin of `weight_bits` (policy token `n<b>`).
 
   Returns:
@@ -633,7 +643,10 @@ def config_for_layer(layer: tf_keras.layers.Layer,
   if quantize_output is not None:
     output = quantize_output
     if not quantize_output:
-      activations = ()
+      # TFLite fuses what follows into the layer's last op: that op's range
+      # goes, the ranges inside the layer (a LayerNorm's hooks) stay.
+      activations = tuple(a for a in activations
+                          if not _is_output_activation(a))
   return BitQuantizeConfig(
       weights=family.weights,
       activations=activations,

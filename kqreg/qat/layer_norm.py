@@ -95,28 +95,30 @@ class QuantizableLayerNormalization(tf_keras.layers.LayerNormalization):
 
 
 def _rsqrt_saturating(x: tf.Tensor, training) -> tf.Tensor:
-  """rsqrt(x), finite where x is 0: the largest float in inference, the
-  batch's largest value in training.
+  """rsqrt(x), saturating where x is 0 as TFLite's int8 RSQRT does.
 
   A variance below half a step of its grid rounds to 0 (so does TFLite's
   int8 ADD of epsilon), and int8 RSQRT of 0 saturates at the top of its
-  output range. In inference the largest float does too, once the hook
-  after this clips it. In training the batch's top stands in, so that the
-  range's moving average never sees an infinity, nor a gradient a NaN.
+  output range. In inference plain rsqrt gives infinity there, which the
+  hook after it clips to that top, so the file holds RSQRT alone. In
+  training the batch's largest value stands in, so that the range's moving
+  average never sees an infinity, nor a gradient a NaN.
   """
-  positive = x > 0
-  values = tf.math.rsqrt(tf.where(positive, x, tf.ones_like(x)))
-  top = control_flow_util.smart_cond(
-      training,
-      lambda: tf.reduce_max(tf.where(positive, values, tf.zeros_like(values))),
-      lambda: tf.constant(values.dtype.max, values.dtype))
-  return tf.where(positive, values, tf.stop_gradient(top))
+  def in_training():
+    positive = x > 0
+    values = tf.math.rsqrt(tf.where(positive, x, tf.ones_like(x)))
+    top = tf.reduce_max(tf.where(positive, values, tf.zeros_like(values)))
+    return tf.where(positive, values, tf.stop_gradient(top))
+
+  return control_flow_util.smart_cond(training, in_training,
+                                      lambda: tf.math.rsqrt(x))
 
 
 def swappable(layer: tf_keras.layers.Layer,
               input_shape: Optional[Sequence]) -> bool:
   """True for exactly a `LayerNormalization` (a user's subclass may compute
-  otherwise) over the last axis of its one dense input, of `input_shape`.
+  otherwise) over the last axis of its one dense input, of `input_shape`,
+  without an activity regularizer (its config does not carry one over).
 
   Example:
   >>> import tf_keras
@@ -126,8 +128,13 @@ def swappable(layer: tf_keras.layers.Layer,
   >>> layer_norm.swappable(tf_keras.layers.LayerNormalization(axis=1),
   ...                      (None, 6, 8))
   False
+  >>> layer_norm.swappable(
+  ...     tf_keras.layers.LayerNormalization(activity_regularizer="l2"),
+  ...     (None, 6, 8))
+  False
   """
-  if type(layer) is not tf_keras.layers.LayerNormalization:  # pylint: disable=unidiomatic-typecheck
+  if (type(layer) is not tf_keras.layers.LayerNormalization or  # pylint: disable=unidiomatic-typecheck
+      layer._activity_regularizer is not None):  # pylint: disable=protected-access
     return False
   if input_shape is None or len(input_shape) < 2:
     return False
