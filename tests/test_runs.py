@@ -260,26 +260,30 @@ def test_a_runs_model_reads_its_weights_once_from_memory(tmp_path,
     np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.name)
 
 
-@pytest.mark.parametrize("field", ["integer_attention", "integer_layer_norm"])
-def test_a_run_written_before_an_identity_field_still_matches(field, tmp_path):
+@pytest.mark.parametrize("field,before", [("integer_attention", True),
+                                          ("integer_layer_norm", False)])
+def test_a_run_written_before_an_identity_field_reads_as_it_trained(
+    field, before, tmp_path):
   # integer_attention and integer_layer_norm joined the identity after runs
-  # were written: their params.json lacks the field, which reads as the
-  # default, True; a recorded False still differs from True.
+  # were written. With activation bits their params.json reads as what they
+  # trained (attention swapped, LayerNorm Keras's); without, either matches.
   from kqreg.runs import model_dir as model_dir_lib
-  config = classify.ClassifyConfig(model_dir=str(tmp_path), bits="w4a8")
-  identity = config.identity()
-  old = {k: v for k, v in identity.items() if k != field}
-  (tmp_path / "params.json").write_text(json.dumps({"identity": old}))
   (tmp_path / "result.json").write_text(json.dumps({"val_loss": 1.0}))
-  assert model_dir_lib.finished_result(config)["skipped"]
+  for bits in ("w4a8", "w4"):
+    for now in (True, False):
+      config = classify.ClassifyConfig(model_dir=str(tmp_path), bits=bits,
+                                       **{field: now})
+      identity = config.identity()
+      old = {k: v for k, v in identity.items() if k != field}
+      (tmp_path / "params.json").write_text(json.dumps({"identity": old}))
+      if bits == "w4" or now == before:
+        assert model_dir_lib.finished_result(config)["skipped"]
+      else:
+        with pytest.raises(runs.ConfigError,
+                           match=f"--{field}={before} there, {now} now"):
+          model_dir_lib.finished_result(config)
   with pytest.raises(runs.ConfigError, match=field):
     model_dir_lib.check_model_dir(str(tmp_path), identity)  # no fallback
-  (tmp_path / "params.json").write_text(json.dumps(
-      {"identity": {**old, field: False}}))
-  with pytest.raises(runs.ConfigError,
-                     match=f"--{field}=False there, True now"):
-    model_dir_lib.check_model_dir(str(tmp_path), identity,
-                                  config.IDENTITY_IF_MISSING)
 
 
 def test_load_run_refuses_a_folder_without_task(tmp_path):

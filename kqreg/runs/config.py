@@ -196,11 +196,6 @@ class RunConfig:
       "steps quantize on the ranges reached and skip their update (faster; "
       "training values then differ from tfmot's). Default: never.")
 
-  # Identity fields added after run folders were written, and the value a
-  # params.json without one is read as, so that older runs still resume
-  # and are skipped when finished.
-  IDENTITY_IF_MISSING: ClassVar[Dict[str, Any]] = {}
-
   TASK: ClassVar[str] = ""
   # Fields that define what is trained: a model dir written under other
   # values cannot be resumed into. Tasks add theirs.
@@ -242,13 +237,25 @@ class RunConfig:
       self.check_exportable()
     return self
 
+  def identity_if_missing(self) -> Dict[str, Any]:
+    """Identity fields added after run folders were written, each with the
+    value a params.json without it is read as: what such a run trained with,
+    so that older runs still resume and are skipped when finished. Tasks add
+    theirs."""
+    return {}
+
+  def policies(self) -> Tuple[policy_lib.BitPolicy, ...]:
+    """The policies this run may train: `bits`, or an auto policy's
+    candidates."""
+    if isinstance(self.bits, auto_bits.AutoPolicy):
+      return tuple(self.bits.candidates())
+    return (self.bits,)
+
   def check_exportable(self) -> None:
     """Refuses `export_tflite` for bits that export refuses, before training."""
     from kqreg import export as export_lib  # pylint: disable=g-import-not-at-top
-    policies = (self.bits.candidates() if isinstance(
-        self.bits, auto_bits.AutoPolicy) else (self.bits,))
     try:
-      for policy in policies:
+      for policy in self.policies():
         export_lib.check_exportable(policy)
     except export_lib.ExportError as e:
       raise ConfigError(f"--export_tflite with --bits={self.bits}: {e}"

@@ -35,7 +35,7 @@ def check_model_dir(model_dir: str, identity: Dict[str, Any],
   """Checks model_dir/params.json against `identity`; True if finished.
 
   A key the saved identity lacks (a field added since the run was written)
-  reads as its `if_missing` value (a config's `IDENTITY_IF_MISSING`).
+  reads as its `if_missing` value (a config's `identity_if_missing()`).
 
   Raises `ConfigError` naming every flag that differs from the run already
   in `model_dir`. params.json itself is written once data and model are
@@ -66,7 +66,7 @@ def finished_result(config: RunConfig) -> Optional[Dict[str, Any]]:
   """`config`'s finished run: its result.json with `skipped` set, or None
   to train (`check_model_dir` with the config's identity)."""
   if not check_model_dir(config.model_dir, config.identity(),
-                         config.IDENTITY_IF_MISSING):
+                         config.identity_if_missing()):
     return None
   with open(os.path.join(config.model_dir, "result.json")) as f:
     result = json.load(f)
