@@ -95,15 +95,12 @@ class ClassifyConfig(run_config.RunConfig):
   IDENTITY: ClassVar[Tuple[str, ...]] = run_config.RunConfig.IDENTITY + (
       "model", "model_kwargs", "optimizer", "weight_decay", "label_noise",
       "integer_attention", "integer_layer_norm")
-
-  def identity_if_missing(self) -> Dict[str, Any]:
-    # With activation bits, attention was swapped before its field existed
-    # and LayerNormalization stayed Keras's. Without them neither is
-    # swapped, so such a run matches either value.
-    as_trained = {"integer_attention": True, "integer_layer_norm": False}
-    if not any(p.has_activation_bits for p in self.policies()):
-      as_trained = {k: getattr(self, k) for k in as_trained}
-    return {**super().identity_if_missing(), **as_trained}
+  # Before their fields, attention was swapped (with activation bits) and
+  # LayerNormalization stayed Keras's; without activation bits neither is.
+  IDENTITY_IF_MISSING: ClassVar[Dict[str, Any]] = {
+      "integer_attention": True, "integer_layer_norm": False}
+  IDENTITY_WITH_ACTIVATION_BITS: ClassVar[Tuple[str, ...]] = (
+      "integer_attention", "integer_layer_norm")
 
   def validate(self) -> "ClassifyConfig":
     super().validate()

@@ -196,6 +196,13 @@ class RunConfig:
       "steps quantize on the ranges reached and skip their update (faster; "
       "training values then differ from tfmot's). Default: never.")
 
+  # Identity fields added after run folders were written, each with what
+  # such a run trained with, so that older runs still resume and are
+  # skipped when finished; and those of them that change nothing without
+  # activation bits. Tasks add theirs.
+  IDENTITY_IF_MISSING: ClassVar[Dict[str, Any]] = {}
+  IDENTITY_WITH_ACTIVATION_BITS: ClassVar[Tuple[str, ...]] = ()
+
   TASK: ClassVar[str] = ""
   # Fields that define what is trained: a model dir written under other
   # values cannot be resumed into. Tasks add theirs.
@@ -238,11 +245,13 @@ class RunConfig:
     return self
 
   def identity_if_missing(self) -> Dict[str, Any]:
-    """Identity fields added after run folders were written, each with the
-    value a params.json without it is read as: what such a run trained with,
-    so that older runs still resume and are skipped when finished. Tasks add
-    theirs."""
-    return {}
+    """What a params.json without a field of `IDENTITY_IF_MISSING` is read
+    as: its value there, or, for a field of `IDENTITY_WITH_ACTIVATION_BITS`
+    and bits without activation bits, this run's value (either matches)."""
+    if any(p.has_activation_bits for p in self.policies()):
+      return dict(self.IDENTITY_IF_MISSING)
+    return {k: getattr(self, k) if k in self.IDENTITY_WITH_ACTIVATION_BITS
+            else v for k, v in self.IDENTITY_IF_MISSING.items()}
 
   def policies(self) -> Tuple[policy_lib.BitPolicy, ...]:
     """The policies this run may train: `bits`, or an auto policy's
