@@ -844,6 +844,17 @@ def test_quantizable_layer_norm_computes_layer_normalization(case):
     assert calls == ([] if skipped == () else expected)
 
 
+def test_quantizable_layer_norm_keeps_statistics_in_float32_when_mixed():
+  # As Keras's layer under mixed_float16: a float16 squared difference of
+  # 300 overflows (the output then collapsed to beta).
+  x = np.array([[0.0, 300.0, -300.0, 10.0]], np.float32)
+  ours = kqreg.qat.QuantizableLayerNormalization(dtype="mixed_float16")(x)
+  keras = L.LayerNormalization(dtype="mixed_float16")(x)
+  assert ours.dtype == keras.dtype == tf.float16
+  np.testing.assert_allclose(ours.numpy(), keras.numpy(), atol=2e-3)
+  assert float(tf.reduce_max(tf.abs(ours))) > 1.0
+
+
 def _normalized_tokens(epsilon=1e-6):
   inputs = tf_keras.Input((6, 8))
   x = L.LayerNormalization(epsilon=epsilon, name="ln")(inputs)

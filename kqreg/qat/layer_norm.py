@@ -71,6 +71,11 @@ class QuantizableLayerNormalization(tf_keras.layers.LayerNormalization):
     if training is None:
       training = tf_keras.backend.learning_phase()
     x = tf.cast(inputs, self.compute_dtype)
+    output_dtype = x.dtype
+    if output_dtype in (tf.float16, tf.bfloat16) and self.dtype == "float32":
+      # As Keras's layer: statistics in float32 under mixed precision (a
+      # float16 squared difference overflows past 256).
+      x = tf.cast(x, tf.float32)
     mean = self._mean_activation(tf.reduce_mean(x, axis=-1, keepdims=True))
     squared = self._squared_activation(tf.math.squared_difference(x, mean))
     variance = self._variance_activation(
@@ -84,14 +89,12 @@ class QuantizableLayerNormalization(tf_keras.layers.LayerNormalization):
     if self.scale or self.center:
       outputs = self._normalized_activation(outputs)
     if self.scale:
-      outputs = outputs * self._gamma_activation(
-          tf.cast(self.gamma, self.compute_dtype))
+      outputs = outputs * self._gamma_activation(tf.cast(self.gamma, x.dtype))
       if self.center:
         outputs = self._scaled_activation(outputs)
     if self.center:
-      outputs = outputs + self._beta_activation(
-          tf.cast(self.beta, self.compute_dtype))
-    return outputs
+      outputs = outputs + self._beta_activation(tf.cast(self.beta, x.dtype))
+    return tf.cast(outputs, output_dtype)
 
 
 def _rsqrt_saturating(x: tf.Tensor, training) -> tf.Tensor:
